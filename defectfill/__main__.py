@@ -1,0 +1,5 @@
+import sys
+
+from defectfill.cli import main
+
+sys.exit(main())

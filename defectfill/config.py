@@ -1,0 +1,167 @@
+"""YAML configs mapped onto dataclasses, with `key=value` overrides and clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from defectfill.errors import ConfigError
+from defectfill.models.pipeline import DEFAULT_BASE_MODEL
+
+T = TypeVar("T")
+
+
+@dataclass
+class DefectFillTrainConfig:
+    """Every knob of a DefectFill fine-tuning run (defaults: the paper's set-up)."""
+
+    # model
+    model: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    variant: str | None = None
+    # reference data
+    data_dir: str = "../shared/data/aitex"
+    defect_types: list[str] | None = None
+    max_samples: int | None = None
+    mask_threshold: int = 128
+    crop_size: int = 256
+    resolution: int = 512
+    hflip: bool = True
+    vflip: bool = True
+    # prompts
+    placeholder_token: str = "<v*>"
+    initializer_token: str = "defect"
+    object_name: str = "fabric"
+    defect_prompt: str = "A photo of {token}"
+    object_prompt: str = "A {object} with {token}"
+    # LoRA
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    train_text_encoder: bool = True
+    # losses
+    lambda_def: float = 0.5
+    lambda_obj: float = 0.2
+    lambda_attn: float = 0.05
+    alpha: float = 0.3
+    num_boxes: int = 30
+    box_min_frac: float = 0.03
+    box_max_frac: float = 0.25
+    # optimisation
+    learning_rate_unet: float = 2e-4
+    learning_rate_text: float = 4e-5
+    learning_rate_token: float | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 100
+    train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 2000
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    enable_xformers: bool = False
+    allow_tf32: bool = True
+    seed: int = 0
+    # outputs
+    output_dir: str = "runs/defectfill"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    log_with: list[str] = field(default_factory=lambda: ["jsonl"])
+    log_every: int = 1
+
+    def validate(self) -> None:
+        positive = ("resolution", "crop_size", "train_batch_size", "max_train_steps", "lora_rank",
+                    "gradient_accumulation_steps", "checkpointing_steps", "num_boxes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8 (the VAE factor), got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if "{token}" not in self.defect_prompt or "{token}" not in self.object_prompt:
+            raise ConfigError("defect_prompt and object_prompt must both contain {token}")
+        if not 0 < self.box_min_frac <= self.box_max_frac <= 1:
+            raise ConfigError("need 0 < box_min_frac <= box_max_frac <= 1")
+
+    def prompts(self) -> tuple[str, str]:
+        """The defect prompt ("A photo of [V*]") and object prompt ("A [object] with [V*]")."""
+        fill = {"token": self.placeholder_token, "object": self.object_name}
+        return self.defect_prompt.format(**fill), self.object_prompt.format(**fill)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Parse an override string with YAML, then check it against the field's type loosely."""
+    if isinstance(value, str) and hint is not str:
+        value = yaml.safe_load(value)
+    if value is None:
+        return None
+    text = str(hint)
+    if hint is bool or text.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    elif hint is int or text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif hint is float or text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif text.startswith("list") and not isinstance(value, list):
+        value = [value]
+    return value
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                **explicit: Any) -> T:
+    """Build `cls` from a YAML file, then `key=value` overrides, then explicit keyword values
+    (those that are not None). Unknown keys are errors naming the key and the file."""
+    values: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})".splitlines()[0]) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = raw
+        where = f"{where} / --set"
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    hints = get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    config = cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def config_fingerprint(config: Any) -> str:
+    return json.dumps(config_to_dict(config), sort_keys=True)

@@ -1,0 +1,246 @@
+"""Reference defect data: a validated folder loader and a deterministic defect-crop sampler.
+
+A dataset folder holds ``images/`` and ``masks/`` (same file stem), an optional ``good/``
+folder of defect-free images and an optional ``manifest.csv`` with ``id`` and
+``defect_type`` columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from defectfill.data.masks import binarize_mask
+from defectfill.errors import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F"}
+
+
+@dataclass
+class ReferenceSample:
+    """One defect image with its mask."""
+
+    id: str
+    image: np.ndarray  # uint8 HxWx3 (grayscale replicated)
+    mask: np.ndarray  # bool HxW
+    defect_type: str
+    image_path: Path
+    mask_path: Path
+
+
+@dataclass
+class ReferenceDataset:
+    """Validated reference samples, sorted by id."""
+
+    root: Path
+    samples: list[ReferenceSample]
+    good_paths: list[Path]
+    grayscale: bool  # all source images were single-channel
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({s.defect_type for s in self.samples})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    """Map file stem -> path for the image files in ``folder``."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if path.stem in files:
+            raise DataError(f"{path}: duplicate id '{path.stem}' (also {files[path.stem].name})")
+        files[path.stem] = path
+    return files
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except Exception as err:  # PIL raises many types for bad files
+        raise DataError(f"{path}: cannot read image ({_one_line(err)})") from err
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("id", "defect_type") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+            return {row["id"]: row["defect_type"] for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read manifest ({_one_line(err)})") from err
+
+
+def load_reference_dataset(
+    root: str | Path,
+    mask_threshold: int = 128,
+    defect_types: Sequence[str] | None = None,
+    max_samples: int | None = None,
+) -> ReferenceDataset:
+    """Load and validate every image/mask pair under ``root``.
+
+    Masks are converted to grey (luminance for colour, ``L*A/255`` for LA) and a pixel
+    is defect when its value is ``>= mask_threshold``. Images become uint8 RGB.
+    ``defect_types`` keeps only those types; ``max_samples`` keeps the first N by id.
+    Raises :class:`DataError` (one line naming the file) on any problem.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder {'is not a directory' if root.exists() else 'not found'}")
+    images_dir, masks_dir = root / "images", root / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder missing (a dataset needs images/ and masks/)")
+    images, masks = _list_images(images_dir), _list_images(masks_dir)
+    if not images:
+        raise DataError(f"{images_dir}: no images ({'/'.join(IMAGE_EXTS)})")
+    for stem, path in images.items():
+        if stem not in masks:
+            expected = masks_dir / f"{stem}.png"
+            raise DataError(f"{path}: no mask (expected {expected} or another image extension)")
+    for stem, path in masks.items():
+        if stem not in images:
+            raise DataError(f"{path}: mask has no matching image in {images_dir}")
+
+    manifest_path = root / "manifest.csv"
+    types = dict.fromkeys(images, "defect")
+    if manifest_path.exists():
+        manifest = _read_manifest(manifest_path)
+        for stem in images:
+            if stem not in manifest:
+                raise DataError(f"{manifest_path}: no row for id '{stem}' ({images[stem]})")
+            types[stem] = manifest[stem]
+
+    samples, grayscale = [], True
+    for stem in sorted(images):
+        image_path, mask_path = images[stem], masks[stem]
+        img, msk = _open_image(image_path), _open_image(mask_path)
+        if img.size != msk.size:
+            raise DataError(
+                f"{mask_path}: mask size {msk.size[0]}x{msk.size[1]} does not match "
+                f"image {image_path.name} size {img.size[0]}x{img.size[1]}"
+            )
+        mask = binarize_mask(msk, mask_threshold)
+        if not mask.any():
+            raise DataError(f"{mask_path}: mask is empty (no pixel >= threshold {mask_threshold})")
+        grayscale &= img.mode in _GRAY_MODES
+        image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        samples.append(ReferenceSample(stem, image, mask, types[stem], image_path, mask_path))
+
+    if defect_types is not None:
+        wanted = {defect_types} if isinstance(defect_types, str) else set(defect_types)
+        samples = [s for s in samples if s.defect_type in wanted]
+        if not samples:
+            available = ", ".join(sorted(set(types.values())))
+            raise DataError(
+                f"{root}: defect_types {sorted(wanted)} select no samples (available: {available})"
+            )
+    if max_samples is not None:
+        samples = samples[:max_samples]
+
+    good_dir = root / "good"
+    good_paths = sorted(_list_images(good_dir).values()) if good_dir.is_dir() else []
+    return ReferenceDataset(root, samples, good_paths, grayscale)
+
+
+def sample_defect_crop(
+    image: np.ndarray,
+    mask: np.ndarray,
+    crop_size: int,
+    resolution: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random ``crop_size`` square window containing a random defect pixel, resized.
+
+    Axes shorter than ``crop_size`` are reflection-padded first. The image is resized
+    bicubically; the mask by area averaging, keeping any covered pixel, so thin defects
+    survive. Returns uint8 (R, R, 3) and a non-empty bool (R, R) mask.
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
+    if not mask.any():
+        raise ValueError("mask is empty")
+    pad = [((crop_size - n) // 2, crop_size - n - (crop_size - n) // 2) if n < crop_size else (0, 0)
+           for n in mask.shape]
+    if any(p != (0, 0) for p in pad):
+        image = np.pad(image, pad + [(0, 0)] * (image.ndim - 2), mode="reflect")
+        mask = np.pad(mask, pad, mode="reflect")
+    h, w = mask.shape
+    y, x = np.unravel_index(rng.choice(np.flatnonzero(mask)), mask.shape)
+    y0 = int(rng.integers(max(0, y - crop_size + 1), min(y, h - crop_size) + 1))
+    x0 = int(rng.integers(max(0, x - crop_size + 1), min(x, w - crop_size) + 1))
+    img_crop = image[y0 : y0 + crop_size, x0 : x0 + crop_size]
+    mask_crop = mask[y0 : y0 + crop_size, x0 : x0 + crop_size]
+
+    size = (resolution, resolution)
+    out_img = np.asarray(Image.fromarray(img_crop).resize(size, Image.BICUBIC), dtype=np.uint8)
+    out_mask = np.asarray(Image.fromarray(mask_crop.astype(np.float32), "F").resize(size, Image.BOX)) > 0
+    if not out_mask.any():  # safety net; area resizing keeps any covered pixel
+        out_mask[(y - y0) * resolution // crop_size, (x - x0) * resolution // crop_size] = True
+    return out_img, out_mask
+
+
+class DefectCropSampler:
+    """Stateless, deterministic batches of defect crops for training.
+
+    A batch depends only on (seed, step, process_index, batch_size), so training
+    resumes exactly and each process draws different crops.
+    """
+
+    def __init__(
+        self,
+        dataset: ReferenceDataset,
+        crop_size: int,
+        resolution: int,
+        seed: int,
+        hflip: bool = True,
+        vflip: bool = True,
+    ) -> None:
+        if len(dataset) == 0:
+            raise DataError(f"{dataset.root}: no reference samples to sample from")
+        self.dataset = dataset
+        self.crop_size = crop_size
+        self.resolution = resolution
+        self.seed = seed
+        self.hflip = hflip
+        self.vflip = vflip
+
+    def batch(self, step: int, process_index: int, batch_size: int) -> dict:
+        """``pixel_values`` (B,3,R,R) in [-1,1], ``masks`` (B,1,R,R) in {0,1}, ``ids``."""
+        rng = np.random.default_rng([self.seed, step, process_index])
+        samples = self.dataset.samples
+        images, masks, ids = [], [], []
+        for i in rng.integers(len(samples), size=batch_size):
+            sample = samples[i]
+            img, msk = sample_defect_crop(sample.image, sample.mask, self.crop_size, self.resolution, rng)
+            flip_h, flip_v = rng.random(2) < 0.5  # always drawn: flags don't shift the stream
+            if self.hflip and flip_h:
+                img, msk = img[:, ::-1], msk[:, ::-1]
+            if self.vflip and flip_v:
+                img, msk = img[::-1], msk[::-1]
+            images.append(img)
+            masks.append(msk)
+            ids.append(sample.id)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        mask_t = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
+        return {"pixel_values": pixels.contiguous(), "masks": mask_t, "ids": ids}

@@ -1,0 +1,95 @@
+"""Mask helpers: binarisation, random box masks and connected-component boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+
+
+def binarize_mask(array: np.ndarray | Image.Image, threshold: int = 128) -> np.ndarray:
+    """Return a bool HxW mask: grey value ``>= threshold``.
+
+    Accepts L (HxW), LA (HxWx2), RGB (HxWx3) and RGBA (HxWx4) arrays or PIL images.
+    Colour is reduced to luminance; an alpha channel composites grey over black
+    (``v = grey * alpha / 255``). A bool HxW array is returned as a copy.
+    """
+    if isinstance(array, Image.Image):
+        if array.mode not in ("1", "L", "LA", "RGB", "RGBA"):
+            array = array.convert("RGBA" if "transparency" in array.info else "L")
+        array = np.asarray(array)
+    a = np.asarray(array)
+    if a.dtype == bool and a.ndim == 2:
+        return a.copy()
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return a >= threshold
+    if a.ndim != 3 or a.shape[2] not in (2, 3, 4):
+        raise ValueError(f"mask array must be HxW or HxWx{{2,3,4}}, got shape {a.shape}")
+    v = a.astype(np.float64)
+    grey = v[..., 0] if a.shape[2] == 2 else np.rint(v[..., :3] @ _LUMA)  # grey levels, as PIL
+    if a.shape[2] in (2, 4):
+        grey = grey * v[..., -1] / 255.0
+    return grey >= threshold
+
+
+def random_box_mask(
+    height: int,
+    width: int,
+    num_boxes: int = 30,
+    min_frac: float = 0.03,
+    max_frac: float = 0.25,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Union of ``num_boxes`` random axis-aligned boxes as a bool HxW mask.
+
+    Each side is uniform in [min_frac, max_frac] of the matching image side (at least
+    1 px); each box lies fully inside the image.
+    """
+    if not 0 < min_frac <= max_frac <= 1:
+        raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+    rng = np.random.default_rng() if rng is None else rng
+    hs = np.clip(np.rint(rng.uniform(min_frac, max_frac, num_boxes) * height), 1, height).astype(int)
+    ws = np.clip(np.rint(rng.uniform(min_frac, max_frac, num_boxes) * width), 1, width).astype(int)
+    ys = rng.integers(0, height - hs + 1)
+    xs = rng.integers(0, width - ws + 1)
+    mask = np.zeros((height, width), dtype=bool)
+    for y, x, h, w in zip(ys, xs, hs, ws):
+        mask[y : y + h, x : x + w] = True
+    return mask
+
+
+def random_box_masks(
+    batch: int,
+    height: int,
+    width: int,
+    num_boxes: int = 30,
+    min_frac: float = 0.03,
+    max_frac: float = 0.25,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """A batch of :func:`random_box_mask` masks as a float32 tensor (B, 1, H, W) in {0, 1}."""
+    rng = np.random.default_rng() if rng is None else rng
+    masks = np.stack(
+        [random_box_mask(height, width, num_boxes, min_frac, max_frac, rng) for _ in range(batch)]
+    )
+    return torch.from_numpy(masks[:, None].astype(np.float32))
+
+
+def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of the 8-connected components of ``mask``.
+
+    Components with fewer than ``min_area`` pixels are dropped; sorted by (y0, x0).
+    """
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    boxes = [
+        (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        for label, sl in enumerate(ndimage.find_objects(labels), start=1)
+        if areas[label] >= min_area
+    ]
+    return sorted(boxes, key=lambda b: (b[1], b[0]))

@@ -1,0 +1,92 @@
+"""Loading a Stable-Diffusion-2 inpainting model from a hub id or a local folder, with checks
+that fail early and name the folder or file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from defectfill.errors import ModelError
+
+DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-inpainting"
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """Return a local folder (checked to hold a diffusers model) or a hub id, unchanged.
+
+    An existing path is a local folder; a name that is not of the hub form `org/name` must be
+    one, so a mistyped folder fails here instead of as a confusing hub lookup.
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "unet").is_dir() or not (path / "model_index.json").is_file():
+            raise ModelError(f"{path}: not a diffusers inpainting model folder (needs model_index.json and unet/)")
+        return str(path)
+    if _looks_like_path(name):
+        raise ModelError(f"{name}: model folder does not exist")
+    return name
+
+
+def check_inpainting_unet(model: str) -> dict:
+    """Load only the UNet config and insist on the 9 input channels of an inpainting UNet."""
+    from diffusers import UNet2DConditionModel
+
+    where = f"{model}/unet/config.json"
+    try:
+        config = UNet2DConditionModel.load_config(model, subfolder="unet")
+    except Exception as exc:  # hub errors, offline mode, missing file: one clear line
+        raise ModelError(f"{where}: cannot read the UNet config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    if config.get("in_channels") != 9:
+        raise ModelError(
+            f"{where}: in_channels is {config.get('in_channels')}, an inpainting UNet needs 9 "
+            "(4 latent + 1 mask + 4 masked-image latent); use an *-inpainting* model"
+        )
+    return config
+
+
+@dataclass
+class TrainingComponents:
+    tokenizer: object
+    text_encoder: object
+    vae: object
+    unet: object
+    noise_scheduler: object
+
+
+def load_training_components(model: str, revision: str | None = None, variant: str | None = None) -> TrainingComponents:
+    """Load tokenizer, text encoder, VAE, UNet and a DDPM noise scheduler of `model`."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = resolve_model(model)
+    check_inpainting_unet(model)
+    kw = {"revision": revision}
+    return TrainingComponents(
+        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=variant, **kw),
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", variant=variant, **kw),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=variant, **kw),
+        noise_scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
+    )
+
+
+def load_inpaint_pipeline(model: str, lora_dir: str | os.PathLike | None = None, **kwargs):
+    """A `StableDiffusionInpaintPipeline` of `model`, with a DefectFill LoRA applied if given."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    model = resolve_model(model)
+    check_inpainting_unet(model)
+    kwargs.setdefault("safety_checker", None)
+    kwargs.setdefault("requires_safety_checker", False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(model, **kwargs)
+    if lora_dir is not None:
+        from defectfill.models.lora import load_defectfill_lora
+
+        load_defectfill_lora(pipe, lora_dir)
+    return pipe

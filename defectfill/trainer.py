@@ -1,0 +1,347 @@
+"""DefectFill fine-tuning: the training step, checkpoints and the run loop (under Accelerate).
+
+All randomness of a step (crops, flips, random boxes, noise, timesteps) is drawn from
+generators seeded by (seed, micro-step, process index), so a run resumed from a checkpoint
+replays exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from defectfill import losses
+from defectfill.config import DefectFillTrainConfig, config_fingerprint, config_to_dict, dump_config
+from defectfill.errors import ConfigError
+from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_RESUMABLE_CHANGES = {"max_train_steps", "output_dir", "checkpointing_steps", "checkpoints_total_limit", "log_with",
+                      "log_every", "data_dir", "model"}
+
+
+@dataclass
+class Batch:
+    pixel_values: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    masks: torch.Tensor  # (B, 1, R, R) real defect masks in {0, 1}
+    box_masks: torch.Tensor  # (B, 1, R, R) random-box masks for the object loss
+    generator: torch.Generator  # noise, timesteps and VAE sampling of this micro-step
+
+
+def step_rng(seed: int, micro_step: int, process_index: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Independent numpy and torch generators for one micro-step of one process."""
+    seq = np.random.SeedSequence([seed, micro_step, process_index])
+    torch_seed = int(seq.spawn(1)[0].generate_state(1, dtype=np.uint64)[0] % (2**63))
+    return np.random.default_rng(seq), torch.Generator().manual_seed(torch_seed)
+
+
+def make_batch(sampler, cfg: DefectFillTrainConfig, micro_step: int, process_index: int) -> Batch:
+    from defectfill.data.masks import random_box_masks
+
+    rng, generator = step_rng(cfg.seed, micro_step, process_index)
+    crops = sampler.batch(micro_step, process_index, cfg.train_batch_size)
+    n, _, h, w = crops["masks"].shape
+    boxes = random_box_masks(n, h, w, num_boxes=cfg.num_boxes, min_frac=cfg.box_min_frac,
+                             max_frac=cfg.box_max_frac, rng=rng)
+    return Batch(crops["pixel_values"], crops["masks"], boxes, generator)
+
+
+def token_position(input_ids: torch.Tensor, token_id: int) -> int:
+    hits = (input_ids == token_id).nonzero()
+    if len(hits) != 1:
+        raise ConfigError(f"the prompt must contain the placeholder token exactly once (found {len(hits)})")
+    return int(hits[0, -1])
+
+
+def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: torch.Tensor, token_index: int,
+                   batch: Batch, cfg: DefectFillTrainConfig, weight_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One forward pass for both branches: items [0, B) are the defect branch (real mask M,
+    defect prompt), items [B, 2B) the object branch (random boxes, object prompt)."""
+    device = prompt_ids.device
+    gen = batch.generator
+    pixels = batch.pixel_values.to(device, weight_dtype)
+    mask = batch.masks.to(device)
+    cond_mask = torch.cat([mask, batch.box_masks.to(device)])
+    b = pixels.shape[0]
+    with torch.no_grad():
+        scale = vae.config.scaling_factor
+        latents = vae.encode(pixels).latent_dist.sample(gen) * scale
+        masked = torch.cat([pixels, pixels]) * (1 - cond_mask.to(weight_dtype))
+        masked_latents = vae.encode(masked).latent_dist.sample(gen) * scale
+    latents = torch.cat([latents, latents])
+    lat_hw = latents.shape[-2:]
+    noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (2 * b,), generator=gen).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    unet_in = torch.cat([noisy, losses.latent_mask(cond_mask, lat_hw).to(latents.dtype), masked_latents], dim=1)
+
+    text = text_encoder(prompt_ids)[0]  # (2, L, D): defect prompt, object prompt
+    text = text[torch.tensor([0] * b + [1] * b, device=device)]
+
+    store.start(torch.full((b,), token_index, dtype=torch.long))
+    try:
+        pred = unet(unet_in, t, text).sample
+    finally:
+        store.stop()
+    attn_map = store.aggregate(*lat_hw)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, t)
+    else:
+        target = noise
+    m = losses.latent_mask(mask, lat_hw)
+    l_def = losses.defect_loss(pred[:b], target[:b], m)
+    l_obj = losses.object_loss(pred[b:], target[b:], m, cfg.alpha)
+    l_attn = losses.attention_loss(attn_map, m)
+    total = losses.total_loss(l_def, l_obj, l_attn, cfg.lambda_def, cfg.lambda_obj, cfg.lambda_attn)
+    return {"loss": total, "loss_def": l_def, "loss_obj": l_obj, "loss_attn": l_attn}
+
+
+# ---- checkpoints: trainable tensors, optimiser and scheduler state; safetensors + JSON only ----
+
+def trainable_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": p.detach().float().cpu().contiguous()
+            for prefix, model in models.items() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(models: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], where: Path) -> None:
+    expected = trainable_state(models).keys()
+    if set(expected) != set(state):
+        raise ConfigError(f"{where}: trainable tensors do not match this config (LoRA rank or targets changed?)")
+    for prefix, model in models.items():
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                if key.startswith(prefix + "."):
+                    params[key[len(prefix) + 1:]].copy_(value)
+
+
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items()
+               for k, v in s.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(directory: Path, models: dict, optimizer, lr_scheduler, global_step: int,
+                    cfg: DefectFillTrainConfig, lora_writer) -> None:
+    """Write `checkpoint-<step>` atomically: trainable tensors, optimiser, scheduler, LoRA export."""
+    with atomic_directory(directory) as tmp:
+        save_file(trainable_state(models), str(tmp / "trainable.safetensors"))
+        tensors, meta = optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"global_step": global_step, "optimizer": meta, "lr_scheduler": lr_scheduler.state_dict(),
+                 "config": json.loads(config_fingerprint(cfg))}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+        lora_writer(tmp / "lora")
+
+
+def load_checkpoint(directory: Path, models: dict, optimizer, lr_scheduler, cfg: DefectFillTrainConfig) -> int:
+    state = json.loads((directory / "trainer_state.json").read_text())
+    now = json.loads(config_fingerprint(cfg))
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and state["config"].get(k) != now[k])
+    if changed:
+        logger.warning("resuming %s with changed config keys: %s", directory, ", ".join(changed))
+    load_trainable_state(models, load_file(str(directory / "trainable.safetensors")), directory)
+    restore_optimizer(optimizer, load_file(str(directory / "optimizer.safetensors")), state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return int(state["global_step"])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """`latest` → newest checkpoint in the run folder (None when there is none yet); a path → it."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        path = output_dir / resume
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"{resume}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def prune_checkpoints(output_dir: Path, limit: int | None) -> None:
+    if limit is None:
+        return
+    found = list_checkpoints(output_dir)
+    for old in found[: max(0, len(found) - limit)]:
+        shutil.rmtree(old)
+
+
+# ---- the run ----
+
+def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None) -> Path:
+    """Fine-tune DefectFill as configured; returns the folder with the final LoRA weights."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
+    from defectfill.models.attention import AttentionStore, install_attention_capture
+    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
+    from defectfill.models.pipeline import check_inpainting_unet, load_training_components, resolve_model
+    from defectfill.tracking import JSONLTracker
+
+    cfg.validate()
+    output_dir = Path(cfg.output_dir)
+    # Cheap checks first: a bad model folder or data file fails before any weights load.
+    model = resolve_model(cfg.model)
+    check_inpainting_unet(model)
+    dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
+                                     defect_types=cfg.defect_types, max_samples=cfg.max_samples)
+    resume_dir = resolve_resume(output_dir, resume_from_checkpoint)
+
+    trackers = [JSONLTracker(output_dir / "logs") if name == "jsonl" else name for name in cfg.log_with]
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(cfg.seed)
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    parts = load_training_components(model, cfg.revision, cfg.variant)
+    tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
+    token_id = add_placeholder_token(tokenizer, text_encoder, cfg.placeholder_token, cfg.initializer_token)
+    for m in (unet, text_encoder, vae):
+        m.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for m in (vae, unet, text_encoder):
+        m.to(accelerator.device, dtype=None if weight_dtype == torch.float32 else weight_dtype)
+    if cfg.enable_xformers:
+        unet.enable_xformers_memory_efficient_attention()
+    store = AttentionStore()
+    install_attention_capture(unet, store)  # after xformers, which would replace it
+    add_lora(unet, text_encoder, cfg.lora_rank, cfg.lora_alpha, cfg.train_text_encoder)
+    placeholder = attach_placeholder_embedding(text_encoder, token_id)
+    for m in (unet, text_encoder):  # trainable tensors in fp32, frozen ones in weight_dtype
+        for p in m.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    placeholder.vector.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate_unet}]
+    text_lora = [p for n, p in text_encoder.named_parameters() if p.requires_grad and "lora_" in n]
+    if text_lora:
+        groups.append({"params": text_lora, "lr": cfg.learning_rate_text})
+    groups.append({"params": [placeholder.vector], "weight_decay": 0.0,
+                   "lr": cfg.learning_rate_token or cfg.learning_rate_text})
+    optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    from diffusers.optimization import get_scheduler
+
+    n_proc = accelerator.num_processes
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * n_proc,
+                                 num_training_steps=cfg.max_train_steps * n_proc)
+    unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    models = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
+
+    defect_prompt, object_prompt = cfg.prompts()
+    prompt_ids = tokenizer([defect_prompt, object_prompt], padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    token_index = token_position(prompt_ids[0], token_id)
+    token_position(prompt_ids[1], token_id)
+    prompt_ids = prompt_ids.to(accelerator.device)
+    sampler = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed, hflip=cfg.hflip, vflip=cfg.vflip)
+
+    metadata = {"base_model": cfg.model, "object_name": cfg.object_name, "defect_prompt": defect_prompt,
+                "object_prompt": object_prompt, "resolution": cfg.resolution, "crop_size": cfg.crop_size,
+                "defect_types": dataset.defect_types, "grayscale": dataset.grayscale, "data_dir": str(cfg.data_dir)}
+
+    def write_lora(directory: Path) -> None:
+        save_defectfill_lora(directory, models["unet"], models["text_encoder"], cfg.placeholder_token,
+                             token_id, metadata)
+
+    global_step = 0
+    if resume_dir is not None:
+        global_step = load_checkpoint(resume_dir, models, optimizer, lr_scheduler, cfg)
+        accelerator.print(f"resumed from {resume_dir} at step {global_step}")
+    elif resume_from_checkpoint:
+        accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, output_dir / "config.yaml")
+        accelerator.init_trackers("defectfill", config={k: v for k, v in config_to_dict(cfg).items()
+                                                          if isinstance(v, (int, float, str, bool))})
+
+    progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="DefectFill",
+                    disable=not accelerator.is_local_main_process)
+    unet.train()
+    text_encoder.train()
+    accum = cfg.gradient_accumulation_steps
+    while global_step < cfg.max_train_steps:
+        logs: dict[str, float] = {}
+        for micro in range(accum):
+            batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
+            with accelerator.accumulate(unet, text_encoder):
+                out = compute_losses(unet, text_encoder, vae, parts.noise_scheduler, store, prompt_ids,
+                                     token_index, batch, cfg, weight_dtype)
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in out.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach()) / accum
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise FloatingPointError(f"non-finite loss at step {global_step}: {logs}")
+        global_step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        if global_step % cfg.log_every == 0:
+            logs["lr_unet"] = lr_scheduler.get_last_lr()[0]
+            accelerator.log(logs, step=global_step)
+        if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(output_dir / f"checkpoint-{global_step}", models, optimizer, lr_scheduler,
+                                global_step, cfg, write_lora)
+                prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    final_dir = output_dir / "lora"
+    if accelerator.is_main_process:
+        with atomic_directory(final_dir) as tmp:
+            write_lora(tmp)
+        write_run_info(output_dir, config_to_dict(cfg), cfg.seed, global_step=global_step,
+                       num_processes=accelerator.num_processes, resumed_from=str(resume_dir) if resume_dir else None,
+                       lora_dir=str(final_dir), reference_samples=len(dataset))
+        atomic_write_text(final_dir.parent / "DONE", f"{global_step}\n")
+    accelerator.end_training()
+    return final_dir

@@ -1,0 +1,25 @@
+"""Shared pytest fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def aitex_root() -> Path:
+    """The real AITEX dev split: $DEFECTFILL_AITEX, else <repo>/../shared/data/aitex; skip if absent."""
+    root = Path(os.environ.get("DEFECTFILL_AITEX") or REPO_ROOT.parent / "shared" / "data" / "aitex")
+    if not (root / "images").is_dir():
+        pytest.skip(f"AITEX data not found at {root} (set DEFECTFILL_AITEX to its folder)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def woven_root(tmp_path_factory) -> Path:
+    """A small procedural woven-fabric dataset (6 defect + 4 good images, 128x512)."""
+    from defectfill.data import make_woven_dataset
+
+    return make_woven_dataset(tmp_path_factory.mktemp("woven") / "data", height=128, width=512, seed=0)
