@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -99,24 +99,44 @@ class DefectFillTrainConfig:
         return self.defect_prompt.format(**fill), self.object_prompt.format(**fill)
 
 
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(the non-None type, whether None is allowed) of a field hint such as `int | None`."""
+    args = get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Parse an override string with YAML, then check it against the field's type loosely."""
-    if isinstance(value, str) and hint is not str:
-        value = yaml.safe_load(value)
+    """Parse override strings (YAML for non-text fields), then check the field's type."""
+    base, optional = _base_type(hint)
+    origin = get_origin(base) or base
+    if isinstance(value, str):
+        if optional and value.strip() in ("null", "None", "~"):
+            return None
+        if origin is float:
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-4" as text
+            except ValueError:
+                pass
+        elif origin is not str:
+            value = yaml.safe_load(value)
     if value is None:
-        return None
-    text = str(hint)
-    if hint is bool or text.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    elif hint is int or text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    elif hint is float or text.startswith("float"):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty")
+    if origin is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if origin is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if origin is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
-    elif text.startswith("list") and not isinstance(value, list):
+    if origin is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected text, got {value!r} (quote it in YAML)")
+    if origin is list and not isinstance(value, list):
         value = [value]
     return value
 

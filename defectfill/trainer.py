@@ -235,7 +235,7 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
         m.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for m in (vae, unet, text_encoder):
-        m.to(accelerator.device, dtype=None if weight_dtype == torch.float32 else weight_dtype)
+        m.to(accelerator.device) if weight_dtype == torch.float32 else m.to(accelerator.device, dtype=weight_dtype)
     if cfg.enable_xformers:
         unet.enable_xformers_memory_efficient_attention()
     store = AttentionStore()

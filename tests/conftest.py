@@ -23,3 +23,20 @@ def woven_root(tmp_path_factory) -> Path:
     from defectfill.data import make_woven_dataset
 
     return make_woven_dataset(tmp_path_factory.mktemp("woven") / "data", height=128, width=512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random SD-2 inpainting pipeline written in diffusers format (loaded like a real one)."""
+    from defectfill.models.tiny import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd2-inpainting")
+
+
+@pytest.fixture(scope="session")
+def reference_root(request) -> Path:
+    """Reference defects for training tests: real AITEX when present, else the procedural set."""
+    root = Path(os.environ.get("DEFECTFILL_AITEX") or REPO_ROOT.parent / "shared" / "data" / "aitex")
+    if (root / "images").is_dir():
+        return root
+    return request.getfixturevalue("woven_root")

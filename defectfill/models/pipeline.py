@@ -29,7 +29,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
             raise ModelError(f"{path}: not a diffusers inpainting model folder (needs model_index.json and unet/)")
         return str(path)
     if _looks_like_path(name):
-        raise ModelError(f"{name}: model folder does not exist")
+        raise ModelError(f"{name}: model folder does not exist (a tiny test model: defectfill make-tiny-model {name})")
     return name
 
 

@@ -60,8 +60,8 @@ def write_tiny_tokenizer(directory: str | Path) -> Path:
 def tiny_components(sample_size: int = 32, vocab_size: int = 1000) -> dict:
     """The components of a tiny SD-2 inpainting pipeline, seeded like diffusers' dummy components.
 
-    `sample_size` is the latent size the UNet config declares (pixel size = 8 * 4 latent ... see
-    `make_tiny_pipeline`); the models work at any resolution divisible by 8 * 2.
+    `sample_size` is the latent size the UNet config declares; the VAE downsamples by 2 (two
+    blocks), so any pixel size divisible by 4 works.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

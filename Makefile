@@ -1,0 +1,26 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.14.1 / torchvision 0.29.1 install from this machine's local wheels; override elsewhere.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/defectfill demo --output-dir runs/demo
+
+test: install
+	HF_HUB_OFFLINE=1 YOLO_OFFLINE=true $(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

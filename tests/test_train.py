@@ -1,0 +1,226 @@
+"""End-to-end DefectFill fine-tuning on the tiny model: LoRA export, resume, multi-process, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from defectfill.config import DefectFillTrainConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "configs" / "defectfill" / "tiny.yaml"
+SCRIPT = REPO / "train" / "train_defectfill.py"
+
+
+def tiny_cfg(model, data, out, **kw):
+    return load_config(DefectFillTrainConfig, TINY_YAML, model=str(model), data_dir=str(data), output_dir=str(out), **kw)
+
+
+def script_args(model, data, out, *extra):
+    return ["--config", str(TINY_YAML), "--model", str(model), "--data_dir", str(data), "--output_dir", str(out),
+            *extra]
+
+
+def run_env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
+def lora_tensors(lora_dir: Path) -> dict[str, torch.Tensor]:
+    out = load_file(str(lora_dir / "pytorch_lora_weights.safetensors"))
+    out.update(load_file(str(lora_dir / "learned_embeds.safetensors")))
+    return out
+
+
+def inpaint(pipe, prompt):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 20:44] = 255
+    return pipe(prompt, image=image, mask_image=Image.fromarray(mask), height=64, width=64,
+                num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, reference_root, tmp_path_factory):
+    from defectfill.trainer import train
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    lora_dir = train(tiny_cfg(tiny_model_dir, reference_root, out))
+    return out, lora_dir
+
+
+def test_training_writes_lora_config_and_logs(trained_run):
+    out, lora_dir = trained_run
+    assert lora_dir == out / "lora"
+    names = {p.name for p in lora_dir.iterdir()}
+    assert names == {"pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "defectfill_lora.json"}
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["seed"] == 0 and info["global_step"] == 6
+    assert info["versions"]["diffusers"] and info["versions"]["torch"]
+    assert info["config"]["resolution"] == 64
+    rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:  # total is the weighted sum of the logged components
+        expected = 0.5 * r["loss_def"] + 0.2 * r["loss_obj"] + 0.05 * r["loss_attn"]
+        assert r["loss"] == pytest.approx(expected, rel=1e-5)
+    # checkpoints every 3 steps, none at the final step (the final LoRA is written instead)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt")), "safetensors only"
+
+
+def test_lora_loads_into_fresh_pipeline_and_changes_output(trained_run, tiny_model_dir):
+    from defectfill.models.pipeline import load_inpaint_pipeline
+
+    _, lora_dir = trained_run
+    meta = json.loads((lora_dir / "defectfill_lora.json").read_text())
+    prompt = meta["defect_prompt"]
+    assert prompt == "A photo of <v*>"
+
+    base = load_inpaint_pipeline(str(tiny_model_dir))
+    base.tokenizer.add_tokens("<v*>")  # same token string, untrained (base model has no [V*])
+    base.text_encoder.resize_token_embeddings(len(base.tokenizer))
+    before = inpaint(base, "A photo of fabric")
+
+    tuned = load_inpaint_pipeline(str(tiny_model_dir))
+    tuned.load_textual_inversion(str(lora_dir / "learned_embeds.safetensors"), token="<v*>")
+    tuned.load_lora_weights(str(lora_dir))  # the diffusers API users call
+    assert tuned.tokenizer.convert_tokens_to_ids("<v*>") == len(tuned.tokenizer) - 1
+    after = inpaint(tuned, "A photo of fabric")
+    again = inpaint(load_inpaint_pipeline(str(tiny_model_dir), lora_dir=lora_dir), "A photo of fabric")
+    assert np.abs(after - before).max() > 1e-3, "fine-tuned LoRA must change the inpainting"
+    np.testing.assert_array_equal(after, again)
+
+
+def test_resume_after_checkpoint_matches_uninterrupted_run(trained_run, tiny_model_dir, reference_root, tmp_path):
+    """Disk state after `checkpoint-3` of the reference run, then resume: bit-identical weights."""
+    from defectfill.trainer import train
+
+    ref_out, ref_lora = trained_run
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(ref_out / "checkpoint-3", out / "checkpoint-3")
+    lora = train(tiny_cfg(tiny_model_dir, reference_root, out), resume_from_checkpoint="latest")
+    a, b = lora_tensors(ref_lora), lora_tensors(lora)
+    assert a.keys() == b.keys()
+    for k in a:  # tolerance 0: same ops, same order, same seeds on CPU
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    assert json.loads((out / "run_info.json").read_text())["resumed_from"].endswith("checkpoint-3")
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, reference_root, tmp_path):
+    """A real SIGKILL after the first checkpoint, `--resume_from_checkpoint latest`, same end weights."""
+    steps = ["--max_train_steps", "24", "--set", "checkpointing_steps=2"]
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, str(SCRIPT), *script_args(tiny_model_dir, reference_root, ref), *steps],
+                   check=True, env=run_env(), capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *script_args(tiny_model_dir, reference_root, out), *steps],
+                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoint-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "lora").exists(), "the run was killed before finishing"
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and all((c / "trainer_state.json").is_file() for c in checkpoints)
+
+    res = subprocess.run([sys.executable, str(SCRIPT), *script_args(tiny_model_dir, reference_root, out), *steps,
+                          "--resume_from_checkpoint", "latest"], env=run_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stdout
+    a, b = lora_tensors(ref / "lora"), lora_tensors(out / "lora")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_model_dir, reference_root, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo), the multi-GPU stand-in."""
+    out = tmp_path / "ddp"
+    env = dict(run_env(), ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", "1", "--main_process_port", "29533",
+           str(SCRIPT), *script_args(tiny_model_dir, reference_root, out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["num_processes"] == 2 and info["global_step"] == 6
+    assert lora_tensors(out / "lora")
+
+
+# ---- bad input: one clear line naming the file, before any training ----
+
+def _make_pair(root: Path, name="a", size=(64, 32), mask_size=None, mask_value=255):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], 128, np.uint8)).save(root / "images" / f"{name}.png")
+    m = np.zeros((mask_size or size)[::-1], np.uint8)
+    m[5:9, 5:9] = mask_value
+    Image.fromarray(m).save(root / "masks" / f"{name}.png")
+
+
+def _run_main(model, data, out, capsys):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import train_defectfill
+    finally:
+        sys.path.pop(0)
+    code = train_defectfill.main(train_defectfill.parse_args(script_args(model, data, out)))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("problem, expect", [
+    ("size_mismatch", "a.png"),
+    ("empty_mask", "a.png"),
+    ("missing_mask", "b.png"),
+    ("missing_data_dir", "nowhere"),
+])
+def test_bad_data_fails_before_training(problem, expect, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    if problem == "size_mismatch":
+        _make_pair(data, mask_size=(64, 30))
+    elif problem == "empty_mask":
+        _make_pair(data, mask_value=0)
+    elif problem == "missing_mask":
+        _make_pair(data)
+        _make_pair(data, "b")
+        (data / "masks" / "b.png").unlink()
+    else:
+        data = tmp_path / "nowhere"
+    out = tmp_path / "out"
+    code, err = _run_main(tiny_model_dir, data, out, capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0]
+    assert not out.exists(), "nothing is written before the input is valid"
+
+
+def test_missing_model_dir_fails_cleanly(woven_root, tmp_path, capsys):
+    code, err = _run_main(tmp_path / "no-such-model", woven_root, tmp_path / "out", capsys)
+    assert code == 2 and len(err) == 1 and "no-such-model" in err[0] and "does not exist" in err[0]
+
+
+def test_unet_without_nine_channels_is_rejected(tiny_model_dir, woven_root, tmp_path, capsys):
+    model = tmp_path / "txt2img"
+    shutil.copytree(tiny_model_dir, model)
+    cfg_path = model / "unet" / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config["in_channels"] = 4
+    cfg_path.write_text(json.dumps(config))
+    code, err = _run_main(model, woven_root, tmp_path / "out", capsys)
+    assert code == 2 and len(err) == 1
+    assert str(cfg_path) in err[0] and "in_channels is 4" in err[0]
