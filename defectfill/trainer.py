@@ -199,13 +199,11 @@ def prune_checkpoints(output_dir: Path, limit: int | None) -> None:
 def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None) -> Path:
     """Fine-tune DefectFill as configured; returns the folder with the final LoRA weights."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
 
-    from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
-    from defectfill.models.attention import AttentionStore, install_attention_capture
-    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
-    from defectfill.models.pipeline import check_inpainting_unet, load_training_components, resolve_model
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.models.pipeline import check_inpainting_unet, resolve_model
     from defectfill.tracking import JSONLTracker
 
     cfg.validate()
@@ -224,18 +222,37 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    try:
+        return _run(accelerator, cfg, model, dataset, resume_dir, resume_from_checkpoint)
+    finally:
+        accelerator.end_training()
+        # Let a later in-process run choose another precision (Accelerate keeps a singleton).
+        AcceleratorState._reset_state()
+
+
+def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_dir: Path | None,
+         resume_from_checkpoint: str | None) -> Path:
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from defectfill.data.datasets import DefectCropSampler
+    from defectfill.models.attention import AttentionStore, install_attention_capture
+    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
+    from defectfill.models.pipeline import load_training_components
+
+    output_dir = Path(cfg.output_dir)
     set_seed(cfg.seed)
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    parts = load_training_components(model, cfg.revision, cfg.variant)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
     token_id = add_placeholder_token(tokenizer, text_encoder, cfg.placeholder_token, cfg.initializer_token)
     for m in (unet, text_encoder, vae):
         m.requires_grad_(False)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for m in (vae, unet, text_encoder):
-        m.to(accelerator.device) if weight_dtype == torch.float32 else m.to(accelerator.device, dtype=weight_dtype)
+        m.to(accelerator.device)
     if cfg.enable_xformers:
         unet.enable_xformers_memory_efficient_attention()
     store = AttentionStore()
@@ -250,7 +267,9 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
+                text_encoder.gradient_checkpointing_enable
+            enable()
 
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate_unet}]
     text_lora = [p for n, p in text_encoder.named_parameters() if p.requires_grad and "lora_" in n]
@@ -260,8 +279,6 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
                    "lr": cfg.learning_rate_token or cfg.learning_rate_text})
     optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    from diffusers.optimization import get_scheduler
-
     n_proc = accelerator.num_processes
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=cfg.lr_warmup_steps * n_proc,
@@ -343,5 +360,4 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
                        num_processes=accelerator.num_processes, resumed_from=str(resume_dir) if resume_dir else None,
                        lora_dir=str(final_dir), reference_samples=len(dataset))
         atomic_write_text(final_dir.parent / "DONE", f"{global_step}\n")
-    accelerator.end_training()
     return final_dir

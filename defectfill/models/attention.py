@@ -21,8 +21,9 @@ class AttentionStore:
 
     Set `token_index` (LongTensor (B,): the [V*] position in each captured item's prompt) and
     call `start()` before a UNet forward; items beyond `len(token_index)` in the batch are not
-    captured. Recording is off outside `start()`/`stop()`, so a gradient-checkpointing
-    recompute during backward records nothing.
+    captured. Maps are kept only between `start()` and `stop()`; the same selection still runs
+    after `stop()`, so a gradient-checkpointing recompute during backward saves the same tensors
+    as the forward did (torch checks this) without adding maps.
     """
 
     token_index: torch.Tensor | None = None
@@ -42,7 +43,8 @@ class AttentionStore:
         n = self.token_index.shape[0]
         probs = probs.unflatten(0, (-1, heads))[:n]  # (n, heads, queries, keys)
         picked = probs[torch.arange(n, device=probs.device), :, :, self.token_index.to(probs.device)]
-        self.maps.append(picked.mean(dim=1))  # (n, queries)
+        if self.active:
+            self.maps.append(picked.mean(dim=1))  # (n, queries)
 
     def aggregate(self, height: int, width: int) -> torch.Tensor:
         """Mean over layers of the maps resized to the latent grid: (n, 1, height, width)."""
@@ -77,7 +79,7 @@ class CrossAttentionCaptureProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)
-        if self.store.active:
+        if self.store.token_index is not None:
             self.store.record(probs, attn.heads)
 
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))

@@ -59,19 +59,21 @@ class TrainingComponents:
     noise_scheduler: object
 
 
-def load_training_components(model: str, revision: str | None = None, variant: str | None = None) -> TrainingComponents:
-    """Load tokenizer, text encoder, VAE, UNet and a DDPM noise scheduler of `model`."""
+def load_training_components(model: str, revision: str | None = None, variant: str | None = None,
+                             torch_dtype=None) -> TrainingComponents:
+    """Load tokenizer, text encoder, VAE, UNet (in `torch_dtype`) and a DDPM noise scheduler."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model = resolve_model(model)
     check_inpainting_unet(model)
     kw = {"revision": revision}
+    weights = {"variant": variant, "torch_dtype": torch_dtype, **kw}
     return TrainingComponents(
         tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=variant, **kw),
-        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", variant=variant, **kw),
-        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=variant, **kw),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **weights),
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **weights),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **weights),
         noise_scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
     )
 
