@@ -28,6 +28,20 @@ def _train(args: argparse.Namespace) -> None:
     print(f"LoRA weights: {train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)}")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from defectfill.config import GenerateConfig, load_config
+    from defectfill.generate import run_generation
+
+    cfg = load_config(GenerateConfig, args.config, args.overrides, model=args.model, lora_dir=args.lora,
+                      clean_dir=args.clean, masks=args.masks, num_samples=args.num_samples,
+                      candidates=args.candidates, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      seed=args.seed, output_dir=args.output_dir, selection=args.selection,
+                      defect_type=args.defect_type, reference_dir=args.reference)
+    summary = run_generation(cfg)
+    if summary:
+        print(f"dataset: {cfg.output_dir}  {summary}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from defectfill.demo import run_demo
 
@@ -52,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("generate", help="generate a labelled defect dataset with a fine-tuned DefectFill LoRA")
+    p.add_argument("--config", help="optional YAML (GenerateConfig keys); flags override it")
+    p.add_argument("--lora", help="LoRA folder written by training (…/lora)")
+    p.add_argument("--clean", help="folder of defect-free images")
+    p.add_argument("--masks", help="folder of masks, or 'auto' (placed reference masks; default)")
+    p.add_argument("--model", help="base model hub id or folder (default: the LoRA's base model)")
+    p.add_argument("--reference", help="reference data for --masks auto (default: the LoRA's training data)")
+    p.add_argument("--defect-type", help="restrict auto masks to one defect class")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--candidates", type=int, help="K candidates per slot for Low-Fidelity Selection (default 8)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--selection", help="lpips (default) | l1 | l2 | ssim")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_generate)
 
     p = sub.add_parser("demo", help="the embedded default: tiny model, short fine-tune on reference defects")
     p.add_argument("--output-dir", default="runs/demo")

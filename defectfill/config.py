@@ -185,3 +185,55 @@ def dump_config(config: Any, path: str | os.PathLike) -> None:
 
 def config_fingerprint(config: Any) -> str:
     return json.dumps(config_to_dict(config), sort_keys=True)
+
+
+@dataclass
+class GenerateConfig:
+    """A DefectFill generation run: fine-tuned LoRA + defect-free images → labelled dataset.
+
+    Unset values (None) come from the LoRA folder's `defectfill_lora.json` (base model, prompt,
+    crop size, resolution, reference data).
+    """
+
+    lora_dir: str = ""
+    clean_dir: str = ""
+    output_dir: str = "runs/generated"
+    model: str | None = None
+    masks: str = "auto"  # a folder of masks, or "auto": placed reference masks
+    reference_dir: str | None = None  # reference data for auto masks
+    defect_type: str | None = None  # restrict auto masks (and the label) to one class
+    allow_rotation: bool = False  # 90° turns of auto masks swap warp and weft defects on fabric
+    num_samples: int = 10
+    candidates: int = 8
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 0
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    crop_size: int | None = None
+    resolution: int | None = None
+    dilation: int = 8  # composite band around the mask (source pixels); outside it: clean, bit for bit
+    selection: str = "lpips"  # lpips | l1 | l2 | ssim
+    lpips_net: str = "alex"
+    lpips_weights: str | None = None  # local torchvision backbone weights for LPIPS
+    min_change: float = 2.0  # quality gate: mean |result − clean| inside the mask, 0..255
+    min_component_area: int = 1
+    mask_threshold: int = 128
+    mixed_precision: str = "no"
+    enable_xformers: bool = False
+    contact_sheet_samples: int = 12
+
+    def validate(self) -> None:
+        if not self.lora_dir:
+            raise ConfigError("lora_dir is required (the folder a DefectFill training run wrote)")
+        if not self.clean_dir:
+            raise ConfigError("clean_dir is required (a folder of defect-free images)")
+        for name in ("num_samples", "candidates", "num_inference_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.selection not in ("lpips", "l1", "l2", "ssim"):
+            raise ConfigError(f"selection must be lpips, l1, l2 or ssim, got {self.selection!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.dilation < 0:
+            raise ConfigError(f"dilation must be >= 0, got {self.dilation}")

@@ -354,10 +354,11 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     accelerator.wait_for_everyone()
     final_dir = output_dir / "lora"
     if accelerator.is_main_process:
+        run = {"global_step": global_step, "num_processes": accelerator.num_processes,
+               "resumed_from": str(resume_dir) if resume_dir else None, "reference_samples": len(dataset)}
         with atomic_directory(final_dir) as tmp:
             write_lora(tmp)
-        write_run_info(output_dir, config_to_dict(cfg), cfg.seed, global_step=global_step,
-                       num_processes=accelerator.num_processes, resumed_from=str(resume_dir) if resume_dir else None,
-                       lora_dir=str(final_dir), reference_samples=len(dataset))
+            write_run_info(tmp, config_to_dict(cfg), cfg.seed, **run)  # travels with the weights
+        write_run_info(output_dir, config_to_dict(cfg), cfg.seed, lora_dir=str(final_dir), **run)
         atomic_write_text(final_dir.parent / "DONE", f"{global_step}\n")
     return final_dir

@@ -65,7 +65,8 @@ def test_training_writes_lora_config_and_logs(trained_run):
     out, lora_dir = trained_run
     assert lora_dir == out / "lora"
     names = {p.name for p in lora_dir.iterdir()}
-    assert names == {"pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "defectfill_lora.json"}
+    assert names == {"pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "defectfill_lora.json",
+                     "run_info.json"}
     info = json.loads((out / "run_info.json").read_text())
     assert info["seed"] == 0 and info["global_step"] == 6
     assert info["versions"]["diffusers"] and info["versions"]["torch"]

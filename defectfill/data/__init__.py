@@ -9,6 +9,7 @@ from defectfill.data.datasets import (
     sample_defect_crop,
 )
 from defectfill.data.masks import binarize_mask, mask_to_boxes, random_box_mask, random_box_masks
+from defectfill.data.placement import auto_masks_for, place_reference_mask
 from defectfill.data.procedural import DEFECT_KINDS, make_woven_dataset
 
 __all__ = [
@@ -17,10 +18,12 @@ __all__ = [
     "DefectCropSampler",
     "ReferenceDataset",
     "ReferenceSample",
+    "auto_masks_for",
     "binarize_mask",
     "load_reference_dataset",
     "make_woven_dataset",
     "mask_to_boxes",
+    "place_reference_mask",
     "random_box_mask",
     "random_box_masks",
     "sample_defect_crop",

@@ -1,0 +1,145 @@
+"""Cost of Low-Fidelity Selection: K = 8 candidates + selection + composite, against plain
+batched sampling of 8 images with the same pipeline, side by side in one process.
+
+    python bench/bench_lfs.py --arch sd2 --resolution 256 --steps 10   # SD-2 architecture, random weights
+    python bench/bench_lfs.py --arch tiny                              # quick smoke run
+
+Writes bench/results/lfs_<arch>.json and .md. Target: ratio <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sd2_inpainting_components() -> dict:
+    """SD-2-inpainting's architecture (UNet 866 M, VAE, OpenCLIP-H text encoder) with random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, use_linear_projection=True)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4,
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                                                num_hidden_layers=23, projection_dim=512, hidden_act="gelu",
+                                                vocab_size=1000))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
+
+
+def build_model(arch: str, directory: Path) -> Path:
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTokenizer
+
+    from defectfill.models.tiny import make_tiny_pipeline, write_tiny_tokenizer
+
+    if arch == "tiny":
+        return make_tiny_pipeline(directory)
+    tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(directory / "tokenizer"))
+    parts = sd2_inpainting_components()
+    parts["text_encoder"].resize_token_embeddings(len(tokenizer))
+    StableDiffusionInpaintPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).save_pretrained(directory)
+    return directory
+
+
+def untrained_lora(model_dir: Path, out: Path, resolution: int) -> Path:
+    """A DefectFill LoRA folder (token + adapters, rank 8) without training: same inference cost."""
+    from defectfill.models.lora import add_lora, add_placeholder_token, save_defectfill_lora
+    from defectfill.models.pipeline import load_training_components
+
+    parts = load_training_components(str(model_dir))
+    token_id = add_placeholder_token(parts.tokenizer, parts.text_encoder, "<v*>")
+    add_lora(parts.unet, parts.text_encoder, rank=8)
+    meta = {"base_model": str(model_dir), "defect_prompt": "A photo of <v*>", "resolution": resolution,
+            "crop_size": 256, "defect_types": ["defect"], "data_dir": None}
+    return save_defectfill_lora(out, parts.unet, parts.text_encoder, "<v*>", token_id, meta)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=["tiny", "sd2"], default="sd2")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--selection", default="lpips")
+    args = p.parse_args(argv)
+
+    from defectfill.config import GenerateConfig
+    from defectfill.generate import DefectFillSynthesizer, derive_seed, model_mask
+    from defectfill.runinfo import atomic_write_text, package_versions
+
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = build_model(args.arch, tmp / "model")
+        lora = untrained_lora(model, tmp / "lora", args.resolution)
+        cfg = GenerateConfig(lora_dir=str(lora), clean_dir=str(tmp), candidates=args.candidates,
+                             num_inference_steps=args.steps, selection=args.selection, crop_size=256,
+                             resolution=args.resolution)
+        synth = DefectFillSynthesizer(cfg)
+        rng = np.random.default_rng(0)
+        clean = rng.integers(90, 160, (256, 1024), dtype=np.uint8)  # a grayscale line-scan strip
+        mask = np.zeros(clean.shape, bool)
+        mask[100:140, 500:530] = True
+        seeds = [derive_seed(7, k) for k in range(args.candidates)]
+        r = args.resolution
+        window = Image.fromarray(clean[:, 384:640]).convert("RGB").resize((r, r), Image.BICUBIC)
+        pipe_mask = Image.fromarray(model_mask(mask[:, 384:640], r, synth.pipe.vae_scale_factor).astype(np.uint8) * 255)
+
+        def plain():
+            synth.pipe(synth.prompt, image=window, mask_image=pipe_mask, height=r, width=r,
+                       num_images_per_prompt=args.candidates, num_inference_steps=args.steps,
+                       generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np")
+
+        def with_selection():
+            synth.synthesize(clean, mask, 7)
+
+        plain()  # warm-up
+        times = {"plain": [], "lfs": []}
+        for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits both
+            for name, fn in (("plain", plain), ("lfs", with_selection)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"arch": args.arch, "resolution": args.resolution, "steps": args.steps, "candidates": args.candidates,
+              "selection": args.selection, "lpips": synth.lpips_desc, "seconds": times, "median_seconds": med,
+              "ratio_lfs_over_plain": med["lfs"] / med["plain"], "target": 1.10,
+              "threads": torch.get_num_threads(), "versions": package_versions()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"lfs_{args.arch}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
+    md = (f"# Low-Fidelity Selection overhead ({args.arch}, {args.resolution} px, {args.steps} steps, "
+          f"K = {args.candidates})\n\n| run | median s | all runs (s) |\n| --- | --- | --- |\n"
+          + "".join(f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in times[k])} |\n" for k in times)
+          + f"\nratio (K candidates + selection + composite) / (plain batched sampling of {args.candidates}): "
+          f"**{result['ratio_lfs_over_plain']:.3f}** (target ≤ 1.10). Selection: {args.selection} "
+          f"({synth.lpips_desc or 'no LPIPS'}). CPU threads: {result['threads']}.\n")
+    atomic_write_text(stem.with_suffix(".md"), md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
