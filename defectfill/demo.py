@@ -1,4 +1,4 @@
-"""The embedded default job: tiny model, short DefectFill fine-tune, preview picture.
+"""The embedded default job: tiny model, short DefectFill fine-tune, generated labelled dataset.
 
 Runs in a few minutes on a CPU anywhere: real AITEX reference defects when the folder is
 present, otherwise a procedurally generated woven-fabric set made on the spot.
@@ -72,8 +72,36 @@ def preview_grid(model: str, lora_dir: Path, dataset, cfg: DefectFillTrainConfig
     return path
 
 
-def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, steps: int = 30) -> dict:
-    """Build the tiny model, fine-tune DefectFill on reference defects, write a preview and summary."""
+def demo_clean_images(data: Path, out: Path, count: int = 10) -> Path:
+    """Defect-free inputs for generation: the reference set's 256x256 good tiles when it has them,
+    else 256-px-wide strips cut from its good images (written under `out`)."""
+    tiles = data / "tiles" / "good"
+    if tiles.is_dir() and any(tiles.glob("*.png")):
+        return tiles if len(list(tiles.glob("*.png"))) <= count else _copy_first(tiles, out, count)
+    out.mkdir(parents=True, exist_ok=True)
+    goods = sorted((data / "good").glob("*.png"))
+    if not goods:
+        raise FileNotFoundError(f"{data}: no good/ images to generate defects on")
+    for i in range(count):
+        with Image.open(goods[i % len(goods)]) as im:
+            x0 = (i // len(goods)) * 256 % max(1, im.width - 256)
+            im.crop((x0, 0, x0 + min(256, im.width), min(256, im.height))).save(out / f"clean_{i:02d}.png")
+    return out
+
+
+def _copy_first(folder: Path, out: Path, count: int) -> Path:
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted(folder.glob("*.png"))[:count]:
+        if not (out / p.name).exists():
+            shutil.copy(p, out / p.name)
+    return out
+
+
+def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, steps: int = 30,
+             num_samples: int = 10) -> dict:
+    """Build the tiny model, fine-tune DefectFill on reference defects, generate a labelled dataset."""
     from defectfill.data.datasets import load_reference_dataset
     from defectfill.data.procedural import make_woven_dataset
     from defectfill.models.tiny import make_tiny_pipeline
@@ -82,26 +110,39 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
     out = Path(output_dir)
     model_dir = out / "tiny-sd2-inpainting"
     if not (model_dir / "model_index.json").is_file():
-        print(f"[1/3] writing a tiny random SD-2 inpainting model to {model_dir}")
+        print(f"[1/4] writing a tiny random SD-2 inpainting model to {model_dir}")
         make_tiny_pipeline(model_dir)
     data = Path(data_dir) if data_dir else default_reference_data()
     if data is None:
         data = out / "procedural-data"
         if not (data / "images").is_dir():
             make_woven_dataset(data, seed=0)
-        print(f"[2/3] AITEX not found: using procedural woven-fabric defects in {data}")
+        print(f"[2/4] AITEX not found: using procedural woven-fabric defects in {data}")
     else:
-        print(f"[2/3] reference defects: {data}")
+        print(f"[2/4] reference defects: {data}")
     cfg = load_config(DefectFillTrainConfig, TINY_CONFIG, model=str(model_dir), data_dir=str(data),
                       output_dir=str(out / "defectfill"), max_train_steps=steps,
                       checkpointing_steps=max(1, steps // 2))
-    print(f"[3/3] fine-tuning DefectFill for {steps} steps (tiny model, {cfg.resolution} px)")
+    print(f"[3/4] fine-tuning DefectFill for {steps} steps (tiny model, {cfg.resolution} px)")
     lora_dir = train(cfg)
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold)
     preview = preview_grid(str(model_dir), lora_dir, dataset, cfg, out / "preview.png")
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    from defectfill.config import GenerateConfig
+    from defectfill.generate import run_generation
+
+    clean = demo_clean_images(data, out / "clean", num_samples)
+    print(f"[4/4] generating {num_samples} labelled samples (auto masks, 4 candidates + Low-Fidelity Selection)")
+    gen = GenerateConfig(lora_dir=str(lora_dir), clean_dir=str(clean), output_dir=str(out / "dataset"),
+                         num_samples=num_samples, candidates=4, num_inference_steps=10, reference_dir=str(data),
+                         seed=cfg.seed)
+    dataset_summary = run_generation(gen)
     summary = {"model": str(model_dir), "data": str(data), "lora": str(lora_dir), "preview": str(preview),
-               "steps": steps, "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"]}
+               "steps": steps, "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+               "dataset": str(out / "dataset"), "contact_sheet": str(out / "dataset" / "contact_sheet.png"),
+               "samples": dataset_summary.get("samples"), "rejected": dataset_summary.get("rejected"),
+               "boxes": dataset_summary.get("boxes")}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary

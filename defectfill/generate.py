@@ -53,7 +53,9 @@ def blend_weights(mask: np.ndarray, dilation: int) -> np.ndarray:
     if dilation == 0:
         return mask.astype(np.float32)
     distance = ndimage.distance_transform_edt(~mask)
-    return np.clip(1.0 - distance / (dilation + 1), 0.0, 1.0).astype(np.float32)
+    alpha = np.clip(1.0 - distance / (dilation + 1), 0.0, 1.0)
+    alpha[distance > dilation] = 0.0
+    return alpha.astype(np.float32)
 
 
 def composite(clean: np.ndarray, generated: np.ndarray, mask: np.ndarray, dilation: int) -> np.ndarray:
@@ -267,6 +269,7 @@ class SlotPlanner:
 def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     """Generate `cfg.num_samples` labelled samples into `cfg.output_dir` (resumable, shardable)."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
     from defectfill.models.lora import read_lora_metadata
@@ -277,7 +280,7 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     meta = read_lora_metadata(cfg.lora_dir)
     planner = SlotPlanner(cfg, meta)
     planner.check()
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it
     writer = SampleWriter(cfg.output_dir, planner.class_names, min_component_area=cfg.min_component_area,
                           contact_sheet_samples=cfg.contact_sheet_samples)
     mine = [i for i in range(cfg.num_samples)
