@@ -32,7 +32,8 @@ def _generate(args: argparse.Namespace) -> None:
     from defectfill.config import GenerateConfig, load_config
     from defectfill.generate import run_generation
 
-    cfg = load_config(GenerateConfig, args.config, args.overrides, model=args.model, lora_dir=args.lora,
+    cfg = load_config(GenerateConfig, args.config, args.overrides, generator=args.generator,
+                      checkpoint=args.checkpoint, model=args.model, lora_dir=args.lora,
                       clean_dir=args.clean, masks=args.masks, num_samples=args.num_samples,
                       candidates=args.candidates, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       seed=args.seed, output_dir=args.output_dir, selection=args.selection,
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate a labelled defect dataset with a fine-tuned DefectFill LoRA")
     p.add_argument("--config", help="optional YAML (GenerateConfig keys); flags override it")
-    p.add_argument("--lora", help="LoRA folder written by training (…/lora)")
+    p.add_argument("--generator", help="defectfill (default) | copy_paste | multistage | dgt | package.module:Class")
+    p.add_argument("--lora", help="DefectFill: LoRA folder written by training (…/lora)")
+    p.add_argument("--checkpoint", help="baselines: the trained run's final/ folder")
     p.add_argument("--clean", help="folder of defect-free images")
     p.add_argument("--masks", help="folder of masks, or 'auto' (placed reference masks; default)")
     p.add_argument("--model", help="base model hub id or folder (default: the LoRA's base model)")

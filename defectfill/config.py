@@ -138,6 +138,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected text, got {value!r} (quote it in YAML)")
     if origin is list and not isinstance(value, list):
         value = [value]
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     return value
 
 
@@ -195,9 +197,12 @@ class GenerateConfig:
     crop size, resolution, reference data).
     """
 
-    lora_dir: str = ""
+    lora_dir: str = ""  # DefectFill's trained LoRA folder
     clean_dir: str = ""
     output_dir: str = "runs/generated"
+    generator: str = "defectfill"  # or copy_paste | multistage | dgt | package.module:Class
+    checkpoint: str | None = None  # a baseline's trained folder
+    generator_args: dict | None = None
     model: str | None = None
     masks: str = "auto"  # a folder of masks, or "auto": placed reference masks
     reference_dir: str | None = None  # reference data for auto masks
@@ -224,7 +229,7 @@ class GenerateConfig:
     contact_sheet_samples: int = 12
 
     def validate(self) -> None:
-        if not self.lora_dir:
+        if self.generator == "defectfill" and not self.lora_dir:
             raise ConfigError("lora_dir is required (the folder a DefectFill training run wrote)")
         if not self.clean_dir:
             raise ConfigError("clean_dir is required (a folder of defect-free images)")

@@ -20,7 +20,8 @@ from PIL import Image
 from scipy import ndimage
 
 from defectfill.config import GenerateConfig, config_to_dict
-from defectfill.errors import DataError, ConfigError
+from defectfill.errors import ConfigError, DataError
+from defectfill.generators import Generator, build_generator
 
 GENERATOR_NAME = "defectfill"
 
@@ -105,14 +106,18 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
 
 # ---- the synthesizer ----
 
-class DefectFillSynthesizer:
+class DefectFillSynthesizer(Generator):
     """A fine-tuned DefectFill pipeline that turns (clean image, mask, seed) into a defect image."""
+
+    name = GENERATOR_NAME
+    preserves_background = True
 
     def __init__(self, cfg: GenerateConfig, device: torch.device | str = "cpu"):
         from defectfill.models.lora import EMBEDS_NAME, read_lora_metadata
         from defectfill.models.pipeline import load_inpaint_pipeline
 
         self.cfg = cfg
+        self.dilation = cfg.dilation
         self.meta = read_lora_metadata(cfg.lora_dir)
         self.model = cfg.model or self.meta["base_model"]
         self.prompt = cfg.prompt or self.meta["defect_prompt"]
@@ -132,11 +137,16 @@ class DefectFillSynthesizer:
 
             self.lpips_model, self.lpips_desc = load_lpips(cfg.lpips_net, cfg.lpips_weights, device=device)
 
+    def metadata(self) -> dict:
+        return {"generator": self.name, "base_model": self.model, "lora_dir": str(self.cfg.lora_dir),
+                "lora_hash": self.lora_hash, "prompt": self.prompt}
+
     def candidates(self, window: np.ndarray, window_mask: np.ndarray, seeds: list[int]) -> np.ndarray:
-        """K inpainted candidates (K, R, R, 3) in [0, 1] from one batched pipeline call."""
+        """K inpainted candidates (K, R, R, 3) in [0, 1] from one batched pipeline call on a
+        window already at the model resolution (uint8 RGB) and its mask."""
         r = self.resolution
-        image = Image.fromarray(window).convert("RGB").resize((r, r), Image.BICUBIC)
-        mask = model_mask(window_mask, r, self.pipe.vae_scale_factor)
+        image = Image.fromarray(window)
+        mask = latent_safe(window_mask, self.pipe.vae_scale_factor)
         out = self.pipe(
             self.prompt, image=image, mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
             height=r, width=r, num_images_per_prompt=len(seeds), num_inference_steps=self.cfg.num_inference_steps,
@@ -145,30 +155,44 @@ class DefectFillSynthesizer:
         )
         return out.images
 
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
+                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
         """Generate K candidates in a window around `mask`, keep the least clean-like one inside
         the mask (Low-Fidelity Selection), and composite it into `clean`."""
         from defectfill.selection import low_fidelity_selection
 
-        y0, x0, h, w = mask_window(mask, self.crop_size)
-        window, window_mask = clean[y0:y0 + h, x0:x0 + w], mask[y0:y0 + h, x0:x0 + w]
         seeds = [derive_seed(seed, k) for k in range(self.cfg.candidates)]
-        cands = self.candidates(window, window_mask, seeds)
-        r = self.resolution
-        clean_r = np.asarray(Image.fromarray(window).convert("RGB").resize((r, r), Image.BICUBIC), np.float32) / 255
-        mask_r = resize_mask(window_mask, r)
-        chosen, scores = low_fidelity_selection(
-            torch.from_numpy(cands).permute(0, 3, 1, 2).float(), torch.from_numpy(clean_r).permute(2, 0, 1),
-            torch.from_numpy(mask_r), measure=self.cfg.selection, lpips_model=self.lpips_model)
-        picked = Image.fromarray((cands[chosen] * 255).round().astype(np.uint8)).resize((w, h), Image.BICUBIC)
-        if clean.ndim == 2:
-            picked = picked.convert("L")
-        result = clean.copy()
-        result[y0:y0 + h, x0:x0 + w] = composite(window, np.asarray(picked), window_mask, self.cfg.dilation)
-        info = {"window_yxhw": [y0, x0, h, w], "candidate_seeds": seeds,
-                "selection": {"measure": self.cfg.selection, "scores": [float(s) for s in scores],
-                              "chosen": int(chosen), "lpips": self.lpips_desc}}
-        return result, info
+        info: dict = {"candidate_seeds": seeds}
+
+        def pick(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
+            cands = self.candidates(window_r, mask_r, seeds)
+            chosen, scores = low_fidelity_selection(
+                torch.from_numpy(cands).permute(0, 3, 1, 2).float(),
+                torch.from_numpy(window_r.astype(np.float32) / 255).permute(2, 0, 1),
+                torch.from_numpy(mask_r), measure=self.cfg.selection, lpips_model=self.lpips_model)
+            info["selection"] = {"measure": self.cfg.selection, "scores": [float(s) for s in scores],
+                                 "chosen": int(chosen), "lpips": self.lpips_desc}
+            return (cands[chosen] * 255).round().astype(np.uint8)
+
+        result, window = windowed(clean, mask, self.crop_size, self.resolution, self.cfg.dilation, pick)
+        return result, {"window_yxhw": list(window), **info}
+
+
+def windowed(clean: np.ndarray, mask: np.ndarray, crop_size: int, resolution: int, dilation: int,
+             make) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Shared by every generator: cut a window around `mask` (see `mask_window`), resize it to
+    `resolution` (RGB uint8) with its mask, let `make(window_r, mask_r)` return the generated
+    window (R, R, 3) uint8, resize it back, match grayscale inputs, and composite it into `clean`
+    so pixels farther than `dilation` from the mask stay bit-identical. Returns (result, window)."""
+    y0, x0, h, w = mask_window(mask, crop_size)
+    window, window_mask = clean[y0:y0 + h, x0:x0 + w], mask[y0:y0 + h, x0:x0 + w]
+    window_r = np.asarray(Image.fromarray(window).convert("RGB").resize((resolution,) * 2, Image.BICUBIC))
+    made = Image.fromarray(make(window_r, resize_mask(window_mask, resolution))).resize((w, h), Image.BICUBIC)
+    if clean.ndim == 2:
+        made = made.convert("L")
+    result = clean.copy()
+    result[y0:y0 + h, x0:x0 + w] = composite(window, np.asarray(made), window_mask, dilation)
+    return result, (y0, x0, h, w)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -177,11 +201,15 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(area) > 0
 
 
+def latent_safe(mask: np.ndarray, latent_factor: int) -> np.ndarray:
+    """Dilate by one latent cell so the pipeline's nearest-neighbour downsampling to the latent
+    grid cannot drop a thin defect."""
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=max(1, latent_factor))
+
+
 def model_mask(mask: np.ndarray, size: int, latent_factor: int) -> np.ndarray:
-    """The mask given to the pipeline: resized, then dilated by one latent cell so the pipeline's
-    nearest-neighbour downsampling to the latent grid cannot drop a thin defect."""
-    resized = resize_mask(mask, size)
-    return ndimage.binary_dilation(resized, structure=np.ones((3, 3), bool), iterations=max(1, latent_factor))
+    """The mask given to the pipeline: resized to the model resolution, then `latent_safe`."""
+    return latent_safe(resize_mask(mask, size), latent_factor)
 
 
 # ---- the run: plan slots, shard, resume, write ----
@@ -267,7 +295,8 @@ class SlotPlanner:
 
 
 def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
-    """Generate `cfg.num_samples` labelled samples into `cfg.output_dir` (resumable, shardable)."""
+    """Generate `cfg.num_samples` labelled samples into `cfg.output_dir` (resumable, shardable)
+    with the generator `cfg.generator` names (or `synthesizer_factory(cfg, device)`)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
@@ -277,7 +306,7 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     from defectfill.samples import Sample, SampleWriter
 
     cfg.validate()
-    meta = read_lora_metadata(cfg.lora_dir)
+    meta = read_lora_metadata(cfg.lora_dir) if cfg.lora_dir else {}
     planner = SlotPlanner(cfg, meta)
     planner.check()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it
@@ -286,17 +315,15 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     mine = [i for i in range(cfg.num_samples)
             if i % state.num_processes == state.process_index and not writer.is_done(f"{i:06d}")]
     if mine:
-        factory = synthesizer_factory or DefectFillSynthesizer
-        synth = factory(cfg, device=state.device)
-        config = config_to_dict(cfg)
+        synth = (synthesizer_factory or build_generator)(cfg, device=state.device)
+        config, about = config_to_dict(cfg), synth.metadata()
         for index in tqdm(mine, desc=f"generate [{state.process_index}]", disable=not state.is_local_main_process):
             slot = planner.slot(index)
             clean = read_image(slot.clean_path)
-            result, info = synth.synthesize(clean, slot.mask, slot.seed)
+            result, info = synth.synthesize(clean, slot.mask, slot.seed, slot.defect_class)
             change = in_mask_change(result, clean, slot.mask)
-            sidecar = {"generator": GENERATOR_NAME, "run_seed": cfg.seed, "slot": index, "seed": slot.seed,
-                       "base_model": synth.model, "lora_dir": str(cfg.lora_dir), "lora_hash": synth.lora_hash,
-                       "prompt": synth.prompt, "source_image": str(slot.clean_path), "mask_source": slot.mask_source,
+            sidecar = {**about, "run_seed": cfg.seed, "slot": index, "seed": slot.seed,
+                       "source_image": str(slot.clean_path), "mask_source": slot.mask_source,
                        "in_mask_change": change, "generator_config": config, **info}
             sample = Sample(slot.name, result, slot.mask, slot.defect_class, sidecar, clean=clean)
             if change < cfg.min_change:

@@ -27,17 +27,16 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_util
-from scipy import ndimage
 
-from defectfill.data.masks import mask_to_boxes
+from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.errors import DataError
 from defectfill.runinfo import atomic_write_text
 
 Box = tuple[int, int, int, int]
+boxes_from_mask = mask_to_boxes  # the writer's name for the shared labeller
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TMP_MARK = ".tmp"  # atomic_write_text and _save_png write "<file>.tmp-<pid>"
-_EIGHT = np.ones((3, 3), dtype=int)
 
 CELL = 192  # contact-sheet cell side (px)
 GAP = 4  # contact-sheet spacing (px)
@@ -62,28 +61,6 @@ class Sample:
 
 
 # ----------------------------------------------------------------------------- pure label functions
-
-
-def boxes_from_mask(mask: np.ndarray, min_area: int = 1) -> list[Box]:
-    """Boxes of the 8-connected components of ``mask`` with ``>= min_area`` pixels, sorted by (y0, x0)."""
-    return [tuple(int(v) for v in b) for b in mask_to_boxes(mask, min_area)]
-
-
-def mask_components(mask: np.ndarray, min_area: int = 1) -> list[tuple[Box, np.ndarray]]:
-    """``(box, pixels)`` per 8-connected component with ``>= min_area`` pixels.
-
-    ``pixels`` is a bool array of the box's size holding only that component (not its neighbours
-    that poke into the box). Sorted by (y0, x0, x1, y1), i.e. in :func:`boxes_from_mask` order.
-    """
-    labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=_EIGHT)
-    out = []
-    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        pixels = labels[sl] == label
-        if int(pixels.sum()) >= min_area:
-            out.append(((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), pixels))
-    return sorted(out, key=lambda c: (c[0][1], c[0][0], c[0][2], c[0][3]))
 
 
 def yolo_lines(boxes: list[Box], class_id: int, width: int, height: int) -> list[str]:

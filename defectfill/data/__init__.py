@@ -8,7 +8,7 @@ from defectfill.data.datasets import (
     load_reference_dataset,
     sample_defect_crop,
 )
-from defectfill.data.masks import binarize_mask, mask_to_boxes, random_box_mask, random_box_masks
+from defectfill.data.masks import binarize_mask, mask_components, mask_to_boxes, random_box_mask, random_box_masks
 from defectfill.data.placement import auto_masks_for, place_reference_mask
 from defectfill.data.procedural import DEFECT_KINDS, make_woven_dataset
 
@@ -22,6 +22,7 @@ __all__ = [
     "binarize_mask",
     "load_reference_dataset",
     "make_woven_dataset",
+    "mask_components",
     "mask_to_boxes",
     "place_reference_mask",
     "random_box_mask",

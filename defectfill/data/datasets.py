@@ -244,3 +244,35 @@ class DefectCropSampler:
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         mask_t = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
         return {"pixel_values": pixels.contiguous(), "masks": mask_t, "ids": ids}
+
+
+class CleanCropSampler:
+    """Stateless random crops of defect-free images (the `good/` folder), like DefectCropSampler.
+
+    Images are decoded once, lazily, and kept in memory as uint8 RGB.
+    """
+
+    def __init__(self, good_paths: list[Path], crop_size: int, resolution: int, seed: int) -> None:
+        if not good_paths:
+            raise DataError("no defect-free (good/) images to sample clean crops from")
+        self.paths = list(good_paths)
+        self.crop_size, self.resolution, self.seed = crop_size, resolution, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _image(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache[i] = np.asarray(_open_image(self.paths[i]).convert("RGB"))
+        return self._cache[i]
+
+    def batch(self, step: int, process_index: int, batch_size: int) -> torch.Tensor:
+        """(B,3,R,R) in [-1,1]; depends only on (seed, step, process_index, batch_size)."""
+        rng = np.random.default_rng([self.seed, step, process_index, 1])
+        out = []
+        for i in rng.integers(len(self.paths), size=batch_size):
+            img = self._image(int(i))
+            h, w = img.shape[:2]
+            ch, cw = min(self.crop_size, h), min(self.crop_size, w)
+            y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            crop = Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((self.resolution,) * 2, Image.BICUBIC)
+            out.append(np.asarray(crop))
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -80,16 +80,26 @@ def random_box_masks(
     return torch.from_numpy(masks[:, None].astype(np.float32))
 
 
+def mask_components(mask: np.ndarray, min_area: int = 1) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """``(box, pixels)`` per 8-connected component of ``mask`` with ``>= min_area`` pixels.
+
+    ``box`` is ``(x0, y0, x1, y1)`` with exclusive x1/y1; ``pixels`` is a bool array of the box's
+    size holding only that component (not neighbours poking into the box). Sorted by (y0, x0).
+    """
+    labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
+    out = []
+    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        pixels = labels[sl] == label
+        if int(pixels.sum()) >= min_area:
+            out.append(((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), pixels))
+    return sorted(out, key=lambda c: (c[0][1], c[0][0], c[0][2], c[0][3]))
+
+
 def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> list[tuple[int, int, int, int]]:
     """Boxes ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of the 8-connected components of ``mask``.
 
     Components with fewer than ``min_area`` pixels are dropped; sorted by (y0, x0).
     """
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    boxes = [
-        (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-        for label, sl in enumerate(ndimage.find_objects(labels), start=1)
-        if areas[label] >= min_area
-    ]
-    return sorted(boxes, key=lambda b: (b[1], b[0]))
+    return [box for box, _ in mask_components(mask, min_area)]

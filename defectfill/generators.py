@@ -1,0 +1,90 @@
+"""The one generator interface shared by DefectFill and every baseline.
+
+A generator is fitted once on reference defects (`fit`), then turns a clean image, a mask and a
+seed into a defect image (`synthesize`). `run_generation` (defectfill.generate) plans slots,
+resumes, shards across processes and writes every generator's output with the same
+`SampleWriter`, so all of them produce the same dataset format. The benchmark names generators
+by class path (`package.module:Class`), so `defectfill` never imports `gan_baselines`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from defectfill.errors import ConfigError
+
+ALIASES = {
+    "defectfill": "defectfill.generate:DefectFillSynthesizer",
+    "copy_paste": "gan_baselines.copy_paste:CopyPasteGenerator",
+    "multistage": "gan_baselines.multistage:MultistageGANGenerator",
+    "dgt": "gan_baselines.dgt:DGTGenerator",
+}
+
+
+class Generator(ABC):
+    """`synthesize(clean, mask, seed)` → (defect image, info dict).
+
+    `clean` is uint8 HxW (grayscale) or HxWx3, `mask` bool HxW and non-empty; the result has the
+    clean image's shape and dtype. Generators with `preserves_background = True` leave every
+    pixel farther than `dilation` from the mask bit-identical to `clean`.
+    """
+
+    name = "generator"
+    preserves_background = False
+    dilation = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", **kwargs) -> "Generator":
+        """Load a fitted generator from the folder its `fit` wrote."""
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
+
+    def fit(self, dataset, output_dir: str | os.PathLike) -> Path:
+        """Train on a `ReferenceDataset`; write weights (safetensors) + config to `output_dir`."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable here")
+
+    @abstractmethod
+    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
+                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
+        """One defect image for (clean, mask, seed); `info` goes into the sample's sidecar."""
+
+    def metadata(self) -> dict:
+        """Generator-level facts for every sidecar (name, weights, their hash, settings)."""
+        return {"generator": self.name}
+
+    def generate(self, clean_images, masks, seeds, defect_classes=None, names=None) -> list:
+        """`Sample`s for parallel lists of clean images, masks and seeds (in memory, no files)."""
+        from defectfill.samples import Sample
+
+        if not len(clean_images) == len(masks) == len(seeds):
+            raise ValueError("clean_images, masks and seeds must have the same length")
+        classes = defect_classes or ["defect"] * len(seeds)
+        samples = []
+        for i, (clean, mask, seed) in enumerate(zip(clean_images, masks, seeds)):
+            image, info = self.synthesize(clean, mask, int(seed), classes[i])
+            name = names[i] if names else f"{i:06d}"
+            samples.append(Sample(name, image, mask, classes[i], {**self.metadata(), "seed": int(seed), **info},
+                                  clean=clean))
+        return samples
+
+
+def import_class(path: str):
+    """`package.module:Class` (or `package.module.Class`, or an alias) → the class."""
+    path = ALIASES.get(path, path)
+    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"generator {path!r} cannot be imported ({exc})") from exc
+
+
+def build_generator(cfg, device="cpu") -> Generator:
+    """The generator a `GenerateConfig` names, loaded on `device`."""
+    cls = import_class(cfg.generator)
+    if cls.__name__ == "DefectFillSynthesizer":
+        return cls(cfg, device=device)
+    return cls.from_checkpoint(cfg.checkpoint, device=device, **(cfg.generator_args or {}))

@@ -1,0 +1,256 @@
+"""Shared training harness of the GAN baselines: Accelerate, stateless per-step randomness,
+safetensors checkpoints with `--resume_from_checkpoint latest`, progress bar, JSONL logs, sample
+grids and the final weights folder that `from_checkpoint` loads.
+
+A baseline builds its modules and optimisers, then drives the loop:
+
+    h = GANHarness(cfg, {"G": g, "D": d}, {"G": opt_g, "D": opt_d}, name="dgt")
+    h.resume(resume_from_checkpoint)
+    for step in h.steps():
+        rng, gen = h.rng()            # numpy + torch generators of this step and process
+        ... losses, h.backward(loss), optimiser steps ...
+        h.log({...})
+        if h.due(cfg.sample_every): h.save_grid([...rows...], "samples")
+    final = h.finish(config_dict)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from defectfill.errors import ConfigError
+
+WEIGHTS_NAME = "weights.safetensors"
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass
+class GANTrainConfig:
+    """Keys every GAN baseline shares; each baseline's config extends this dataclass."""
+
+    data_dir: str = "../shared/data/aitex"
+    output_dir: str = "runs/gan"
+    defect_types: list[str] | None = None
+    max_samples: int | None = None
+    mask_threshold: int = 128
+    crop_size: int = 64  # window around a defect / of a clean image (source pixels)
+    resolution: int = 64  # training resolution of the crops
+    batch_size: int = 8
+    max_steps: int = 1000
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    loss: str = "bce"  # bce | r3gan
+    gamma: float = 1.0  # r3gan: R1/R2 weight at step 0 (cosine schedule)
+    gamma_final: float = 0.1  # r3gan: weight at the last step
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    sample_every: int = 250
+    log_every: int = 10
+    log_with: list[str] = field(default_factory=lambda: ["jsonl"])
+
+    def validate(self) -> None:
+        for name in ("crop_size", "resolution", "batch_size", "max_steps", "checkpointing_steps", "sample_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.loss not in ("bce", "r3gan"):
+            raise ConfigError(f"loss must be bce or r3gan, got {self.loss!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+def module_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """All parameters and buffers, keyed `<module>.<name>`, as contiguous CPU tensors."""
+    return {f"{key}.{name}": t.detach().cpu().contiguous()
+            for key, m in modules.items() for name, t in m.state_dict().items()}
+
+
+def load_module_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], where: Path) -> None:
+    for key, m in modules.items():
+        prefix = key + "."
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            m.load_state_dict(sub, strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"{where}: weights of {key!r} do not fit this config ({exc})".splitlines()[0]) from exc
+
+
+def read_final(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, weights) of a finished baseline run folder; errors name the file."""
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise ConfigError(f"{directory / name}: missing; not a finished baseline run folder")
+    return yaml.safe_load((directory / CONFIG_NAME).read_text()), load_file(str(directory / WEIGHTS_NAME))
+
+
+def image_grid(rows: list[list[torch.Tensor]], path: Path, cell: int = 96) -> Path:
+    """Save rows of (C,H,W) tensors in [-1, 1] (or 1-channel masks in [0, 1]) as one PNG."""
+    pad = 2
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    grid = Image.new("RGB", (n_cols * (cell + pad) + pad, n_rows * (cell + pad) + pad), (40, 40, 40))
+    for i, row in enumerate(rows):
+        for j, t in enumerate(row):
+            t = t.detach().float().cpu()
+            if t.shape[0] == 1:
+                arr = (t[0].clamp(0, 1) * 255).round().byte().numpy()
+            else:
+                arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            grid.paste(Image.fromarray(arr).convert("RGB").resize((cell, cell), Image.NEAREST),
+                       (pad + j * (cell + pad), pad + i * (cell + pad)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+class GANHarness:
+    """Runs one baseline's training under Accelerate (see the module docstring)."""
+
+    def __init__(self, cfg: GANTrainConfig, modules: dict[str, torch.nn.Module],
+                 optimizers: dict[str, torch.optim.Optimizer], name: str):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from defectfill.tracking import JSONLTracker
+
+        cfg.validate()
+        self.cfg, self.name = cfg, name
+        self.output_dir = Path(cfg.output_dir)
+        trackers = [JSONLTracker(self.output_dir / "logs") if t == "jsonl" else t for t in cfg.log_with]
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "logs")))
+        set_seed(cfg.seed)
+        keys_m, keys_o = list(modules), list(optimizers)
+        prepared = self.accelerator.prepare(*modules.values(), *optimizers.values())
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.modules = dict(zip(keys_m, prepared[: len(keys_m)]))
+        self.optimizers = dict(zip(keys_o, prepared[len(keys_m):]))
+        self.plain = {k: self.accelerator.unwrap_model(m) for k, m in self.modules.items()}
+        self.step = 0
+        self._progress = None
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+            self.accelerator.init_trackers(name)
+
+    # ---- randomness, logging ----
+    def rng(self) -> tuple[np.random.Generator, torch.Generator]:
+        """Generators for this step and process only: resumed runs replay the same draws."""
+        from defectfill.trainer import step_rng
+
+        return step_rng(self.cfg.seed, self.step, self.accelerator.process_index)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def gamma(self) -> float:
+        from gan_baselines.losses import cosine_schedule
+
+        return cosine_schedule(self.step, self.cfg.max_steps, self.cfg.gamma, self.cfg.gamma_final)
+
+    def due(self, every: int) -> bool:
+        """True after a step whose 1-based number is a multiple of `every` (and on the last step)."""
+        n = self.step + 1
+        return n % every == 0 or n == self.cfg.max_steps
+
+    def log(self, values: dict[str, float]) -> None:
+        if self.due(self.cfg.log_every):
+            self.accelerator.log(values, step=self.step + 1)
+        if self._progress is not None and values:
+            key = next(iter(values))
+            self._progress.set_postfix({key: f"{values[key]:.4f}"})
+
+    def save_grid(self, rows: list[list[torch.Tensor]], prefix: str = "samples") -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        return image_grid(rows, self.output_dir / "samples" / f"{prefix}-{self.step + 1:06d}.png")
+
+    # ---- the loop ----
+    def steps(self):
+        from tqdm.auto import tqdm
+
+        self._progress = tqdm(total=self.cfg.max_steps, initial=self.step, desc=self.name,
+                              disable=not self.accelerator.is_local_main_process)
+        for m in self.modules.values():
+            m.train()
+        while self.step < self.cfg.max_steps:
+            yield self.step
+            self.step += 1
+            self._progress.update(1)
+            if self.step % self.cfg.checkpointing_steps == 0 and self.step < self.cfg.max_steps:
+                self.save_checkpoint()
+        self._progress.close()
+
+    # ---- checkpoints ----
+    def save_checkpoint(self) -> None:
+        from defectfill.runinfo import atomic_directory
+        from defectfill.trainer import optimizer_tensors, prune_checkpoints
+
+        if self.accelerator.is_main_process:
+            with atomic_directory(self.output_dir / f"checkpoint-{self.step}") as tmp:
+                save_file(module_state(self.plain), str(tmp / WEIGHTS_NAME))
+                state = {"global_step": self.step, "optimizers": {}}
+                for key, opt in self.optimizers.items():
+                    tensors, meta = optimizer_tensors(opt)
+                    save_file(tensors, str(tmp / f"optimizer-{key}.safetensors"))
+                    state["optimizers"][key] = meta
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            prune_checkpoints(self.output_dir, self.cfg.checkpoints_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self, resume_from_checkpoint: str | None) -> None:
+        from defectfill.trainer import resolve_resume, restore_optimizer
+
+        directory = resolve_resume(self.output_dir, resume_from_checkpoint)
+        if directory is None:
+            if resume_from_checkpoint:
+                self.accelerator.print(f"no checkpoint in {self.output_dir}; starting from scratch")
+            return
+        state = json.loads((directory / "trainer_state.json").read_text())
+        load_module_state(self.plain, load_file(str(directory / WEIGHTS_NAME)), directory)
+        for key, opt in self.optimizers.items():
+            restore_optimizer(opt, load_file(str(directory / f"optimizer-{key}.safetensors")),
+                              state["optimizers"][key])
+        self.step = int(state["global_step"])
+        self.accelerator.print(f"resumed from {directory} at step {self.step}")
+
+    def finish(self, extra: dict | None = None) -> Path:
+        """Write `<output_dir>/final/` (weights + config + run_info) and release Accelerate."""
+        from accelerate.state import AcceleratorState
+
+        from defectfill.runinfo import atomic_directory, write_run_info
+
+        final = self.output_dir / "final"
+        self.accelerator.wait_for_everyone()
+        try:
+            if self.accelerator.is_main_process:
+                config = {**dataclasses.asdict(self.cfg), "baseline": self.name, **(extra or {})}
+                with atomic_directory(final) as tmp:
+                    save_file(module_state(self.plain), str(tmp / WEIGHTS_NAME))
+                    (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
+                    write_run_info(tmp, config, self.cfg.seed, global_step=self.step,
+                                   num_processes=self.accelerator.num_processes)
+                write_run_info(self.output_dir, config, self.cfg.seed, global_step=self.step, final_dir=str(final))
+        finally:
+            self.accelerator.end_training()
+            AcceleratorState._reset_state()
+        return final
