@@ -87,4 +87,5 @@ def build_generator(cfg, device="cpu") -> Generator:
     cls = import_class(cfg.generator)
     if cls.__name__ == "DefectFillSynthesizer":
         return cls(cfg, device=device)
-    return cls.from_checkpoint(cfg.checkpoint, device=device, **(cfg.generator_args or {}))
+    args = {"dilation": cfg.dilation, **(cfg.generator_args or {})}  # one background-fidelity band for all
+    return cls.from_checkpoint(cfg.checkpoint, device=device, **args)

@@ -57,7 +57,7 @@ def discriminator_loss(kind: str, critic: Callable[[torch.Tensor], torch.Tensor]
     """D's loss for `kind`; `critic(x)` returns logits (conditioning bound in by the caller)."""
     if kind == "bce":
         loss = bce_d_loss(critic(real), critic(fake.detach()))
-        return loss, {"loss_d": float(loss)}
+        return loss, {"loss_d": float(loss.detach())}
     if kind == "r3gan":
         real = real.detach().requires_grad_(True)
         fake = fake.detach().requires_grad_(True)
@@ -66,8 +66,8 @@ def discriminator_loss(kind: str, critic: Callable[[torch.Tensor], torch.Tensor]
         r2 = zero_centered_gradient_penalty(fake, fake_logits).mean()
         adv = relativistic_d_loss(real_logits, fake_logits)
         loss = adv + gamma / 2 * (r1 + r2)
-        return loss, {"loss_d": float(loss), "loss_d_adv": float(adv), "r1": float(r1), "r2": float(r2),
-                      "gamma": gamma}
+        logs = {"loss_d": loss, "loss_d_adv": adv, "r1": r1, "r2": r2}
+        return loss, {**{k: float(v.detach()) for k, v in logs.items()}, "gamma": gamma}
     raise ValueError(f"unknown adversarial loss {kind!r}; choose from {LOSSES}")
 
 

@@ -249,14 +249,17 @@ class DefectCropSampler:
 class CleanCropSampler:
     """Stateless random crops of defect-free images (the `good/` folder), like DefectCropSampler.
 
-    Images are decoded once, lazily, and kept in memory as uint8 RGB.
+    Images are decoded once, lazily, and kept in memory as uint8 RGB. Crops that are mostly
+    saturated (> `max_blank` of pixels at 0 or 255: off-fabric columns of line scans) are redrawn
+    up to 8 times.
     """
 
-    def __init__(self, good_paths: list[Path], crop_size: int, resolution: int, seed: int) -> None:
+    def __init__(self, good_paths: list[Path], crop_size: int, resolution: int, seed: int,
+                 max_blank: float = 0.5) -> None:
         if not good_paths:
             raise DataError("no defect-free (good/) images to sample clean crops from")
         self.paths = list(good_paths)
-        self.crop_size, self.resolution, self.seed = crop_size, resolution, seed
+        self.crop_size, self.resolution, self.seed, self.max_blank = crop_size, resolution, seed, max_blank
         self._cache: dict[int, np.ndarray] = {}
 
     def _image(self, i: int) -> np.ndarray:
@@ -268,11 +271,14 @@ class CleanCropSampler:
         """(B,3,R,R) in [-1,1]; depends only on (seed, step, process_index, batch_size)."""
         rng = np.random.default_rng([self.seed, step, process_index, 1])
         out = []
-        for i in rng.integers(len(self.paths), size=batch_size):
-            img = self._image(int(i))
-            h, w = img.shape[:2]
-            ch, cw = min(self.crop_size, h), min(self.crop_size, w)
-            y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-            crop = Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((self.resolution,) * 2, Image.BICUBIC)
-            out.append(np.asarray(crop))
+        for _ in range(batch_size):
+            for _attempt in range(8):
+                img = self._image(int(rng.integers(len(self.paths))))
+                h, w = img.shape[:2]
+                ch, cw = min(self.crop_size, h), min(self.crop_size, w)
+                y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+                crop = img[y0:y0 + ch, x0:x0 + cw]
+                if np.mean((crop == 0) | (crop == 255)) <= self.max_blank:
+                    break
+            out.append(np.asarray(Image.fromarray(crop).resize((self.resolution,) * 2, Image.BICUBIC)))
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
