@@ -249,6 +249,9 @@ class SlotPlanner:
             self.mask_files = list_images(cfg.masks, "mask")
             self.by_stem = {p.stem: p for p in self.mask_files}
             types = meta.get("defect_types") or []
+            if cfg.generator != "defectfill" and not cfg.defect_type:
+                raise ConfigError("with a masks folder, name the class to generate with --defect-type "
+                                  "(baselines synthesize one reference class)")
             self.class_names = [cfg.defect_type or (types[0] if len(types) == 1 else "defect")]
         self._sizes: dict[Path, tuple[int, int]] = {}
 

@@ -76,7 +76,7 @@ class GANTrainConfig:
 
 def module_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """All parameters and buffers, keyed `<module>.<name>`, as contiguous CPU tensors."""
-    return {f"{key}.{name}": t.detach().cpu().contiguous()
+    return {f"{key}.{name}": t.detach().cpu().clone().contiguous()
             for key, m in modules.items() for name, t in m.state_dict().items()}
 
 
