@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from defectfill.config import DefectFillTrainConfig, load_config
-from defectfill.runinfo import atomic_write_text
+from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "defectfill" / "tiny.yaml"
@@ -65,11 +65,7 @@ def preview_grid(model: str, lora_dir: Path, dataset, cfg: DefectFillTrainConfig
         for j, tile in enumerate(row):
             grid.paste(tile.convert("RGB").resize((cell, cell), Image.NEAREST),
                        (pad + j * (cell + pad), head + i * (cell + pad)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_save_image(grid, path)
 
 
 def demo_clean_images(data: Path, out: Path, count: int = 10) -> Path:

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_util
 
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.errors import DataError
-from defectfill.runinfo import atomic_write_text
+from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 Box = tuple[int, int, int, int]
 boxes_from_mask = mask_to_boxes  # the writer's name for the shared labeller
@@ -124,21 +124,9 @@ def crop_window(box: Box | None, width: int, height: int, min_side: int = 64, co
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
 def _save_png(array: np.ndarray, path: Path) -> Path:
     """Write ``array`` (uint8 HxW -> L, HxWx3 -> RGB) as PNG via a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_image(Image.fromarray(np.ascontiguousarray(array)), path)
 
 
 def _json_default(value):

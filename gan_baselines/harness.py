@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from defectfill.errors import ConfigError
+from defectfill.runinfo import atomic_save_image
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -113,11 +114,7 @@ def image_grid(rows: list[list[torch.Tensor]], path: Path, cell: int = 96) -> Pa
                 arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
             grid.paste(Image.fromarray(arr).convert("RGB").resize((cell, cell), Image.NEAREST),
                        (pad + j * (cell + pad), pad + i * (cell + pad)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_save_image(grid, path)
 
 
 class GANHarness:
@@ -254,3 +251,37 @@ class GANHarness:
             self.accelerator.end_training()
             AcceleratorState._reset_state()
         return final
+
+
+# ---- the thin launchers' shared command line (train/train_dgt.py, train/train_multistage_gan.py) ----
+
+def gan_arg_parser(description: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file (configs/gan/*.yaml)")
+    parser.add_argument("--data_dir", help="reference data folder (images/, masks/, good/)")
+    parser.add_argument("--output_dir", help="run folder for checkpoints, logs, sample grids and final/")
+    parser.add_argument("--max_steps", type=int)
+    parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (repeatable)")
+    return parser
+
+
+def run_training(args, config_cls, train_fn, label: str) -> int:
+    """Load the config, train, print where the weights went; one `error:` line and exit 2 on bad input."""
+    import sys
+
+    from defectfill.config import load_config
+    from defectfill.errors import DefectfillError
+
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides, data_dir=args.data_dir,
+                          output_dir=args.output_dir, max_steps=args.max_steps)
+        final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
+    except DefectfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{label} weights: {final}")
+    return 0

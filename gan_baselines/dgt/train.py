@@ -212,11 +212,12 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
         if aux_loss_fn is not None:
             aux = aux_loss_fn(fake, cond, torch.cat([x["labels"], x["t_labels"]]))
             loss_g = loss_g + cfg.lambda_aux * aux
-            logs["loss_aux"] = float(aux)
+            logs["loss_aux"] = float(aux.detach())
         h.backward(loss_g)
         opt_g.step()
 
-        h.log({"loss_g": float(loss_g), "loss_g_adv": float(adv), **{k: float(v) for k, v in rec.items()}, **logs})
+        values = {"loss_g": loss_g, "loss_g_adv": adv, **rec}
+        h.log({**{k: float(v.detach()) for k, v in values.items()}, **logs})
         if h.due(cfg.sample_every):
             h.save_grid(sample_rows(x, recon, moved, cfg.grid_samples), "samples")
     return h.finish({"defect_classes": classes, "channels": channels})
