@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("detect", add_help=False,
+                       help="RT-DETR on real (+ synthetic) data: build | train | eval (offline ultralytics)")
+    p.add_argument("detect_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
     p = sub.add_parser("demo", help="the embedded default: tiny model, short fine-tune on reference defects")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--data-dir", default=None, help="reference data (default: ../shared/data/aitex if present)")
@@ -97,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["detect"]:  # its own sub-commands and help
+        from defectfill.detect.rtdetr import detect_main
+
+        return detect_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

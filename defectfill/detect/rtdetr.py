@@ -1,0 +1,383 @@
+"""RT-DETR training and evaluation (ultralytics), strictly offline, for the synthetic-defect benchmark.
+
+ultralytics is a third-party trainer: it saves its checkpoints (``weights/best.pt``, ``last.pt``) in
+its own pickle-based ``.pt`` format. We accept that for the detector weights only; everything this
+package writes about the detector (metrics, manifests, reports) is JSON or Markdown.
+
+Nothing is ever downloaded: ``model`` is our small YAML (``configs/rtdetr/rtdetr_small.yaml``, trained
+from scratch), an ultralytics architecture YAML such as ``rtdetr-l.yaml`` (from scratch), or a LOCAL
+``.pt`` file (e.g. ``rtdetr-l.pt`` that the user copied in). ultralytics is imported only after
+:func:`defectfill.detect.offline.prepare_ultralytics_offline`.
+
+Command line (plugged into ``defectfill detect ...`` by :func:`detect_main`)::
+
+    defectfill detect build --reference ../shared/data/aitex --out runs/det/dataset [--synthetic DIR]
+    defectfill detect train --data runs/det/dataset/data.yaml [--config YAML] [--set epochs=50]
+    defectfill detect eval  --weights runs/det/rtdetr/weights/best.pt --data DIR/data.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from defectfill.errors import ConfigError, DataError, DefectfillError, ModelError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMALL_MODEL = "configs/rtdetr/rtdetr_small.yaml"
+METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1")
+
+
+@dataclass
+class DetectorConfig:
+    """Dataset, training and evaluation knobs of one detector run (YAML keys = field names)."""
+
+    # model: our small YAML | an ultralytics YAML (rtdetr-l.yaml) | a LOCAL .pt (never downloaded)
+    model: str = SMALL_MODEL
+    # dataset (used by train/finetune_rtdetr.py and `detect build`; see build_detection_dataset)
+    tile: int = 256
+    single_class: bool = True
+    val_fraction: float = 0.25
+    split_long: float | None = None
+    min_box_area: int = 1
+    include_good: bool = True
+    good_tiles_per_image: int | None = None
+    defect_types: list[str] | None = None
+    # training (ultralytics train arguments of the same name)
+    epochs: int = 100
+    imgsz: int = 256
+    batch: int = 16
+    nbs: int = 64  # nominal batch: gradients accumulate over round(nbs / batch) batches
+    optimizer: str = "AdamW"
+    lr0: float = 1e-4
+    lrf: float = 0.01
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 3.0
+    warmup_bias_lr: float = 0.0  # ultralytics' 0.1 default is an SGD setting; AdamW biases ramp from 0
+    cos_lr: bool = False
+    patience: int = 50
+    mosaic: float = 1.0
+    close_mosaic: int = 10
+    fliplr: float = 0.5
+    flipud: float = 0.5  # fabric has no up/down
+    seed: int = 0
+    deterministic: bool = True
+    device: str | None = None  # None: "0" when CUDA is available, else "cpu"
+    workers: int = 4
+    amp: bool = False  # always off on CPU; on GPU ultralytics' AMP check wants to download a model
+    cache: bool = False
+    train_args: dict | None = None  # any other ultralytics train argument, passed through
+    # evaluation
+    conf: float = 0.001
+    # outputs
+    output_dir: str = "runs/detect"
+    name: str = "rtdetr"
+    yolo_config_dir: str | None = None  # ultralytics settings/fonts (default ~/.cache/defectfill/ultralytics)
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad value."""
+        for key in ("epochs", "imgsz", "batch", "nbs", "tile", "min_box_area"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.tile < 32:
+            raise ConfigError(f"tile must be >= 32, got {self.tile}")
+        if self.split_long is not None and self.split_long < 1:
+            raise ConfigError(f"split_long must be >= 1 (an aspect ratio) or null, got {self.split_long}")
+        if self.good_tiles_per_image is not None and self.good_tiles_per_image < 1:
+            raise ConfigError(f"good_tiles_per_image must be >= 1 or null, got {self.good_tiles_per_image}")
+        if self.imgsz % 32:
+            raise ConfigError(f"imgsz must be a multiple of 32 (the RT-DETR stride), got {self.imgsz}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.workers < 0 or self.patience < 0:
+            raise ConfigError("workers and patience must be >= 0")
+        if self.lr0 <= 0:
+            raise ConfigError(f"lr0 must be positive, got {self.lr0}")
+
+    def dataset_kwargs(self) -> dict:
+        """Keyword arguments for :func:`defectfill.detect.dataset.build_detection_dataset`."""
+        keys = ("tile", "single_class", "val_fraction", "split_long", "min_box_area", "include_good",
+                "good_tiles_per_image", "defect_types", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _ultralytics_model_yaml(name: str) -> Path | None:
+    """The architecture YAML ``name`` shipped inside ultralytics (found without importing it)."""
+    spec = importlib.util.find_spec("ultralytics")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        hits = sorted((Path(folder) / "cfg" / "models").rglob(name))
+        if hits:
+            return hits[0]
+    return None
+
+
+def resolve_model(model: str) -> str:
+    """An absolute path (local YAML / .pt) or an ultralytics built-in YAML path; never a download.
+
+    Relative paths are tried against the working directory, then the repository root.
+    """
+    path = Path(model).expanduser()
+    for candidate in (path, REPO_ROOT / path):
+        if candidate.is_file():
+            if candidate.suffix not in (".yaml", ".yml", ".pt"):
+                raise ModelError(f"{candidate}: a detector model must be a .yaml architecture or a .pt checkpoint")
+            return str(candidate.resolve())
+    if path.suffix == ".pt":
+        raise ModelError(f"{model}: local .pt weights not found (weights are never downloaded; "
+                         "copy e.g. rtdetr-l.pt to this machine and pass its path)")
+    if path.suffix in (".yaml", ".yml") and path.name == model:
+        builtin = _ultralytics_model_yaml(model)
+        if builtin is not None:
+            return str(builtin)
+    raise ModelError(f"{model}: detector model YAML not found (neither a file nor an ultralytics built-in)")
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or "0" when CUDA is available and "cpu" otherwise."""
+    if device not in (None, ""):
+        return str(device)
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def read_data_yaml(data_yaml: str | os.PathLike) -> dict:
+    """The mapping in a dataset YAML; DataError naming the file when missing or invalid."""
+    path = Path(data_yaml)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset YAML not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict) or "names" not in data or "val" not in data:
+        raise DataError(f"{path}: not a detection dataset YAML (needs 'names' and 'val')")
+    return data
+
+
+def _import_rtdetr(config_dir: str | None):
+    """ultralytics' RTDETR class, imported offline (prepare_ultralytics_offline first)."""
+    from defectfill.detect.offline import prepare_ultralytics_offline
+
+    prepare_ultralytics_offline(config_dir)
+    from ultralytics import RTDETR
+
+    return RTDETR
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+
+def train_args(cfg: DetectorConfig, data_yaml: str | os.PathLike) -> dict:
+    """The keyword arguments handed to ultralytics' ``RTDETR(model).train``."""
+    device = resolve_device(cfg.device)
+    args = {
+        "data": str(Path(data_yaml).resolve()), "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
+        "nbs": cfg.nbs, "optimizer": cfg.optimizer, "lr0": cfg.lr0, "lrf": cfg.lrf,
+        "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs,
+        "warmup_bias_lr": cfg.warmup_bias_lr, "cos_lr": cfg.cos_lr, "patience": cfg.patience,
+        "mosaic": cfg.mosaic, "close_mosaic": cfg.close_mosaic, "fliplr": cfg.fliplr, "flipud": cfg.flipud,
+        "seed": cfg.seed, "deterministic": cfg.deterministic, "device": device, "workers": cfg.workers,
+        "amp": bool(cfg.amp and device != "cpu"), "cache": cfg.cache,
+        "project": str(Path(cfg.output_dir).expanduser().resolve()), "name": cfg.name, "exist_ok": True,
+        "plots": False, "val": True, "verbose": False,
+    }
+    return {**args, **(cfg.train_args or {})}
+
+
+def train_detector(cfg: DetectorConfig, data_yaml: str | os.PathLike) -> Path:
+    """Train RT-DETR on ``data_yaml``; return the best weights (``<output_dir>/<name>/weights/best.pt``).
+
+    The weights are an ultralytics ``.pt`` checkpoint (its own format, see the module docstring).
+    Refuses an evaluation folder (``defectfill_role: eval``). Offline; ``amp`` is forced off on CPU.
+    """
+    data = read_data_yaml(data_yaml)
+    if data.get("defectfill_role") == "eval":
+        raise DataError(f"{data_yaml}: is an evaluation folder (build_eval_dataset); never train on it")
+    model = resolve_model(cfg.model)
+    args = train_args(cfg, data_yaml)
+    rtdetr = _import_rtdetr(cfg.yolo_config_dir)(model)
+    rtdetr.train(**args)
+    weights_dir = Path(args["project"]) / cfg.name / "weights"
+    for candidate in (weights_dir / "best.pt", weights_dir / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"{weights_dir}: ultralytics finished without writing best.pt or last.pt")
+
+
+def _num(value: Any) -> float | None:
+    """A finite Python float, or None for NaN/inf."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metrics_to_dict(metrics: Any) -> dict:
+    """Overall and per-class numbers from ultralytics' ``DetMetrics`` (what ``model.val`` returns).
+
+    ``map50``/``map50_95`` = ``box.map50``/``box.map`` (class means); ``precision``/``recall`` =
+    ``box.mp``/``box.mr``, and ``f1`` the mean of ``box.f1``: per class at IoU 0.5, at the one
+    confidence that maximises the class-mean F1 (ultralytics' convention). Per class (``names``
+    order): images and instances in the split, precision, recall, f1, ap50, ap50_95 (None when the
+    class has no instance in the split).
+    """
+    box = metrics.box
+    names = dict(metrics.names)
+    nt = metrics.nt_per_class if metrics.nt_per_class is not None else [0] * len(names)
+    nimg = metrics.nt_per_image if metrics.nt_per_image is not None else [0] * len(names)
+    present = [int(c) for c in box.ap_class_index]
+    per_class = {}
+    for c, name in sorted(names.items()):
+        row = {"images": int(nimg[c]), "instances": int(nt[c])}
+        if c in present:
+            i = present.index(c)
+            row.update(precision=_num(box.p[i]), recall=_num(box.r[i]), f1=_num(box.f1[i]),
+                       ap50=_num(box.ap50[i]), ap50_95=_num(box.ap[i]))
+        else:
+            row.update(precision=None, recall=None, f1=None, ap50=None, ap50_95=None)
+        per_class[name] = row
+    f1 = sum(float(v) for v in box.f1) / len(box.f1) if len(box.f1) else 0.0
+    return {"map50": _num(box.map50), "map50_95": _num(box.map), "precision": _num(box.mp),
+            "recall": _num(box.mr), "f1": _num(f1), "instances": int(sum(int(v) for v in nt)),
+            "per_class": per_class, "speed_ms_per_image": {k: _num(v) for k, v in dict(metrics.speed).items()}}
+
+
+def evaluate_detector(weights: str | os.PathLike, data_yaml: str | os.PathLike, split: str = "val",
+                      imgsz: int | None = None, batch: int = 16, device: str | None = None, conf: float = 0.001,
+                      workers: int = 0, config_dir: str | None = None) -> dict:
+    """Run ultralytics' validator of ``weights`` on ``split`` of ``data_yaml``; return JSON-able metrics.
+
+    Keys: :data:`METRIC_KEYS`, ``instances``, ``per_class``, ``speed_ms_per_image`` (see
+    :func:`metrics_to_dict`) plus ``weights``, ``data``, ``split``. ``imgsz=None`` uses the training
+    size stored in the checkpoint. Box matching uses ultralytics' fixed IoU thresholds (0.5:0.95;
+    precision/recall/F1 at 0.5); its ``iou`` argument is an NMS threshold, which RT-DETR does not use.
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ModelError(f"{weights}: detector weights not found")
+    read_data_yaml(data_yaml)
+    rtdetr = _import_rtdetr(config_dir)(str(weights))
+    kwargs = {"data": str(Path(data_yaml).resolve()), "split": split, "batch": batch, "conf": conf,
+              "device": resolve_device(device), "workers": workers, "plots": False, "verbose": False,
+              "save_json": False, "exist_ok": True, "name": "val"}
+    if imgsz is not None:
+        kwargs["imgsz"] = imgsz
+    with tempfile.TemporaryDirectory(prefix="defectfill-val-") as work:  # ultralytics' val folder: discarded
+        metrics = rtdetr.val(project=work, **kwargs)
+        out = metrics_to_dict(metrics)
+    return {"weights": str(weights.resolve()), "data": str(Path(data_yaml).resolve()), "split": split, **out}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _load_cfg(args: argparse.Namespace, **explicit: Any) -> DetectorConfig:
+    from defectfill.config import load_config
+
+    return load_config(DetectorConfig, args.config, args.overrides, **explicit)
+
+
+def _cmd_build(args: argparse.Namespace) -> None:
+    from defectfill.detect.dataset import build_detection_dataset, build_eval_dataset
+
+    cfg = _load_cfg(args)
+    kwargs = cfg.dataset_kwargs()
+    if args.eval:
+        kwargs.pop("val_fraction")
+        kwargs.pop("seed")
+        names = args.class_names.split(",") if args.class_names else None
+        manifest = build_eval_dataset(args.reference, args.out, class_names=names, **kwargs)
+    else:
+        manifest = build_detection_dataset(args.reference, args.out, synthetic_dirs=args.synthetic, **kwargs)
+    counts = {s: manifest["splits"][s]["images"] for s in ("train", "val")}
+    print(f"dataset: {Path(args.out).resolve() / 'data.yaml'}  tiles {counts}  classes {manifest['class_names']}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from defectfill.detect.report import write_report
+
+    cfg = _load_cfg(args, model=args.model, epochs=args.epochs, device=args.device, output_dir=args.output_dir)
+    weights = train_detector(cfg, args.data)
+    metrics = evaluate_detector(weights, args.data, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
+                                workers=cfg.workers, config_dir=cfg.yolo_config_dir)
+    results = {"config": dataclasses.asdict(cfg), "weights": str(weights), "evaluations": {"val": metrics}}
+    paths = write_report(results, weights.parent.parent, "results")
+    print(f"weights: {weights}\nresults: {paths[0]}  {paths[1]}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from defectfill.detect.report import write_report
+
+    metrics = evaluate_detector(args.weights, args.data, args.split, imgsz=args.imgsz, batch=args.batch,
+                                device=args.device, workers=args.workers)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.weights).resolve().parent.parent
+    paths = write_report({"weights": str(args.weights), "evaluations": {args.split: metrics}}, out_dir,
+                         f"eval_{args.split}")
+    print(f"mAP50 {metrics['map50']:.4f}  mAP50-95 {metrics['map50_95']:.4f}\nresults: {paths[0]}  {paths[1]}")
+
+
+def build_parser(prog: str = "defectfill detect") -> argparse.ArgumentParser:
+    """``build`` / ``train`` / ``eval`` subcommands."""
+    parser = argparse.ArgumentParser(prog=prog, description="RT-DETR detector benchmark (offline ultralytics).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML with DetectorConfig keys")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("build", help="tile reference (+ synthetic) data into a YOLO dataset")
+    p.add_argument("--reference", required=True, help="reference folder (images/, masks/, good/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--synthetic", action="append", default=[], help="SampleWriter dataset (train only; repeatable)")
+    p.add_argument("--eval", action="store_true", help="held-out evaluation folder (everything in val/)")
+    p.add_argument("--class-names", help="comma-separated class list (use the training set's for --eval)")
+    common(p)
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("train", help="train RT-DETR on a built data.yaml, then evaluate on its val split")
+    p.add_argument("--data", required=True, help="data.yaml written by `detect build`")
+    p.add_argument("--model", help=f"YAML or LOCAL .pt (default {SMALL_MODEL})")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--device")
+    p.add_argument("--output-dir")
+    common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate weights on a data.yaml split (JSON + Markdown report)")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--imgsz", type=int)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--output-dir", help="where the report goes (default: the weights' run folder)")
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def detect_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``defectfill detect``; returns the exit code (2 with a one-line error on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DefectfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(detect_main())

@@ -1,0 +1,368 @@
+"""Detection benchmark: tiled dataset builder, small RT-DETR config, offline training/evaluation, reports.
+
+ultralytics runs only in subprocesses with a clean environment (YOLO_CONFIG_DIR in tmp_path, network
+calls blocked and recorded), so this pytest process never imports it.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from defectfill.data.masks import mask_to_boxes
+from defectfill.detect.dataset import (
+    PAD_VALUE,
+    build_detection_dataset,
+    build_eval_dataset,
+    split_by_source,
+    split_component,
+    tile_origins,
+)
+from defectfill.detect.report import write_report
+from defectfill.detect.rtdetr import DetectorConfig, detect_main, resolve_model, train_detector
+from defectfill.errors import ConfigError, DataError, ModelError
+from defectfill.samples import Sample, SampleWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- hand-made reference set
+# (image id, defect type, width, rectangles (x0, y0, x1, y1) painted into the mask)
+DEFECTS = {
+    "a": ("hole", 1024, [(100, 50, 110, 60), (250, 100, 262, 108), (300, 200, 500, 202)]),  # blob, border, line
+    "b": ("line", 1000, [(750, 30, 755, 33), (900, 10, 903, 12)]),  # 1000 px: last tile at x0=744
+    "c": ("hole", 512, [(300, 0, 304, 3)]),
+    "d": ("hole", 512, []),  # diagonal, painted below
+}
+GOOD = {"g1": 512, "g2": 512}
+# tile -> (class id in ["hole", "line"], boxes in tile pixels), written by hand from the rectangles above
+EXPECTED = {
+    "a_x0000_y000": (0, [(100, 50, 110, 60), (250, 100, 256, 108)]),
+    "a_x0256_y000": (0, [(0, 100, 6, 108), (44, 200, 244, 202)]),
+    "b_x0512_y000": (1, [(238, 30, 243, 33)]),
+    "b_x0744_y000": (1, [(156, 10, 159, 12), (6, 30, 11, 33)]),
+    "c_x0256_y000": (0, [(44, 0, 48, 3)]),
+    "d_x0000_y000": (0, [(10, 0, 16, 6)]),
+}
+BACKGROUND = {"g1_x0000_y000", "g1_x0256_y000", "g2_x0000_y000", "g2_x0256_y000"}
+
+
+def _noise(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def _save(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_reference(root: Path) -> Path:
+    """Grey noise images with hand-painted masks, a manifest and two good images."""
+    rows = ["id,defect_type"]
+    for seed, (name, (dtype, width, rects)) in enumerate(DEFECTS.items()):
+        mask = np.zeros((256, width), bool)
+        for x0, y0, x1, y1 in rects:
+            mask[y0:y1, x0:x1] = True
+        if name == "d":
+            for i in range(6):
+                mask[i, 10 + i] = True  # corner-touching pixels: one 8-connected component
+        _save(_noise(256, width, seed), root / "images" / f"{name}.png")
+        _save(mask.astype(np.uint8) * 255, root / "masks" / f"{name}.png")
+        rows.append(f"{name},{dtype}")
+    for seed, (name, width) in enumerate(GOOD.items(), start=10):
+        _save(_noise(256, width, seed), root / "good" / f"{name}.png")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def read_labels(path: Path, size=256):
+    """(class ids, pixel boxes) of a YOLO label file, parsed here independently of the package."""
+    classes, boxes = [], []
+    for line in path.read_text().splitlines():
+        c, xc, yc, w, h = line.split()
+        xc, yc, w, h = (float(v) * size for v in (xc, yc, w, h))
+        classes.append(int(c))
+        boxes.append((round(xc - w / 2), round(yc - h / 2), round(xc + w / 2), round(yc + h / 2)))
+    return classes, boxes
+
+
+def tiles_in(out: Path, split: str) -> set[str]:
+    return {p.stem for p in (out / split / "images").glob("*.png")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return make_reference(tmp_path_factory.mktemp("ref") / "ref")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A SampleWriter dataset: one 256x256, one 512x256 (re-tiled), one 128x128 (letterboxed) sample."""
+    root = tmp_path_factory.mktemp("syn") / "syn"
+    writer = SampleWriter(root, ["hole"], contact_sheet_samples=0)
+    for name, (h, w, rect) in {"s256": (256, 256, (10, 30, 20, 40)), "wide": (256, 512, (300, 20, 310, 30)),
+                               "small": (128, 128, (10, 30, 20, 40))}.items():
+        mask = np.zeros((h, w), bool)
+        x0, y0, x1, y1 = rect
+        mask[y0:y1, x0:x1] = True
+        writer.write(Sample(name, _noise(h, w, len(name)), mask, "hole"))
+    writer.finalize()
+    return root
+
+
+# ----------------------------------------------------------------------------- dataset builder
+
+
+def test_tiles_boxes_and_split_by_source(reference, tmp_path):
+    out = tmp_path / "det"
+    manifest = build_detection_dataset(reference, out, val_fraction=0.5, seed=0)
+    train, val = tiles_in(out, "train"), tiles_in(out, "val")
+    assert not train & val and train | val == set(EXPECTED) | BACKGROUND  # 6 labelled + 4 background tiles
+    for name, (cls, boxes) in EXPECTED.items():
+        split = "train" if name in train else "val"
+        got_cls, got_boxes = read_labels(out / split / "labels" / f"{name}.txt")
+        assert got_boxes == boxes and set(got_cls) == {cls}, name
+    for name in BACKGROUND:
+        split = "train" if name in train else "val"
+        assert (out / split / "labels" / f"{name}.txt").read_text() == ""
+    # pixels: a tile is the source crop (here the right-aligned last tile of the 1000 px image)
+    split = "train" if "b_x0744_y000" in train else "val"
+    tile = np.asarray(Image.open(out / split / "images" / "b_x0744_y000.png"))
+    assert tile.shape == (256, 256) and (tile == _noise(256, 1000, 1)[:, 744:1000]).all()
+    # split by source image: no id in both splits, each split has defects and backgrounds
+    ids = {s: {n.split("_x")[0] for n in tiles_in(out, s)} for s in ("train", "val")}
+    assert not ids["train"] & ids["val"] and ids["train"] | ids["val"] == set(DEFECTS) | set(GOOD)
+    for s in ("train", "val"):
+        assert ids[s] & set(DEFECTS) and ids[s] & set(GOOD)
+        assert set(manifest["splits"][s]["source_ids"]) == ids[s]
+    assert set(manifest["sources"]["reference_val"]) == ids["val"] & set(DEFECTS)
+    counts = manifest["splits"]
+    assert counts["train"]["images"] + counts["val"]["images"] == 10
+    assert sum(counts[s]["per_class"]["hole"]["boxes"] for s in ("train", "val")) == 6
+    assert sum(counts[s]["per_class"]["line"]["boxes"] for s in ("train", "val")) == 3
+    assert manifest["dropped"]["tiles_without_defect"] == 2 + 2 + 1 + 1  # a: 2, b: 2, c: 1, d: 1
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data == {"path": str(out.resolve()), "train": "train/images", "val": "val/images",
+                    "names": {0: "hole", 1: "line"}}
+    again = build_detection_dataset(reference, out, val_fraction=0.5, seed=0)  # rebuild replaces, same split
+    assert again["sources"] == manifest["sources"]
+
+
+def test_synthetic_goes_to_train_only_retiled_and_letterboxed(reference, synthetic, tmp_path):
+    out = tmp_path / "det"
+    manifest = build_detection_dataset(reference, out, synthetic_dirs=[synthetic], single_class=True)
+    expected = {"syn0-s256_x0000_y000": [(10, 30, 20, 40)], "syn0-wide_x0256_y000": [(44, 20, 54, 30)],
+                "syn0-small_x0000_y000": [(74, 94, 84, 104)]}  # 128 px letterboxed: +64 on both axes
+    assert {n for n in tiles_in(out, "train") if n.startswith("syn")} == set(expected)
+    assert not any(n.startswith("syn") for n in tiles_in(out, "val"))
+    for name, boxes in expected.items():
+        assert read_labels(out / "train" / "labels" / f"{name}.txt") == ([0], boxes)
+    small = np.asarray(Image.open(out / "train" / "images" / "syn0-small_x0000_y000.png"))
+    assert small.shape == (256, 256) and (small[:64] == PAD_VALUE).all() and (small[:, 192:] == PAD_VALUE).all()
+    assert (small[64:192, 64:192] == _noise(128, 128, 5)).all()
+    assert manifest["class_names"] == ["defect"] and manifest["sources"]["synthetic"][0]["tiles"] == 3
+    assert manifest["splits"]["train"]["by_kind"]["synthetic"] == 3
+    with pytest.raises(DataError, match="hole"):  # a synthetic class missing from explicit class names
+        build_detection_dataset(reference, tmp_path / "x", synthetic_dirs=[synthetic], class_names=["line", "z"])
+
+
+def test_split_long_and_min_box_area(reference, tmp_path):
+    out = tmp_path / "long"
+    manifest = build_detection_dataset(reference, out, split_long=10)
+    split = next(s for s in ("train", "val") if (out / s / "labels" / "a_x0256_y000.txt").exists())
+    _, boxes = read_labels(out / split / "labels" / "a_x0256_y000.txt")
+    # the 200x2 line (aspect 100 > 10) becomes 10 boxes of 20x2; the 6x8 border piece is kept whole
+    assert boxes == [(0, 100, 6, 108)] + [(44 + 20 * i, 200, 64 + 20 * i, 202) for i in range(10)]
+    assert manifest["split_long"] == 10
+    # vertical, and fitted to the pixels of each segment (a 2-px-wide line drifting right by 1 px halfway)
+    pixels = np.zeros((50, 3), bool)
+    pixels[:25, 0:2] = pixels[25:, 1:3] = True
+    assert split_component((5, 7, 8, 57), pixels, 4) == [  # aspect 50/3 > 4: 5 segments of 10 rows
+        (5, 7, 7, 17), (5, 17, 7, 27), (5, 27, 8, 37), (6, 37, 8, 47), (6, 47, 8, 57)]
+    out = tmp_path / "min"
+    build_detection_dataset(reference, out, min_box_area=10)  # drops the 3x2 dot (area 6) only
+    split = next(s for s in ("train", "val") if (out / s / "labels" / "b_x0744_y000.txt").exists())
+    assert read_labels(out / split / "labels" / "b_x0744_y000.txt")[1] == [(6, 30, 11, 33)]
+
+
+def test_split_and_tiling_helpers():
+    assert tile_origins(1024, 256) == [0, 256, 512, 768]
+    assert tile_origins(1000, 256) == [0, 256, 512, 744]
+    assert tile_origins(3796, 256)[-2:] == [3328, 3540]  # AITEX's 3796 px image (tiles.csv)
+    assert tile_origins(100, 256) == [0]
+    groups = {"t1": [f"i{k}" for k in range(8)], "t2": ["j0", "j1"], "t3": ["k0"]}
+    val = split_by_source(groups, 0.25, seed=3)
+    assert len(val & set(groups["t1"])) == 2 and len(val & set(groups["t2"])) == 1 and "k0" not in val
+    assert split_by_source(groups, 0.25, seed=3) == val and split_by_source(groups, 1.0, 0) == {
+        *groups["t1"], *groups["t2"], "k0"}
+
+
+def test_eval_folder_and_clear_errors(reference, tmp_path, capsys):
+    out = tmp_path / "eval"
+    manifest = build_eval_dataset(reference, out, class_names=["hole", "line", "extra"])
+    assert tiles_in(out, "val") == set(EXPECTED) | BACKGROUND and not tiles_in(out, "train")
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["defectfill_role"] == "eval" and data["names"] == {0: "hole", 1: "line", 2: "extra"}
+    assert manifest["splits"]["val"]["per_class"]["extra"] == {"tiles": 0, "boxes": 0}
+    with pytest.raises(DataError, match="evaluation folder"):
+        train_detector(DetectorConfig(), out / "data.yaml")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="busy"):
+        build_detection_dataset(reference, tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(DataError, match="nowhere"):
+        build_detection_dataset(tmp_path / "nowhere", tmp_path / "x")
+    with pytest.raises(ModelError, match="never downloaded"):
+        resolve_model("rtdetr-l.pt")
+    assert resolve_model("configs/rtdetr/rtdetr_small.yaml") == str(REPO / "configs/rtdetr/rtdetr_small.yaml")
+    with pytest.raises(ConfigError, match="imgsz"):
+        DetectorConfig(imgsz=100).validate()
+    assert detect_main(["eval", "--weights", str(tmp_path / "missing.pt"), "--data", str(out / "data.yaml")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    built = tmp_path / "cli"
+    assert detect_main(["build", "--reference", str(reference), "--out", str(built), "--set", "single_class=false",
+                        "--set", "val_fraction=0.5"]) == 0
+    assert yaml.safe_load((built / "data.yaml").read_text())["names"] == {0: "hole", 1: "line"}
+    assert detect_main(["build", "--reference", str(reference), "--out", str(built), "--set", "tile=0"]) == 2
+    assert "tile must be >= 1" in capsys.readouterr().err
+    assert "ultralytics" not in sys.modules
+    assert "ultralytics" not in sys.modules
+
+
+def test_report_json_and_markdown(tmp_path):
+    metrics = {"map50": 0.5, "map50_95": 0.25, "precision": 0.75, "recall": 0.5, "f1": 0.6, "instances": 4,
+               "split": "val", "per_class": {"hole": {"images": 2, "instances": 4, "ap50": 0.5, "ap50_95": 0.25,
+                                                       "precision": 0.75, "recall": 0.5, "f1": 0.6},
+                                              "line": {"images": 0, "instances": 0, "ap50": None, "ap50_95": None,
+                                                       "precision": None, "recall": None, "f1": None}}}
+    json_path, md_path = write_report({"evaluations": {"real only": metrics}}, tmp_path, "r")
+    assert json.loads(json_path.read_text())["evaluations"]["real only"] == metrics
+    md = md_path.read_text()
+    assert "| real only | 0.5000 | 0.2500 | 0.7500 | 0.5000 | 0.6000 | 4 |" in md
+    assert "| hole | 2 | 4 | 0.5000 | 0.2500 | 0.7500 | 0.5000 | 0.6000 |" in md
+    assert "| line | 0 | 0 | – | – | – | – | – |" in md
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+# ----------------------------------------------------------------------------- ultralytics (subprocesses)
+
+_NO_NETWORK = textwrap.dedent("""
+    import json, os, socket, sys
+    calls = []
+    def no_network(*args, **kwargs):
+        calls.append(repr(args[:2]))
+        raise OSError("network disabled in this test")
+    socket.getaddrinfo = socket.create_connection = no_network
+    socket.socket.connect = socket.socket.connect_ex = no_network
+    assert "ultralytics" not in sys.modules
+""")
+
+_PROBE = _NO_NETWORK + textwrap.dedent("""
+    from defectfill.detect.offline import check_dataset_offline
+    data = check_dataset_offline(sys.argv[1])
+    from ultralytics import RTDETR
+    model = RTDETR(sys.argv[2])
+    params = sum(p.numel() for p in model.model.parameters())
+    print(json.dumps({"nc": data["nc"], "names": data["names"], "val": str(data["val"]), "params": params,
+                      "head": type(model.model.model[-1]).__name__, "calls": calls}))
+""")
+
+_TRAIN = _NO_NETWORK + textwrap.dedent("""
+    import time
+    sys.path.insert(0, "train")
+    import finetune_rtdetr
+    from defectfill.detect.rtdetr import detect_main
+    ref, out = sys.argv[1], sys.argv[2]
+    t0 = time.perf_counter()
+    rc = finetune_rtdetr.main(finetune_rtdetr.parse_args([
+        "--reference", ref, "--output_dir", out, "--device", "cpu", "--epochs", "1",
+        "--set", "imgsz=64", "--set", "batch=2", "--set", "nbs=2", "--set", "workers=0",
+        "--set", "val_fraction=0.5", "--set", "mosaic=0"]))
+    wall = time.perf_counter() - t0
+    rc2 = detect_main(["eval", "--weights", out + "/rtdetr/weights/best.pt", "--data", out + "/dataset/data.yaml",
+                       "--batch", "2"])
+    print(json.dumps({"rc": rc, "rc2": rc2, "wall": wall, "calls": calls}))
+""")
+
+
+def _run_ultralytics(code: str, args: list[str], tmp_path: Path, timeout: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS"))}
+    env.update(YOLO_CONFIG_DIR=str(tmp_path / "yolo-config"), MPLCONFIGDIR=str(tmp_path / "mpl"),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_ultralytics_accepts_dataset_and_small_model_offline(reference, tmp_path):
+    out = tmp_path / "det"
+    build_detection_dataset(reference, out, val_fraction=0.5)
+    probe = _run_ultralytics(_PROBE, [str(out / "data.yaml"), "configs/rtdetr/rtdetr_small.yaml"], tmp_path, 120)
+    assert probe["nc"] == 2 and probe["names"] == {"0": "hole", "1": "line"}
+    assert probe["val"] == str(out.resolve() / "val" / "images")
+    assert probe["head"] == "RTDETRDecoder" and 3_000_000 <= probe["params"] <= 4_000_000
+    assert probe["calls"] == []
+
+
+def test_tiny_training_end_to_end(reference, tmp_path):
+    out = tmp_path / "run"
+    res = _run_ultralytics(_TRAIN, [str(reference), str(out)], tmp_path, 150)
+    assert res["rc"] == 0 and res["rc2"] == 0 and res["calls"] == []
+    assert (out / "rtdetr" / "weights" / "best.pt").is_file()
+    results = json.loads((out / "results.json").read_text())
+    metrics = results["evaluations"]["val"]
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    for key in ("map50", "map50_95", "precision", "recall", "f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # ultralytics read our labels: its instance/image counts are the manifest's val boxes / labelled tiles
+    assert metrics["instances"] == manifest["splits"]["val"]["boxes"] > 0
+    assert list(metrics["per_class"]) == ["defect"]  # DetectorConfig.single_class defaults to True
+    assert metrics["per_class"]["defect"]["images"] == manifest["splits"]["val"]["labelled"]
+    assert results["config"]["epochs"] == 1 and results["seconds"]["train"] > 0
+    assert "| val |" in (out / "results.md").read_text()
+    again = json.loads((out / "rtdetr" / "eval_val.json").read_text())["evaluations"]["val"]
+    assert again["map50"] == metrics["map50"] and again["instances"] == metrics["instances"]
+
+
+# ----------------------------------------------------------------------------- real AITEX data
+
+
+def test_aitex_tiles_match_curated_tile_index(aitex_root, tmp_path):
+    ids = ["0030_019_02", "0094_027_05", "0105_010_03"]  # 8-px fuzzyball, 3796-px knots, 7-tile broken_pick
+    rows = list(csv.DictReader((aitex_root / "manifest.csv").open()))
+    good = next(r["id"] for r in rows if r["kind"] == "good")
+    ref = tmp_path / "aitex"
+    for sub in ("images", "masks"):
+        (ref / sub).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(aitex_root / sub / f"{i}.png", ref / sub / f"{i}.png")
+    (ref / "good").mkdir()
+    shutil.copy(aitex_root / "good" / f"{good}.png", ref / "good" / f"{good}.png")
+    with (ref / "manifest.csv").open("w") as f:
+        f.write("id,defect_type\n" + "".join(f"{r['id']},{r['defect_type']}\n" for r in rows if r["id"] in ids))
+    out = tmp_path / "det"
+    build_detection_dataset(ref, out, val_fraction=0.5)
+    index = list(csv.DictReader((aitex_root / "tiles" / "tiles.csv").open()))
+    curated = {r["tile_id"]: r for r in index if r["source_id"] in ids and r["has_defect"] == "1"}
+    written = {s: tiles_in(out, s) for s in ("train", "val")}
+    labelled = {n for s in written.values() for n in s if not n.startswith(good)}
+    assert labelled == set(curated) and len(labelled) >= 9
+    assert {n for s in written.values() for n in s if n.startswith(good)} == {
+        f"{good}_x{x:04d}_y000" for x in range(0, 4096, 256)}
+    for name in labelled:
+        split = "train" if name in written["train"] else "val"
+        image = np.asarray(Image.open(out / split / "images" / f"{name}.png"))
+        assert image.shape == (256, 256)
+        assert (image == np.asarray(Image.open(aitex_root / "tiles" / "images" / f"{name}.png"))).all()
+        tile_mask = np.asarray(Image.open(aitex_root / "tiles" / "masks" / f"{name}.png")) >= 128
+        assert read_labels(out / split / "labels" / f"{name}.txt")[1] == mask_to_boxes(tile_mask), name
