@@ -1,0 +1,53 @@
+"""Downstream task for the benchmark: a U-Net defect segmenter trained on real and/or synthetic tiles."""
+
+from defectfill.downstream.segmenter import (
+    SegmenterConfig,
+    UNet,
+    auroc,
+    average_precision,
+    best_f1,
+    build_model,
+    eval_tiles_for,
+    evaluate_segmenter,
+    f1_at,
+    load_segmenter,
+    predict_probabilities,
+    save_segmenter,
+    train_segmenter,
+    train_tiles_for,
+)
+from defectfill.downstream.tiles import (
+    EvalTiles,
+    SourceImage,
+    TileSet,
+    images_from_reference,
+    images_from_synthetic,
+    load_images,
+    split_by_source,
+    tile_positions,
+)
+
+__all__ = [
+    "EvalTiles",
+    "SegmenterConfig",
+    "SourceImage",
+    "TileSet",
+    "UNet",
+    "auroc",
+    "average_precision",
+    "best_f1",
+    "build_model",
+    "eval_tiles_for",
+    "evaluate_segmenter",
+    "f1_at",
+    "images_from_reference",
+    "images_from_synthetic",
+    "load_images",
+    "load_segmenter",
+    "predict_probabilities",
+    "save_segmenter",
+    "split_by_source",
+    "tile_positions",
+    "train_segmenter",
+    "train_tiles_for",
+]

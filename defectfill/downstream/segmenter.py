@@ -1,0 +1,397 @@
+"""Downstream defect segmenter: a plain U-Net trained for a fixed step budget, and its pixel/tile metrics.
+
+Protocol: train on class-balanced tiles (:class:`~defectfill.downstream.tiles.TileSet`) for exactly
+``cfg.steps`` optimiser steps (the step count *is* the budget: runs that are compared use the same
+steps, and nothing stops early on evaluation data), then evaluate on :class:`EvalTiles` that cover
+every pixel of the evaluation images once.
+
+Metrics (:func:`evaluate_segmenter`) are computed here in torch, not with torchmetrics (not a
+dependency of this package); the tests cross-check them against ``torchmetrics`` and hand values:
+
+* ``pixel_ap`` — average precision over all owned pixels, the sklearn definition
+  ``AP = sum_n (R_n - R_(n-1)) P_n`` over distinct score thresholds (ties grouped, no
+  interpolation); equals ``sklearn.metrics.average_precision_score`` and torchmetrics'
+  ``binary_average_precision(thresholds=None)``. Chance level = ``pixel_positive_rate``.
+* ``pixel_f1@0.5`` — F1 of ``prob >= 0.5``; ``pixel_f1_best`` — the best F1 over all thresholds,
+  chosen on the evaluation data itself (**optimistic**; ``pixel_f1_best_optimistic`` says so). Pass
+  ``threshold=`` (e.g. the best-F1 threshold of a validation split of the training data, which
+  :func:`train_segmenter` logs as ``val_threshold``) for an honest ``pixel_f1@threshold``.
+* ``tile_auroc`` — AUROC of tile score = max probability inside the tile vs label = the tile holds
+  a defect pixel (ties count 1/2, Mann-Whitney).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectfill.downstream.tiles import EvalTiles, SourceImage, TileSet
+from defectfill.errors import ConfigError
+from defectfill.runinfo import atomic_write_text
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "segmenter.json"
+FORMAT = "defectfill-segmenter/1"
+
+
+@dataclass
+class SegmenterConfig:
+    """Segmenter and training settings (defaults: the CPU-scale setting measured on AITEX)."""
+
+    base_channels: int = 16
+    depth: int = 4  # number of 2x downsamplings; encoder widths base * 2**i, i = 0..depth
+    in_channels: int = 1  # 1 grey, 3 RGB (must match the tiles)
+    pos_weight: float = 20.0  # BCE weight of defect pixels
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine" (decay to 0 over `steps`) or "constant"
+    batch_size: int = 8
+    steps: int = 600  # the training budget (~5 min on 1 CPU thread at 128 px); compare runs only at equal steps
+    crop: int = 128  # crop side in source pixels (also the evaluation tile side)
+    size: int = 128  # side the crops are resized to for the network
+    positive_fraction: float = 0.5
+    hflip: bool = True
+    vflip: bool = True
+    negative_margin: int = 8
+    seed: int = 0
+    log_every: int = 25
+    eval_batch_size: int = 16
+    device: str = "cpu"
+
+    def validate(self) -> SegmenterConfig:
+        """Raise ConfigError naming the first bad value; return self."""
+        checks = [
+            ("base_channels", self.base_channels >= 1), ("depth", self.depth >= 1),
+            ("in_channels", self.in_channels in (1, 3)), ("pos_weight", self.pos_weight > 0),
+            ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0),
+            ("schedule", self.schedule in ("cosine", "constant")), ("batch_size", self.batch_size >= 1),
+            ("steps", self.steps >= 0), ("crop", self.crop >= 1), ("size", self.size >= 1),
+            ("positive_fraction", 0 <= self.positive_fraction <= 1),
+            ("negative_margin", self.negative_margin >= 0), ("log_every", self.log_every >= 1),
+            ("eval_batch_size", self.eval_batch_size >= 1),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"segmenter config: invalid {name}={getattr(self, name)!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SegmenterConfig:
+        """Build from a dict; unknown keys raise ConfigError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"segmenter config: unknown key(s) {', '.join(unknown)}")
+        return cls(**values).validate()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    """(conv3x3 - BatchNorm - ReLU) x 2."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Plain U-Net: ``depth`` max-pool downsamplings, transposed-conv upsampling, skip concatenation.
+
+    Returns logits (B, 1, H, W) for any H, W: inputs are replicate-padded to a multiple of
+    ``2**depth`` and the output is cropped back.
+    """
+
+    def __init__(self, in_channels: int = 1, base_channels: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.down = nn.ModuleList([_block(in_channels, widths[0])] +
+                                  [_block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                 for i in reversed(range(depth))])
+        self.dec = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2**self.depth
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)[..., :h, :w]
+
+
+def build_model(cfg: SegmenterConfig) -> UNet:
+    """A U-Net initialised from ``cfg.seed`` only (the global RNG state is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+
+
+# ----------------------------------------------------------------------------- metrics (pure)
+
+
+def _as_flat(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.as_tensor(scores).detach().reshape(-1).to(torch.float64)
+    y = torch.as_tensor(labels).detach().reshape(-1).bool()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.numel()}) and labels ({y.numel()}) differ in size")
+    return s, y
+
+
+def curve_at_positive_scores(pos_scores: torch.Tensor, neg_scores: torch.Tensor, chunk: int = 1 << 22):
+    """Operating points at each distinct positive score ``t`` (descending), rule ``score >= t``.
+
+    Returns ``(thresholds, tp, fp)``: ``tp[j] = #pos >= t_j``, ``fp[j] = #neg >= t_j`` (float64).
+    Negatives are counted in chunks with ``bucketize``, so memory stays O(chunk + #distinct positives).
+    These are the only thresholds where recall changes, so AP and the best F1 over *all*
+    thresholds are exact from them.
+    """
+    thr, counts = torch.unique(pos_scores.to(torch.float64), sorted=True, return_counts=True)  # ascending
+    hist = torch.zeros(thr.numel() + 1, dtype=torch.float64)
+    for i in range(0, neg_scores.numel(), chunk):
+        idx = torch.bucketize(neg_scores[i:i + chunk].to(torch.float64), thr, right=True)  # #thr <= s
+        hist += torch.bincount(idx, minlength=thr.numel() + 1).to(torch.float64)
+    fp_asc = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])[1:]  # fp_asc[j] = #neg >= thr[j]
+    tp_asc = torch.flip(torch.cumsum(torch.flip(counts.to(torch.float64), [0]), 0), [0])
+    return torch.flip(thr, [0]), torch.flip(tp_asc, [0]), torch.flip(fp_asc, [0])
+
+
+def average_precision_split(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
+    """AP from positive and negative scores (sklearn definition); nan without positives."""
+    n_pos = pos_scores.numel()
+    if n_pos == 0:
+        return float("nan")
+    _, tp, fp = curve_at_positive_scores(pos_scores, neg_scores)
+    recall_step = torch.diff(tp, prepend=tp.new_zeros(1)) / n_pos
+    return float((recall_step * tp / (tp + fp)).sum())
+
+
+def average_precision(scores, labels) -> float:
+    """Average precision ``sum_n (R_n - R_(n-1)) P_n`` over distinct thresholds (= sklearn)."""
+    s, y = _as_flat(scores, labels)
+    return average_precision_split(s[y], s[~y])
+
+
+def f1_at(pos_scores: torch.Tensor, neg_scores: torch.Tensor, threshold: float) -> dict:
+    """Precision, recall and F1 of the rule ``score >= threshold`` (F1 = 2TP / (2TP + FP + FN))."""
+    tp = float((pos_scores >= threshold).sum())
+    fp = float((neg_scores >= threshold).sum())
+    n_pos = pos_scores.numel()
+    denom = 2 * tp + fp + (n_pos - tp)
+    return {"precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / n_pos if n_pos else float("nan"),
+            "f1": 2 * tp / denom if denom else float("nan")}
+
+
+def best_f1(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> dict:
+    """The best F1 over all thresholds (highest threshold on ties); ``threshold`` nan without positives."""
+    n_pos = pos_scores.numel()
+    if n_pos == 0:
+        return {"f1": float("nan"), "threshold": float("nan"), "precision": float("nan"), "recall": float("nan")}
+    thr, tp, fp = curve_at_positive_scores(pos_scores, neg_scores)
+    f1 = 2 * tp / (tp + fp + n_pos)
+    j = int(torch.argmax(f1))  # first maximum = highest threshold
+    return {"f1": float(f1[j]), "threshold": float(thr[j]), "precision": float(tp[j] / (tp[j] + fp[j])),
+            "recall": float(tp[j] / n_pos)}
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); nan if a class is missing."""
+    s, y = _as_flat(scores, labels)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).to(torch.float64)
+    avg_rank = ends - (counts.to(torch.float64) - 1) / 2  # 1-based average rank of each distinct value
+    rank_sum = float(avg_rank[inverse][y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+# ----------------------------------------------------------------------------- prediction / evaluation
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Defect probabilities (B, h, w) for float images (B, C, h, w) in [0, 1].
+
+    With ``size`` (the training size) different from h, the input is resized to it (antialiased
+    bilinear, as in training) and the logits are resized back bilinearly.
+    """
+    h, w = images.shape[-2:]
+    device = next(model.parameters()).device
+    x = images.to(device)
+    if size is not None and (h, w) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    logits = model(x)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits[:, 0].float()).cpu()
+
+
+def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float | None = None,
+                       batch_size: int = 16) -> dict:
+    """Pixel AP, pixel F1 (@0.5, best = optimistic, and @``threshold`` when given), tile AUROC, counts.
+
+    Pixel metrics use every pixel of every image exactly once (the tiles' owned regions); tile
+    metrics use every tile (score = max probability inside the tile, label = any defect pixel).
+    The model is put in eval mode and restored afterwards.
+    """
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    pos, neg, tile_scores, tile_labels = [], [], [], []
+    try:
+        for _tiles, images, masks, owns, insides in eval_tiles.batches(batch_size):
+            probs = predict_probabilities(model, images, eval_tiles.size).numpy()
+            pos.append(torch.from_numpy(probs[owns & masks]))
+            neg.append(torch.from_numpy(probs[owns & ~masks]))
+            tile_scores += [float(p[i].max()) for p, i in zip(probs, insides)]
+            tile_labels += [bool(m.any()) for m in masks]
+    finally:
+        model.train(was_training)
+    pos_s, neg_s = torch.cat(pos), torch.cat(neg)
+    at_half, best = f1_at(pos_s, neg_s, 0.5), best_f1(pos_s, neg_s)
+    n_pix = pos_s.numel() + neg_s.numel()
+    out = {
+        "pixel_ap": average_precision_split(pos_s, neg_s),
+        "pixel_f1@0.5": at_half["f1"], "pixel_precision@0.5": at_half["precision"],
+        "pixel_recall@0.5": at_half["recall"],
+        "pixel_f1_best": best["f1"], "pixel_f1_best_threshold": best["threshold"],
+        "pixel_f1_best_optimistic": True,  # threshold chosen on the evaluation data itself
+        "tile_auroc": auroc(torch.tensor(tile_scores), torch.tensor(tile_labels)),
+        "images": len(eval_tiles.images), "tiles": len(eval_tiles), "positive_tiles": int(sum(tile_labels)),
+        "pixels": n_pix, "positive_pixels": pos_s.numel(),
+        "pixel_positive_rate": pos_s.numel() / n_pix if n_pix else float("nan"),
+        "seconds": time.perf_counter() - start,
+    }
+    if threshold is not None:
+        at_t = f1_at(pos_s, neg_s, threshold)
+        out.update({"threshold": float(threshold), "pixel_f1@threshold": at_t["f1"],
+                    "pixel_precision@threshold": at_t["precision"], "pixel_recall@threshold": at_t["recall"]})
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> TileSet:
+    """The TileSet that ``cfg`` describes (crop, size, seed, positive_fraction, flips, margin)."""
+    return TileSet(images, crop=cfg.crop, size=cfg.size, seed=cfg.seed, positive_fraction=cfg.positive_fraction,
+                   hflip=cfg.hflip, vflip=cfg.vflip, negative_margin=cfg.negative_margin)
+
+
+def eval_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> EvalTiles:
+    """Evaluation tiles of side ``cfg.crop``, fed to the network at ``cfg.size`` (the training scale)."""
+    return EvalTiles(images, tile=cfg.crop, size=cfg.size)
+
+
+def _check_tiles(cfg: SegmenterConfig, tiles: TileSet) -> None:
+    got = {"crop": tiles.crop, "size": tiles.size, "seed": tiles.seed,
+           "positive_fraction": tiles.positive_fraction, "in_channels": tiles.channels}
+    bad = [f"{k}={v!r} (config {getattr(cfg, k)!r})" for k, v in got.items() if getattr(cfg, k) != v]
+    if bad:
+        raise ConfigError(f"train tiles do not match the segmenter config: {', '.join(bad)}")
+
+
+def lr_factor(step: int, steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step``: 1 (constant) or half-cosine from 1 to 0."""
+    if schedule == "constant" or steps <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
+def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[SourceImage],
+                    val_tiles: EvalTiles | Sequence[SourceImage] | None = None) -> tuple[UNet, dict]:
+    """Train a U-Net for exactly ``cfg.steps`` Adam steps of BCE (``pos_weight``) on ``train_tiles``.
+
+    Step ``k`` uses ``train_tiles.batch(k, cfg.batch_size)``; the weights depend only on the config and
+    data. ``val_tiles`` (held-out *training* images) never steer training: they are evaluated once at
+    the end and their best-F1 threshold is logged as ``val_threshold`` for an honest F1 on evaluation
+    data. Returns the model (eval mode, on ``cfg.device``) and a log dict.
+    """
+    cfg.validate()
+    tiles = train_tiles if isinstance(train_tiles, TileSet) else train_tiles_for(cfg, train_tiles)
+    _check_tiles(cfg, tiles)
+    device = torch.device(cfg.device)
+    model = build_model(cfg).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos_weight = torch.tensor([cfg.pos_weight], device=device)
+    history, window, start = [], [], time.perf_counter()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule)
+        batch = tiles.batch(step, cfg.batch_size)
+        logits = model(batch["images"].to(device))
+        loss = F.binary_cross_entropy_with_logits(logits, batch["masks"].to(device), pos_weight=pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        window.append(float(loss.detach()))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"],
+                            "seconds": round(time.perf_counter() - start, 3)})
+            window = []
+    seconds = time.perf_counter() - start
+    model.eval()
+    log = {"steps": cfg.steps, "seconds": seconds, "seconds_per_step": seconds / max(cfg.steps, 1),
+           "history": history, "config": asdict(cfg), "train_images": len(tiles)}
+    if val_tiles is not None:
+        vt = val_tiles if isinstance(val_tiles, EvalTiles) else eval_tiles_for(cfg, val_tiles)
+        log["val"] = evaluate_segmenter(model, vt, batch_size=cfg.eval_batch_size)
+        log["val_threshold"] = log["val"]["pixel_f1_best_threshold"]
+    return model, log
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def save_segmenter(model: UNet, cfg: SegmenterConfig, directory: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` (state dict incl. BatchNorm buffers) and ``segmenter.json``; return the folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / f"{WEIGHTS_NAME}.tmp-{os.getpid()}"
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, directory / WEIGHTS_NAME)
+    atomic_write_text(directory / CONFIG_NAME, json.dumps({"format": FORMAT, "config": asdict(cfg)}, indent=2))
+    return directory
+
+
+def load_segmenter(directory: str | os.PathLike, device: str | None = None) -> tuple[UNet, SegmenterConfig]:
+    """Load what :func:`save_segmenter` wrote; the model is in eval mode on ``device`` (default: the config's)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        record = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{directory / CONFIG_NAME}: cannot read segmenter config ({err})") from err
+    if record.get("format") != FORMAT:
+        raise ConfigError(f"{directory / CONFIG_NAME}: format {record.get('format')!r}, expected {FORMAT!r}")
+    cfg = SegmenterConfig.from_dict(record["config"])
+    model = UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    return model.to(device or cfg.device).eval(), cfg

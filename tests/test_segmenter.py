@@ -1,0 +1,257 @@
+"""Downstream segmenter: hand-computed metrics, tiling, sampling, learning, determinism, persistence."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from defectfill.downstream import (
+    EvalTiles,
+    SegmenterConfig,
+    SourceImage,
+    TileSet,
+    UNet,
+    auroc,
+    average_precision,
+    best_f1,
+    eval_tiles_for,
+    evaluate_segmenter,
+    f1_at,
+    images_from_synthetic,
+    load_segmenter,
+    predict_probabilities,
+    save_segmenter,
+    split_by_source,
+    tile_positions,
+    train_segmenter,
+)
+from defectfill.errors import ConfigError
+
+T = torch.tensor
+
+# ----------------------------------------------------------------------------- metrics, by hand
+
+
+def test_average_precision_six_pixels_by_hand():
+    # ranked: P N P N N P -> precision at each positive 1, 2/3, 3/6; AP = (1 + 2/3 + 1/2) / 3 = 13/18
+    assert average_precision([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 0, 1, 0, 0, 1]) == pytest.approx(13 / 18)
+    # ties are one threshold: {0.9: P N} -> P=1/2 at R=1/3; {0.5: P P} -> P=3/4 at R=1; AP = 1/6 + 1/2
+    assert average_precision([0.9, 0.9, 0.5, 0.5, 0.1, 0.1], [1, 0, 1, 1, 0, 0]) == pytest.approx(2 / 3)
+    assert average_precision([0.2, 0.1], [1, 0]) == pytest.approx(1.0)
+    assert np.isnan(average_precision([0.2, 0.1], [0, 0]))
+
+
+def test_f1_by_hand():
+    pos, neg = T([0.9, 0.7, 0.4]), T([0.8, 0.6, 0.5])
+    # >= 0.5: TP 2 (0.9, 0.7), FP 3, FN 1 -> F1 = 4 / (4 + 3 + 1)
+    assert f1_at(pos, neg, 0.5) == pytest.approx({"precision": 0.4, "recall": 2 / 3, "f1": 0.5})
+    # thresholds 0.9: 2/4; 0.7: 4/6; 0.4: 6/9 -> best 2/3, the highest threshold wins the tie
+    best = best_f1(pos, neg)
+    assert best["f1"] == pytest.approx(2 / 3) and best["threshold"] == pytest.approx(0.7)
+    assert best["precision"] == pytest.approx(2 / 3) and best["recall"] == pytest.approx(2 / 3)
+
+
+def test_auroc_known_rankings():
+    # pairs (pos, neg): (.9,.8) (.9,.2) (.3,.2) won, (.3,.8) lost -> 3/4
+    assert auroc([0.9, 0.8, 0.3, 0.2], [1, 0, 1, 0]) == pytest.approx(0.75)
+    assert auroc([0.1, 0.2, 0.3], [0, 1, 1]) == pytest.approx(1.0)
+    assert auroc([0.1, 0.2, 0.3], [1, 0, 0]) == pytest.approx(0.0)
+    # a tie between a positive and a negative counts 1/2: (.5,.5) tie, (.5,.1) won -> 1.5/2
+    assert auroc([0.5, 0.5, 0.1], [1, 0, 0]) == pytest.approx(0.75)
+    assert np.isnan(auroc([0.5, 0.4], [1, 1]))
+
+
+def test_metrics_agree_with_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    g = torch.Generator().manual_seed(0)
+    s = (torch.rand(5000, generator=g) * 40).round() / 40  # many ties
+    y = torch.rand(5000, generator=g) < 0.1
+    assert average_precision(s, y) == pytest.approx(float(tm.binary_average_precision(s, y.long())), abs=1e-6)
+    assert auroc(s, y) == pytest.approx(float(tm.binary_auroc(s, y.long())), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("depth,size", [(4, 128), (4, 64), (4, 50), (2, 32), (3, 17)])
+def test_unet_shapes(depth, size):
+    model = UNet(in_channels=1, base_channels=4, depth=depth)
+    assert model(torch.rand(2, 1, size, size + 24)).shape == (2, 1, size, size + 24)
+    assert UNet(3, 4, depth)(torch.rand(1, 3, size, size)).shape == (1, 1, size, size)
+
+
+# ----------------------------------------------------------------------------- tiling
+
+
+def test_eval_tiles_cover_every_pixel_once():
+    assert len(tile_positions(4096, 256)) == 16
+    assert tile_positions(3796, 256)[-2:] == [(3328, 3328, 3584), (3540, 3584, 3796)]  # 14 full + 1 at the edge
+    assert tile_positions(50, 64) == [(0, 0, 50)]
+    zeros = np.zeros
+    images = [SourceImage("a", zeros((256, 4096), np.uint8), zeros((256, 4096), bool), "a"),
+              SourceImage("b", zeros((256, 3796), np.uint8), zeros((256, 3796), bool), "b"),
+              SourceImage("c", zeros((50, 100), np.uint8), zeros((50, 100), bool), "c")]
+    assert len(EvalTiles(images[:1], 256)) == 16 and len(EvalTiles(images[:1], 128)) == 64
+    tiles = EvalTiles(images, 64)
+    assert len(tiles) == 4 * 64 + 4 * 60 + 2  # 3796 = 59 * 64 + 20 -> 60 columns; 100 -> 2 columns
+    counts = [zeros(im.mask.shape, int) for im in images]
+    for t in tiles.tiles:
+        yf, yt, xf, xt = t.own
+        counts[t.image_index][yf:yt, xf:xt] += 1
+        assert tiles.own_mask(t).sum() == (yt - yf) * (xt - xf)
+    assert all((c == 1).all() for c in counts)
+
+
+class ValueModel(torch.nn.Module):
+    """Probability = the (grey) pixel value, so evaluation metrics can be computed by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.logit(x[:, :1].clamp(1e-4, 1 - 1e-4))
+
+
+def test_evaluate_by_hand_on_two_tiny_images():
+    p = lambda v: np.round(np.array(v) * 255).astype(np.uint8)  # noqa: E731
+    a = p([[0.9, 0.8, 0.7, 0.6, 0.5], [0.4, 0.3, 0.2, 0.1, 0.0]])
+    mask_a = np.zeros((2, 5), bool)
+    mask_a[0, 0] = mask_a[0, 2] = mask_a[1, 0] = True  # positives 0.9, 0.7, 0.4
+    b = p(np.full((2, 5), 0.05))
+    b[1, 4] = p(0.75)
+    images = [SourceImage("a", a, mask_a, "a"), SourceImage("b", b, np.zeros((2, 5), bool), "b", "good")]
+    tiles = EvalTiles(images, tile=2)  # columns [0,1], [2,3], [3,4] (the last owns column 4 only)
+    out = evaluate_segmenter(ValueModel(), tiles, threshold=0.69)  # 0.7 is stored as 178/255
+    # pixels ranked: .9P .8N .75N .7P .6N .5N .4P (rest N): AP = (1 + 2/4 + 3/7) / 3 = 9/14
+    assert out["pixel_ap"] == pytest.approx(9 / 14, abs=1e-6)
+    assert out["pixel_f1@0.5"] == pytest.approx(4 / 9)  # TP 2, FP 4 (.8 .75 .6 .5), FN 1
+    assert out["pixel_f1@threshold"] == pytest.approx(4 / 7)  # >= .69: TP 2, FP 2, FN 1
+    assert out["pixel_f1_best"] == pytest.approx(0.6) and out["pixel_f1_best_optimistic"]  # at .4: 6/10
+    assert out["pixel_f1_best_threshold"] == pytest.approx(0.4, abs=0.01)
+    # tiles: a -> (.9, P) (.7, P) (.6, N); b -> (.05, N) (.05, N) (.75, N): pairs won 4 + 3 of 8
+    assert out["tile_auroc"] == pytest.approx(7 / 8)
+    assert (out["tiles"], out["positive_tiles"], out["pixels"], out["positive_pixels"]) == (6, 2, 20, 3)
+    assert out["pixel_positive_rate"] == pytest.approx(0.15)
+
+
+# ----------------------------------------------------------------------------- training tiles
+
+
+def toy_images(n, seed, h=64, w=128, good_every=4):
+    """Flat noisy texture with dark disc defects (every ``good_every``-th image defect-free)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    out = []
+    for i in range(n):
+        img = 0.6 + 0.06 * rng.standard_normal((h, w))
+        mask = np.zeros((h, w), bool)
+        if i % good_every:
+            for _ in range(rng.integers(1, 4)):
+                cy, cx, r = rng.integers(6, h - 6), rng.integers(6, w - 6), rng.uniform(2.5, 5)
+                mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[mask] -= 0.3
+        name = f"s{seed}_{i}"
+        out.append(SourceImage(name, np.clip(img * 255, 0, 255).astype(np.uint8), mask, name,
+                               "real" if mask.any() else "good"))
+    return out
+
+
+def test_tileset_balanced_deterministic_and_labelled():
+    tiles = TileSet(toy_images(8, 0), crop=32, size=16, seed=3, positive_fraction=0.5)
+    b = tiles.batch(5, 8)
+    assert b["images"].shape == (8, 1, 16, 16) and b["masks"].shape == (8, 1, 16, 16)
+    assert 0 <= b["images"].min() and b["images"].max() <= 1
+    assert b["positive"] == [True] * 4 + [False] * 4
+    assert all(b["masks"][:4].flatten(1).amax(1) == 1)  # defect-centred crops hold defect pixels
+    assert all(b["masks"][4:].flatten(1).amax(1) == 0)  # random crops away from the defects
+    again = tiles.batch(5, 8)
+    assert torch.equal(b["images"], again["images"]) and b["ids"] == again["ids"]
+    assert not torch.equal(b["images"], tiles.batch(6, 8)["images"])
+    frac = np.mean([p for s in range(50) for p in tiles.batch(s, 3)["positive"]])
+    assert frac == pytest.approx(0.5, abs=0.1)  # 1.5 per batch of 3: floor + Bernoulli(remainder)
+
+
+def test_split_by_source_has_no_overlap():
+    images = toy_images(20, 0)
+    derived = SourceImage("syn0", images[1].image, images[1].mask, images[1].source_id, "synthetic")
+    train, val = split_by_source(images + [derived], 0.25, seed=0)
+    train_ids, val_ids = {im.source_id for im in train}, {im.source_id for im in val}
+    assert not train_ids & val_ids and len(train) + len(val) == 21
+    assert any(im.has_defect for im in val) and any(not im.has_defect for im in val)
+    assert sum(im.id in ("syn0", images[1].id) for im in val) in (0, 2)  # derivatives stay with their source
+    assert split_by_source(images, 0.25, seed=0)[1] == split_by_source(images, 0.25, seed=0)[1]
+
+
+def test_images_from_synthetic_reads_accepted_samples(tmp_path):
+    from defectfill.samples import Sample, SampleWriter
+
+    writer = SampleWriter(tmp_path / "syn", ["blob"])
+    img = toy_images(2, 0)[1]
+    writer.write(Sample("000000", img.image, img.mask, "blob", {"source_image": "/x/good/0007_000_02.png"}))
+    writer.write_rejected(Sample("000001", img.image, img.mask, "blob"), "too faint")
+    [loaded] = images_from_synthetic(tmp_path / "syn")
+    assert (loaded.id, loaded.source_id, loaded.origin) == ("000000", "0007_000_02", "synthetic")
+    assert np.array_equal(loaded.image, img.image) and np.array_equal(loaded.mask, img.mask)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+TINY = dict(base_channels=4, depth=2, crop=32, size=32, batch_size=4, steps=6, log_every=3)
+
+
+def test_segmenter_learns_a_toy_problem():
+    cfg = SegmenterConfig(base_channels=8, depth=2, crop=32, size=32, steps=150, lr=3e-3, log_every=50)
+    test_tiles = eval_tiles_for(cfg, toy_images(6, 1))
+    model, log = train_segmenter(cfg, toy_images(12, 0), val_tiles=toy_images(4, 2))
+    out = evaluate_segmenter(model, test_tiles)
+    chance = out["pixel_positive_rate"]
+    assert 0.002 < chance < 0.02 and out["positive_tiles"] >= 3
+    assert out["pixel_ap"] > 0.5 > 20 * chance, out
+    assert out["tile_auroc"] > 0.9, out
+    assert log["steps"] == 150 and log["history"][-1]["loss"] < log["history"][0]["loss"]
+    assert 0 < log["val_threshold"] < 1 and "pixel_f1@threshold" in evaluate_segmenter(model, test_tiles,
+                                                                                      log["val_threshold"])
+    untrained, _ = train_segmenter(SegmenterConfig(**{**json.loads(json.dumps(log["config"])), "steps": 0}),
+                                   toy_images(12, 0))
+    assert evaluate_segmenter(untrained, test_tiles)["pixel_ap"] < 0.2  # the images alone give no AP
+
+
+def test_same_seed_same_weights_and_save_load_round_trip(tmp_path):
+    images = toy_images(6, 0)
+    cfg = SegmenterConfig(**TINY, seed=1)
+    m1, _ = train_segmenter(cfg, images)
+    m2, _ = train_segmenter(cfg, images)
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    m3, _ = train_segmenter(SegmenterConfig(**TINY, seed=2), images)
+    assert not torch.equal(s1["head.weight"], m3.state_dict()["head.weight"])
+
+    folder = save_segmenter(m1, cfg, tmp_path / "seg")
+    assert (folder / "model.safetensors").is_file()
+    loaded, cfg2 = load_segmenter(folder)
+    assert cfg2 == cfg and not loaded.training
+    x = torch.rand(3, 1, 32, 48)
+    assert torch.equal(predict_probabilities(m1.eval(), x), predict_probabilities(loaded, x))
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="schedule"):
+        SegmenterConfig(schedule="step").validate()
+    with pytest.raises(ConfigError, match="unknown"):
+        SegmenterConfig.from_dict({"bogus": 1})
+    tiles = TileSet(toy_images(4, 0), crop=32, size=16)
+    with pytest.raises(ConfigError, match="size"):
+        train_segmenter(SegmenterConfig(**TINY), tiles)  # tiles built for another size
+
+
+def test_rgb_images_are_reduced_to_grey_exactly(tmp_path):
+    img = toy_images(2, 0)[1]
+    path = tmp_path / "x.png"
+    Image.fromarray(np.repeat(img.image[..., None], 3, axis=2)).save(path)
+    from defectfill.downstream.tiles import _read_image
+
+    assert np.array_equal(_read_image(path, 1), img.image)
