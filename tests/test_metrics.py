@@ -1,8 +1,6 @@
 """Generator metrics: FID/KID (torchmetrics) vs numpy/scipy, offline feature extractors, masked IC-LPIPS, crops."""
 
 import importlib.util
-import socket
-import urllib.request
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from safetensors.torch import save_file
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from netguard import refuse_network
 from defectfill.errors import DataError, ModelError
 from defectfill.metrics import (
     FeatureExtractor,
@@ -28,20 +27,6 @@ from defectfill.metrics import (
 )
 from defectfill.samples import Sample, SampleWriter
 from defectfill.selection import load_lpips
-
-
-def _no_network(monkeypatch):
-    """Make any network access (socket connect, urllib, torch.hub download) fail loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
 # ---------------------------------------------------------------------------- FID / KID
@@ -143,7 +128,7 @@ def test_fid_kid_rejects_bad_input():
 
 
 def test_random_conv_features_are_deterministic_and_offline(monkeypatch):
-    _no_network(monkeypatch)
+    refuse_network(monkeypatch)
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, size=(3, 3, 48, 40), dtype=np.uint8))
     a = load_features("random")
@@ -164,7 +149,7 @@ def test_inception_features_load_a_local_state_dict(tmp_path, monkeypatch):
     ref = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
     path = tmp_path / "inception_v3.pth"
     torch.save(ref.state_dict(), path)
-    _no_network(monkeypatch)
+    refuse_network(monkeypatch)
     extractor = load_features("inception", path)
     assert extractor.num_features == 2048 and extractor.standard is False
     assert "close to but not the TF-FID network" in extractor.name
@@ -251,7 +236,7 @@ def _np_ic_l1(gen, gmask, real, rmask):
 @pytest.fixture(scope="module")
 def lpips_fallback():
     mp = pytest.MonkeyPatch()
-    _no_network(mp)
+    refuse_network(mp)
     try:
         return load_lpips("alex")
     finally:

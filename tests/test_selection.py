@@ -1,7 +1,6 @@
 """Low-Fidelity Selection (DefectFill Sec. 3.3): masked distances, selection, offline LPIPS."""
 
 import socket
-import urllib.request
 import warnings
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from netguard import refuse_network
 from defectfill.selection import (
     MEASURES,
     PAPER_MEASURE,
@@ -21,24 +21,10 @@ from defectfill.selection import (
 )
 
 
-def _no_network(monkeypatch):
-    """Make any network access (socket connect, urllib, torch.hub download) fail loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
 @pytest.fixture(scope="module")
 def lpips_model():
     mp = pytest.MonkeyPatch()
-    _no_network(mp)
+    refuse_network(mp)
     try:
         model, _ = load_lpips("alex")
     finally:
@@ -226,7 +212,7 @@ def test_errors(lpips_model):
 
 
 def test_load_lpips_is_offline_and_reproducible(monkeypatch):
-    _no_network(monkeypatch)
+    refuse_network(monkeypatch)
     with pytest.raises(AssertionError, match="network access"):  # the guard works
         socket.create_connection(("example.com", 80))
     a, desc = load_lpips("alex")
@@ -266,7 +252,7 @@ def _assert_backbone_equals(model, state):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_load_lpips_backbone_weights_from_local_file(tmp_path, monkeypatch, suffix):
-    _no_network(monkeypatch)
+    refuse_network(monkeypatch)
     state = _tv_alexnet_state(123)
     path = tmp_path / f"alexnet{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)

@@ -1,0 +1,20 @@
+"""Shared by tests that prove code stays offline."""
+
+import socket
+import urllib.request
+
+import torch
+
+
+def refuse_network(monkeypatch) -> None:
+    """Make any network access (socket connect, urllib, torch.hub download) fail loudly."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
