@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("detect_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
 
+    p = sub.add_parser("benchmark", add_help=False,
+                       help="compare generators by what they add to a downstream model (segmenter for now)")
+    p.add_argument("benchmark_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
     p = sub.add_parser("demo", help="the embedded default: tiny model, short fine-tune on reference defects")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--data-dir", default=None, help="reference data (default: ../shared/data/aitex if present)")
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from defectfill.detect.rtdetr import detect_main
 
         return detect_main(argv[1:])
+    if argv[:1] == ["benchmark"]:
+        from defectfill.benchmark.runner import benchmark_main
+
+        return benchmark_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
