@@ -200,6 +200,18 @@ def sample_defect_crop(
     return out_img, out_mask
 
 
+def random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hflip: bool = True,
+                 vflip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Flip image and mask together, each axis with probability 1/2. Both coins are always
+    drawn, so turning a flip off does not shift the rest of the random stream."""
+    flip_h, flip_v = rng.random(2) < 0.5
+    if hflip and flip_h:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if vflip and flip_v:
+        image, mask = image[::-1], mask[::-1]
+    return image, mask
+
+
 class DefectCropSampler:
     """Stateless, deterministic batches of defect crops for training.
 
@@ -233,11 +245,7 @@ class DefectCropSampler:
         for i in rng.integers(len(samples), size=batch_size):
             sample = samples[i]
             img, msk = sample_defect_crop(sample.image, sample.mask, self.crop_size, self.resolution, rng)
-            flip_h, flip_v = rng.random(2) < 0.5  # always drawn: flags don't shift the stream
-            if self.hflip and flip_h:
-                img, msk = img[:, ::-1], msk[:, ::-1]
-            if self.vflip and flip_v:
-                img, msk = img[::-1], msk[::-1]
+            img, msk = random_flips(img, msk, rng, self.hflip, self.vflip)
             images.append(img)
             masks.append(msk)
             ids.append(sample.id)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from defectfill.data.datasets import load_reference_dataset
+from defectfill.data.datasets import load_reference_dataset, random_flips
 from defectfill.data.masks import binarize_mask
 from defectfill.errors import DataError
 
@@ -324,11 +324,7 @@ class TileSet:
         crops, masks, ids = [], [], []
         for i in range(batch_size):
             img, msk, sid = self._positive(rng) if i < n_pos else self._negative(rng)
-            flip_h, flip_v = rng.random(2) < 0.5  # always drawn: the flags don't shift the stream
-            if self.hflip and flip_h:
-                img, msk = img[:, ::-1], msk[:, ::-1]
-            if self.vflip and flip_v:
-                img, msk = img[::-1], msk[::-1]
+            img, msk = random_flips(img, msk, rng, self.hflip, self.vflip)
             crops.append(img)
             masks.append(msk)
             ids.append(sid)
