@@ -1,88 +1,183 @@
-"""Benchmark runner: the quick profile on the procedural set, paired deltas, report files, resume."""
+"""Benchmark runner: the quick profile on procedural data (segmenter + RT-DETR cells, the two
+open-question settings, a failing generator), the full report, paired deltas, resume and locks."""
 
+import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main, run_benchmark
+from defectfill.benchmark.runner import BenchmarkConfig, _claim, benchmark_main, plan, run_benchmark
 from defectfill.config import load_config
+from defectfill.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "benchmark" / "aitex_quick.yaml"
+SEG = {"steps": 6, "size": 64, "crop": 64, "batch_size": 4, "base_channels": 8, "depth": 3, "log_every": 3}
+GENERATORS = [{"name": "real_only", "kind": "real_only"},
+              {"name": "copy_paste", "kind": "copy_paste", "fit": {}},
+              {"name": "defectfill", "kind": "defectfill", "fit": {"max_steps": 2}},
+              {"name": "broken", "kind": "dgt", "fit": {"config": "/nonexistent/dgt.yaml"}}]
+LEFT_OUT = "broken_yarn"
 
 
-def _cfg(woven_root, tiny_model_dir, out):
-    return load_config(BenchmarkConfig, PROFILE, data_dir=str(woven_root), output_dir=str(out),
-                       model=str(tiny_model_dir), max_images=None,
-                       segmenter={"steps": 6, "size": 64, "crop": 64, "batch_size": 4, "base_channels": 8,
-                                  "depth": 3, "log_every": 3},
-                       synthetic_counts=[2])
+def _cfg(data, eval_data, model, out, **kw):
+    values = dict(data_dir=str(data), eval_data=str(eval_data), output_dir=str(out), model=str(model),
+                  max_images=None, segmenter=SEG, synthetic_counts=[2], generators=GENERATORS,
+                  leave_out={"defect_type": LEFT_OUT, "generators": ["real_only", "copy_paste"],
+                             "tasks": ["segmenter"]})
+    return load_config(BenchmarkConfig, PROFILE, **{**values, **kw})
 
 
 @pytest.fixture(scope="module")
-def bench(woven_root, tiny_model_dir, tmp_path_factory):
+def eval_root(tmp_path_factory):
+    from defectfill.data import make_woven_dataset
+
+    return make_woven_dataset(tmp_path_factory.mktemp("woven_eval") / "data", height=128, width=512, seed=1)
+
+
+@pytest.fixture(scope="module")
+def bench(woven_root, eval_root, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cfg = _cfg(woven_root, tiny_model_dir, out)
+    cfg = _cfg(woven_root, eval_root, tiny_model_dir, out)
     report = run_benchmark(cfg)
     return cfg, out, report
 
 
-def test_results_have_every_cell_and_finite_stats(bench):
+def _cell(out, name):
+    return json.loads((out / "cells" / name / "result.json").read_text())
+
+
+def test_every_planned_cell_is_run_and_reported(bench):
     cfg, out, report = bench
+    planned = {c.name for u in plan(cfg) for c in u.cells}
+    done = {p.parent.name for p in (out / "cells").glob("*/result.json")}
+    failed = {p.parent.name for p in (out / "cells").glob("*/error.json")}
+    assert done | failed == planned and not done & failed
+    assert failed == {c for c in planned if "-broken-" in c}  # only the generator that cannot be fitted
+    assert {"segmenter-main-real_only-n0-s2", "rtdetr-main-copy_paste-n2-s1", "rtdetr-split_long4-real_only-n0-s0",
+            f"segmenter-without_{LEFT_OUT}-copy_paste-n2-s0"} <= done
     results = json.loads((out / "results.json").read_text())
-    names = {g["name"] for g in cfg.generators}
-    assert names == {"real_only", "copy_paste", "dgt", "defectfill"}
-    expected = {f"real_only-n0-s{s}" for s in cfg.seeds}
-    expected |= {f"{g}-n2-s{s}" for g in names - {"real_only"} for s in cfg.seeds}
-    assert set(results["cells"]) == expected
-    assert all((out / "cells" / c / "result.json").is_file() for c in expected)
-    assert len(results["rows"]) == 4
+    assert {e["cell"] for e in results["errors"]} == failed
+    assert all("nonexistent" in e["error"] for e in results["errors"])
+    assert report["run"]["cells_failed"] == len(failed)
+    assert results["eval_source"][0] == {"kind": "eval_data", "path": str(cfg.eval_data)}
     for row in results["rows"]:
-        assert row["seeds"] == [0, 1, 2]
-        for m in ("pixel_ap", "pixel_f1@0.5", "tile_auroc"):
-            assert math.isfinite(row[m]["mean"]) and math.isfinite(row[m]["std"]), (row["generator"], m)
-            assert math.isfinite(row[f"delta_{m}"]["mean"])
-        if row["generator"] != "real_only":
-            assert row["fit_generate_seconds"]["mean"] > 0
-    assert results["eval_source"][0]["kind"] == "held_out_split"
+        assert row["seeds"] == [0, 1, 2], row
+        metric = "pixel_ap" if row["task"] == "segmenter" else "map50"
+        assert math.isfinite(row[metric]["mean"]) and math.isfinite(row[f"delta_{metric}"]["mean"])
     md = (out / "results.md").read_text()
-    assert "HELD-OUT split" in md and "Fallbacks" in md and "dgt" in md
-    assert (out / "pixel_ap.png").stat().st_size > 1000
+    for text in ("## Segmenter", "## RT-DETR", "## Generators", "Open question 1", "Open question 2",
+                 "cell(s) failed", "RANDOM", "tiny RANDOM inpainting pipeline"):
+        assert text in md, text
+    for png in ("segmenter_pixel_ap.png", "rtdetr_map50.png", "recall_per_type.png", "gallery_s0.png"):
+        assert (out / png).stat().st_size > 1000, png
+        assert png in md
 
 
-def test_delta_is_paired_per_seed(bench):
+def test_deltas_are_paired_per_seed(bench):
     _, out, _ = bench
     results = json.loads((out / "results.json").read_text())
-    row = next(r for r in results["rows"] if r["generator"] == "copy_paste")
-    cell = lambda name: json.loads((out / "cells" / name / "result.json").read_text())["metrics"]  # noqa: E731
-    by_hand = {s: cell(f"copy_paste-n2-s{s}")["pixel_ap"] - cell(f"real_only-n0-s{s}")["pixel_ap"] for s in (0, 1, 2)}
-    for s, d in by_hand.items():
-        assert row["delta_pixel_ap"]["per_seed"][str(s)] == pytest.approx(d, abs=1e-12)
-    mean = sum(by_hand.values()) / 3
-    assert row["delta_pixel_ap"]["mean"] == pytest.approx(mean, abs=1e-12)
-    assert row["delta_pixel_ap"]["std"] == pytest.approx(
-        math.sqrt(sum((d - mean) ** 2 for d in by_hand.values()) / 2), abs=1e-12)
-    # the same segmenter budget and real data everywhere in a seed
-    c0, r0 = (json.loads((out / "cells" / n / "result.json").read_text()) for n in ("dgt-n2-s1", "real_only-n0-s1"))
-    assert c0["segmenter_steps"] == r0["segmenter_steps"] == 6
-    assert c0["train_real_images"] == r0["train_real_images"] and c0["synthetic_used"] == 2
-    assert r0["synthetic_used"] == 0
+    for task, metric, gen in (("segmenter", "pixel_ap", "copy_paste"), ("rtdetr", "recall", "defectfill")):
+        row = next(r for r in results["rows"] if (r["task"], r["setting"], r["generator"]) == (task, "main", gen))
+        value = lambda name: _cell(out, name)["evaluations"]["all"][metric]  # noqa: E731
+        by_hand = {s: value(f"{task}-main-{gen}-n2-s{s}") - value(f"{task}-main-real_only-n0-s{s}") for s in (0, 1, 2)}
+        mean = sum(by_hand.values()) / 3
+        for s, d in by_hand.items():
+            assert row[f"delta_{metric}"]["per_seed"][str(s)] == pytest.approx(d, abs=1e-12)
+        assert row[f"delta_{metric}"]["mean"] == pytest.approx(mean, abs=1e-12)
+        assert row[f"delta_{metric}"]["std"] == pytest.approx(
+            math.sqrt(sum((d - mean) ** 2 for d in by_hand.values()) / 2), abs=1e-12)
 
 
-def test_second_run_skips_every_cell(bench, woven_root, tiny_model_dir):
+def test_equal_budgets_and_same_real_data(bench):
+    cfg, out, _ = bench
+    seg = [_cell(out, n) for n in ("segmenter-main-real_only-n0-s1", "segmenter-main-copy_paste-n2-s1")]
+    assert seg[0]["steps"] == seg[1]["steps"] == SEG["steps"]
+    assert seg[0]["train_real_images"] == seg[1]["train_real_images"]
+    assert (seg[0]["synthetic_used"], seg[1]["synthetic_used"]) == (0, 2)
+    det = [_cell(out, n) for n in ("rtdetr-main-real_only-n0-s1", "rtdetr-main-copy_paste-n2-s1")]
+    target = cfg.detector["steps"]
+    for d in det:  # whole epochs: within half an epoch of the target batches
+        assert abs(d["iterations"] - target) <= d["batches_per_epoch"] / 2 + 1e-9 or d["epochs"] == 1
+    assert det[1]["splits"]["train"]["by_kind"]["synthetic"] > 0 == det[0]["splits"]["train"]["by_kind"]["synthetic"]
+    assert det[0]["splits"]["val"] == det[1]["splits"]["val"]  # the same real val tiles
+
+
+def test_split_long_gives_more_training_boxes_and_same_evaluation(bench):
+    _, out, _ = bench
+    one, split = (_cell(out, f"rtdetr-{s}-real_only-n0-s0") for s in ("main", "split_long4"))
+    assert split["config"]["split_long"] == 4 and one["config"]["split_long"] is None
+    assert split["splits"]["train"]["boxes"] > one["splits"]["train"]["boxes"]
+    assert split["splits"]["train"]["images"] == one["splits"]["train"]["images"]
+    assert split["evaluations"]["all"]["instances"] == one["evaluations"]["all"]["instances"]
+
+
+def test_left_out_type_is_absent_from_training_and_generation(bench):
+    _, out, _ = bench
+    base = out / "work" / "s0" / f"without_{LEFT_OUT}"
+    with (base / "pool" / "manifest.csv").open() as f:
+        types = {r["defect_type"] for r in csv.DictReader(f)}
+    assert LEFT_OUT not in types and types - {"good"}
+    classes = {json.loads(p.read_text())["defect_class"] for p in (base / "copy_paste" / "gen" / "sidecars").glob("*.json")}
+    assert classes and LEFT_OUT not in classes
+    cell = _cell(out, f"segmenter-without_{LEFT_OUT}-real_only-n0-s0")
+    assert set(cell["evaluations"]) == {"all", f"type_{LEFT_OUT}"}
+    assert cell["evaluations"][f"type_{LEFT_OUT}"]["positive_tiles"] > 0
+    results = json.loads((out / "results.json").read_text())
+    table = results["leave_out"][f"without_{LEFT_OUT}"]["segmenter"]["tile_recall@threshold"]
+    assert {r["generator"] for r in table} == {"real_only", "copy_paste"}
+
+
+def test_generators_report_cost_and_generation_metrics(bench):
+    _, out, _ = bench
+    gens = {g["generator"]: g for g in json.loads((out / "results.json").read_text())["generators"]}
+    assert set(gens) == {"copy_paste", "defectfill"}
+    for g in gens.values():
+        assert g["peak_rss_mib"]["mean"] > 50 and g["fit_generate_seconds"]["mean"] > 0
+        assert math.isfinite(g["fid"]["mean"]) and g["standard"] is False and "RANDOM" in g["extractor"]
+    assert "tiny RANDOM" in gens["defectfill"]["base_model"]["note"]
+    with Image.open(out / "gallery_s0.png") as im:  # clean | mask | copy_paste | defectfill
+        assert im.width > im.height
+
+
+def test_second_run_skips_every_finished_cell_and_retries_failures(bench, woven_root, eval_root, tiny_model_dir):
     cfg, out, _ = bench
     files = sorted((out / "cells").glob("*/result.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in files}
-    start = time.perf_counter()
-    rc = benchmark_main(["--config", str(PROFILE), "--output-dir", str(out), "--set", f"data_dir={woven_root}",
-                         "--set", f"model={tiny_model_dir}", "--set", "max_images=null", "--set",
-                         "synthetic_counts=[2]", "--set",
-                         "segmenter={steps: 6, size: 64, crop: 64, batch_size: 4, base_channels: 8, depth: 3}"])
-    assert rc == 0
-    assert time.perf_counter() - start < 15
+    report = run_benchmark(_cfg(woven_root, eval_root, tiny_model_dir, out))
+    assert report["run"]["cells_run"] == 0 and report["run"]["cells_skipped"] == len(files)
+    assert report["run"]["cells_failed"] == 6  # retried (3 seeds x segmenter + rtdetr), failed again
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes
-    report = run_benchmark(cfg)
-    assert report["run"] == {"cells_run": 0, "cells_skipped": len(files)}
+
+
+def test_changed_settings_are_refused(bench, woven_root, eval_root, tiny_model_dir, capsys):
+    _, out, _ = bench
+    rc = benchmark_main(["--config", str(PROFILE), "--output-dir", str(out), "--set", f"data_dir={woven_root}",
+                         "--eval-data", str(eval_root), "--set", "segmenter={steps: 7}"])
+    assert rc == 2
+    assert "segmenter" in capsys.readouterr().err
+    start = time.perf_counter()
+    assert benchmark_main(["--config", str(PROFILE), "--output-dir", str(out), "--report-only"]) == 0
+    assert time.perf_counter() - start < 30
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="rtdetr"):
+        load_config(BenchmarkConfig, PROFILE, tasks=["segmenter"])
+    with pytest.raises(ConfigError, match="3 seeds"):
+        load_config(BenchmarkConfig, PROFILE, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="not in generators"):
+        load_config(BenchmarkConfig, PROFILE, leave_out={"defect_type": "x", "generators": ["nope"]})
+
+
+def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
+    lock = tmp_path / "locks" / "unit.lock"
+    assert _claim(lock) and not _claim(lock)
+    lock.write_text(f"{2 ** 22 + 12345}@{os.uname().nodename}")  # no such pid
+    assert _claim(lock)
+    assert lock.read_text().startswith(f"{os.getpid()}@")

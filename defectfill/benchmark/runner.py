@@ -1,23 +1,28 @@
-"""Benchmark runner: (generator x synthetic count x seed) cells, each a segmenter trained at the same step budget.
+"""Benchmark runner: which generator's synthetic defects help a downstream model, and by how much.
+
+Grid: tasks (``segmenter``, ``rtdetr``) x generators x synthetic counts x seeds, plus two optional
+settings for the open questions: ``label_noise`` (RT-DETR trained on boxes where long thin
+components are split, ``split_long``) and ``leave_out`` (one defect type removed from the
+generators' and models' training data; its recall is reported).
 
 Protocol per seed ``s``:
 
-1. The *evaluation* images are either ``eval_data`` (a separate folder, used only for final
-   evaluation) or a fixed held-out fraction of ``data_dir`` (``split_by_source`` with
-   ``eval_split_seed``, the same for every seed so the comparison is paired).
-2. The remaining training pool is split by source into train/val (seed ``s``); val only picks
-   the segmenter's F1 threshold (``val_threshold``), never evaluation data.
-3. The train part is written to ``work/s<seed>/train_data`` (images/, masks/, good/, manifest).
-   Each generator is fitted once on it, then generates ``max(synthetic_counts)`` samples onto
+1. Evaluation images: ``eval_data`` (a separate folder, used only for final evaluation) or a
+   fixed held-out fraction of ``data_dir`` (split by source with ``eval_split_seed``, the same for
+   every seed so comparisons are paired). Copied to ``work/eval_data``.
+2. The rest (the pool) is split by source into train/val with seed ``s``. Val never steers
+   training: it picks the segmenter's F1 threshold and is RT-DETR's (final-epoch) val split.
+3. Generators are fitted on the train part only (``work/s<seed>/<setting>/train``) in a child
+   process (its time and peak memory are recorded), generate ``max(synthetic_counts)`` samples onto
    the train part's ``good/`` images with auto masks from the train part; a cell with count ``n``
-   uses the first ``n`` samples (slots are deterministic per index).
-4. The segmenter (same ``SegmenterConfig`` and seed ``s`` for every cell) trains on real train
-   images (+ synthetic) and is evaluated on the evaluation images. ``real_only`` uses no synthetic data.
+   uses the first ``n`` samples. The same seed gives every generator the same clean images and masks.
+4. Every cell of a task gets the same budget: the segmenter ``segmenter.steps`` optimiser steps,
+   RT-DETR about ``detector.steps`` batches (whole epochs, see ``worker.detector_job``).
 
-Every cell writes ``cells/<generator>-n<count>-s<seed>/result.json`` atomically and is skipped
-when it exists. Fit+generate wall time and peak-RSS growth (``resource.getrusage(RUSAGE_SELF)
-.ru_maxrss`` after minus before, KiB on Linux; it is a process high-water mark, so growth is 0
-when a stage stays under an earlier peak) are recorded per generator and seed.
+Cells are written atomically (``cells/<cell>/result.json``) and skipped when present; a failing
+cell writes ``error.json`` instead and is retried on the next run. Work is claimed per unit
+(seed, setting, generator) with lock files, so several ``defectfill benchmark`` processes on the
+same output folder share the grid (e.g. one per CPU core with ``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -25,23 +30,23 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import resource
+import os
 import shutil
+import socket
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from defectfill.config import load_config
-from defectfill.errors import ConfigError, DefectfillError
-from defectfill.runinfo import atomic_write_text
+from defectfill.errors import ConfigError, DataError, DefectfillError
+from defectfill.runinfo import atomic_write_text, package_versions
 
-REPO = Path(__file__).resolve().parents[2]
 REAL_ONLY = "real_only"
 KINDS = ("real_only", "defectfill", "copy_paste", "multistage", "dgt")
-GAN_DEFAULTS = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
-GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, min_change=0.0, dilation=6)
+TASKS = ("segmenter", "rtdetr")
+MAIN = "main"
 
 
 @dataclass
@@ -52,15 +57,22 @@ class BenchmarkConfig:
     eval_data: str | None = None  # separate folder, ONLY for final evaluation; None: hold out from data_dir
     eval_fraction: float = 0.3  # held-out fraction of sources when eval_data is None
     eval_split_seed: int = 1234  # the held-out split is the same for every seed
-    val_fraction: float = 0.25  # of the training pool, for the segmenter's threshold only
+    val_fraction: float = 0.25  # of the pool: segmenter threshold and RT-DETR's val split
     max_images: int | None = None  # keep the first N defect and first N good images (by id) of data_dir
     output_dir: str = "runs/benchmark"
+    tasks: list = field(default_factory=lambda: list(TASKS))
     generators: list = field(default_factory=lambda: [{"name": REAL_ONLY, "kind": REAL_ONLY}])
     synthetic_counts: list = field(default_factory=lambda: [4])
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     segmenter: dict = field(default_factory=dict)  # SegmenterConfig overrides, the same for every cell
+    detector: dict = field(default_factory=dict)  # DetectorConfig overrides + steps (+ eval_good_tiles_per_image)
     generate: dict = field(default_factory=dict)  # GenerateConfig overrides for every generator
-    model: str = "runs/tiny-sd2-inpainting"  # base model for defectfill; tiny one is made if missing
+    metrics: dict = field(default_factory=dict)  # generation_metrics keywords (crop, features, ...)
+    label_noise: dict | None = None  # {split_long: 4.0, generators: [real_only, ...]} (RT-DETR only)
+    leave_out: dict | None = None  # {defect_type: nep, generators: [...], tasks: [...]}
+    gallery_rows: int = 6
+    model: str = "runs/tiny-sd2-inpainting"  # base model for defectfill; the tiny one is made if missing
+    base_model_note: str = ""  # what the DefectFill row's base model is (shown in the report)
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -68,6 +80,11 @@ class BenchmarkConfig:
             raise ConfigError(f"seeds: need at least 3 seeds, got {self.seeds}")
         if not self.synthetic_counts or any(int(c) < 1 for c in self.synthetic_counts):
             raise ConfigError(f"synthetic_counts must be positive integers, got {self.synthetic_counts}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ConfigError(f"tasks: unknown {bad} (choose from {', '.join(TASKS)})")
+        if "rtdetr" not in self.tasks:
+            raise ConfigError("tasks: rtdetr is always part of the benchmark grid")
         names = set()
         for g in self.generators:
             if not isinstance(g, dict) or "name" not in g:
@@ -80,14 +97,100 @@ class BenchmarkConfig:
             names.add(g["name"])
         if REAL_ONLY not in names:
             self.generators = [{"name": REAL_ONLY, "kind": REAL_ONLY}, *self.generators]
+            names.add(REAL_ONLY)
         if not 0 < self.val_fraction < 1 or not 0 < self.eval_fraction < 1:
             raise ConfigError("val_fraction and eval_fraction must be in (0, 1)")
+        if "steps" not in self.detector:
+            self.detector = {"steps": 100, **self.detector}
+        for key, opt in (("label_noise", self.label_noise), ("leave_out", self.leave_out)):
+            if opt is None:
+                continue
+            unknown = set(opt.get("generators", [])) - names
+            if unknown:
+                raise ConfigError(f"{key}.generators: {sorted(unknown)} are not in generators")
+        if self.label_noise is not None and float(self.label_noise.get("split_long", 0)) < 1:
+            raise ConfigError("label_noise.split_long must be an aspect ratio >= 1")
+        if self.leave_out is not None and not self.leave_out.get("defect_type"):
+            raise ConfigError("leave_out.defect_type is required")
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Cell:
+    task: str
+    setting: str  # "main", "split_long<k>" or "without_<type>"
+    generator: str
+    count: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.setting}-{self.generator}-n{self.count}-s{self.seed}"
+
+
+@dataclass
+class Unit:
+    """One generator fitted once on one seed's training data (``data``: main or without_<type>)."""
+
+    seed: int
+    data: str
+    spec: dict
+    cells: list
+
+    @property
+    def name(self) -> str:
+        return f"s{self.seed}-{self.data}-{self.spec['name']}"
+
+
+def _kind(spec: dict) -> str:
+    return spec.get("kind", spec["name"])
+
+
+def plan(cfg: BenchmarkConfig) -> list[Unit]:
+    """Every unit and its cells, in run order (seed-major)."""
+    counts = sorted({int(c) for c in cfg.synthetic_counts})
+    units = []
+    for seed in cfg.seeds:
+        for spec in cfg.generators:
+            ns = [0] if _kind(spec) == REAL_ONLY else counts
+            cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks for n in ns]
+            if cfg.label_noise and spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
+                tag = f"split_long{cfg.label_noise['split_long']:g}"
+                cells += [Cell("rtdetr", tag, spec["name"], n, seed) for n in ns]
+            units.append(Unit(seed, MAIN, spec, cells))
+        if cfg.leave_out:
+            data = f"without_{cfg.leave_out['defect_type']}"
+            tasks = cfg.leave_out.get("tasks", cfg.tasks)
+            for spec in cfg.generators:
+                if spec["name"] in cfg.leave_out.get("generators", [spec["name"]]):
+                    ns = [0] if _kind(spec) == REAL_ONLY else counts
+                    units.append(Unit(seed, data, spec, [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]))
+    return units
 
 
 # ----------------------------------------------------------------------------- data
 
 
+def _manifest_types(root: Path) -> dict[str, str]:
+    """id → defect_type from ``manifest.csv`` (empty when there is none)."""
+    path = root / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {r["id"]: r.get("defect_type") or "defect" for r in csv.DictReader(f) if r.get("id")}
+
+
+def _defect_types(root: Path) -> dict[str, str]:
+    """defect image id → defect type (manifest, else "defect")."""
+    types = _manifest_types(root)
+    return {p.stem: types.get(p.stem, "defect") for p in sorted((root / "images").iterdir()) if p.is_file()}
+
+
 def _select_ids(root: Path, max_images: int | None) -> tuple[list[str], list[str]]:
+    if not (root / "images").is_dir():
+        raise DataError(f"{root}: not a reference data folder (no images/)")
     defect = sorted(p.stem for p in (root / "images").iterdir() if p.is_file())
     good = sorted(p.stem for p in (root / "good").iterdir() if p.is_file()) if (root / "good").is_dir() else []
     if max_images:
@@ -95,194 +198,313 @@ def _select_ids(root: Path, max_images: int | None) -> tuple[list[str], list[str
     return defect, good
 
 
-def _load_pool(root: Path, max_images: int | None, channels: int):
-    from defectfill.downstream.tiles import images_from_reference
-
-    defect, good = _select_ids(root, max_images)
-    keep = set(defect) | set(good)
-    return [im for im in images_from_reference(root, channels) if im.source_id in keep]
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
 
 
 def materialize(src: Path, ids: set[str], dest: Path) -> Path:
-    """Copy the images/masks/good files of source ids ``ids`` (and their manifest rows) to ``dest``."""
+    """Copy (hard-link when possible) images/masks/good of source ids ``ids`` and their manifest rows
+    to ``dest``; atomic (built beside it, then renamed), so concurrent runners never see half a folder."""
     if (dest / ".complete").exists():
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("images", "masks", "good"):
-        (dest / sub).mkdir(parents=True, exist_ok=True)
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
         if (src / sub).is_dir():
             for p in (src / sub).iterdir():
                 if p.is_file() and p.stem in ids:
-                    shutil.copy2(p, dest / sub / p.name)
+                    _link_or_copy(p, tmp / sub / p.name)
     manifest = src / "manifest.csv"
     if manifest.exists():
         with manifest.open(newline="") as f:
             reader = csv.DictReader(f)
             rows = [r for r in reader if r.get("id") in ids]
             fields = reader.fieldnames
-        with (dest / "manifest.csv").open("w", newline="") as f:
+        with (tmp / "manifest.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
-    (dest / ".complete").write_text("ok\n")
+    (tmp / ".complete").write_text("ok\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another runner finished it first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / ".complete").exists():
+            raise
     return dest
 
 
-# ----------------------------------------------------------------------------- generators
+TINY_MODEL_NAME = "tiny-sd2-inpainting"
 
 
 def _ensure_model(cfg: BenchmarkConfig) -> str:
+    """The DefectFill base: a hub id or local folder as given; a missing ``.../tiny-sd2-inpainting``
+    folder is made with ``make_tiny_pipeline`` (tests and the CPU profiles)."""
     path = Path(cfg.model)
+    if path.name != TINY_MODEL_NAME or (path / "model_index.json").exists():
+        return cfg.model if not path.exists() else str(path.resolve())
     if not (path / "model_index.json").exists():
         from defectfill.models.tiny import make_tiny_pipeline
 
-        make_tiny_pipeline(path)
-    return str(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        make_tiny_pipeline(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(path.resolve())
 
 
-def fit_generator(cfg: BenchmarkConfig, spec: dict, train_dir: Path, out: Path, seed: int) -> Path:
-    """Fit ``spec['kind']`` briefly on ``train_dir`` (as tests/test_generators_common.py); return its checkpoint."""
-    kind, fit = spec.get("kind", spec["name"]), dict(spec.get("fit") or {})
-    data = str(train_dir)
-    if kind == "copy_paste":
-        from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
+class Context:
+    """Everything a unit needs that is shared across units: splits, evaluation data, eval tiles."""
 
-        from defectfill.data.datasets import load_reference_dataset
+    def __init__(self, cfg: BenchmarkConfig, out: Path):
+        from defectfill.downstream.segmenter import SegmenterConfig
 
-        fit.pop("max_steps", None)
-        return CopyPasteGenerator(CopyPasteConfig(data_dir=data, **fit)).fit(load_reference_dataset(data), out)
-    if kind in ("dgt", "multistage"):
-        if kind == "dgt":
-            from gan_baselines.dgt.train import DGTConfig as C
-            from gan_baselines.dgt.train import train
-        else:
-            from gan_baselines.multistage.train import MultistageConfig as C
-            from gan_baselines.multistage.train import train
-        yaml_path = fit.pop("config", REPO / "configs" / "gan" / f"{kind}_small.yaml")
-        values = {**GAN_DEFAULTS, "seed": seed, **fit}
-        return train(load_config(C, yaml_path, data_dir=data, output_dir=str(out), **values))
-    if kind == "defectfill":
-        from defectfill.config import DefectFillTrainConfig
-        from defectfill.trainer import train
-
-        yaml_path = fit.pop("config", REPO / "configs" / "defectfill" / "tiny.yaml")
-        if "max_steps" in fit:
-            fit["max_train_steps"] = fit.pop("max_steps")
-        values = {"max_train_steps": 2, "checkpointing_steps": 100, "seed": seed, **fit}
-        return train(load_config(DefectFillTrainConfig, yaml_path, model=_ensure_model(cfg), data_dir=data,
-                                 output_dir=str(out), **values))
-    raise ConfigError(f"generator kind {kind!r} cannot be fitted")
-
-
-def generate_with(cfg: BenchmarkConfig, spec: dict, ckpt: Path, train_dir: Path, out: Path, count: int,
-                  seed: int) -> dict:
-    from defectfill.config import GenerateConfig
-    from defectfill.generate import run_generation
-
-    kind = spec.get("kind", spec["name"])
-    values = {**GENERATE_DEFAULTS, **cfg.generate, **(spec.get("generate") or {})}
-    gcfg = GenerateConfig(generator=kind, checkpoint=None if kind == "defectfill" else str(ckpt),
-                          lora_dir=str(ckpt) if kind == "defectfill" else "", clean_dir=str(train_dir / "good"),
-                          masks="auto", reference_dir=str(train_dir), num_samples=count, seed=seed,
-                          output_dir=str(out), **values)
-    return run_generation(gcfg)
-
-
-# ----------------------------------------------------------------------------- runner
-
-
-def cell_name(generator: str, count: int, seed: int) -> str:
-    return f"{generator}-n{count}-s{seed}"
-
-
-def _finite(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def run_benchmark(cfg: BenchmarkConfig) -> dict:
-    """Run every missing cell, then aggregate (``report.write_report``); return the report dict."""
-    from defectfill.downstream.segmenter import (SegmenterConfig, eval_tiles_for, evaluate_segmenter,
-                                                 train_segmenter)
-    from defectfill.downstream.tiles import images_from_reference, images_from_synthetic, split_by_source
-
-    from defectfill.benchmark.report import write_report
-
-    cfg.validate()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "benchmark_config.json", json.dumps(asdict(cfg), indent=2, default=str))
-    seg_base = load_config(SegmenterConfig, **cfg.segmenter)
-    data = Path(cfg.data_dir)
-    counts = sorted({int(c) for c in cfg.synthetic_counts})
-    specs = cfg.generators
-
-    def planned(seed):
-        cells = [(s, 0) for s in specs if s.get("kind", s["name"]) == REAL_ONLY]
-        cells += [(s, n) for s in specs if s.get("kind", s["name"]) != REAL_ONLY for n in counts]
-        return [(s, n, out / "cells" / cell_name(s["name"], n, seed) / "result.json") for s, n in cells]
-
-    todo = {seed: [c for c in planned(seed) if not c[2].exists()] for seed in cfg.seeds}
-    skipped = sum(len(planned(s)) - len(todo[s]) for s in cfg.seeds)
-    ran = 0
-    if any(todo.values()):
-        channels = seg_base.in_channels
+        self.cfg, self.out = cfg, out
+        self.data = Path(cfg.data_dir)
+        self.seg = load_config(SegmenterConfig, **cfg.segmenter)
+        defect, good = _select_ids(self.data, cfg.max_images)
+        self.types = {k: v for k, v in _defect_types(self.data).items() if k in set(defect)}
         if cfg.eval_data:
-            pool = _load_pool(data, cfg.max_images, channels)
-            eval_images = images_from_reference(cfg.eval_data, channels)
-            eval_source = {"kind": "eval_data", "path": str(cfg.eval_data)}
+            self.eval_dir = Path(cfg.eval_data)
+            _select_ids(self.eval_dir, None)
+            self.pool_defect, self.pool_good = defect, good
+            self.eval_source = {"kind": "eval_data", "path": str(cfg.eval_data)}
         else:
-            pool, eval_images = split_by_source(_load_pool(data, cfg.max_images, channels), cfg.eval_fraction,
-                                                cfg.eval_split_seed)
-            eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction, "seed": cfg.eval_split_seed}
-        eval_source["eval_ids"] = sorted({im.source_id for im in eval_images})
-        eval_tiles = eval_tiles_for(seg_base, eval_images)
-        for seed in cfg.seeds:
-            if not todo[seed]:
-                continue
-            train_imgs, val_imgs = split_by_source(pool, cfg.val_fraction, seed)
-            train_ids = {im.source_id for im in train_imgs}
-            work = out / "work" / f"s{seed}"
-            train_dir = materialize(data, train_ids, work / "train_data")
-            seg_cfg = SegmenterConfig(**{**asdict(seg_base), "seed": seed})
-            by_gen: dict[str, list] = {}
-            for spec, n, path in todo[seed]:
-                by_gen.setdefault(spec["name"], []).append((spec, n, path))
-            for name, cells in by_gen.items():
-                spec = cells[0][0]
-                kind = spec.get("kind", name)
-                gen_info, synth_root = {}, None
-                if kind != REAL_ONLY:
-                    rss0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
-                    ckpt = fit_generator(cfg, spec, train_dir, work / "fit" / name, seed)
-                    t1 = time.perf_counter()
-                    synth_root = work / "gen" / name
-                    summary = generate_with(cfg, spec, Path(ckpt), train_dir, synth_root, max(counts), seed)
-                    t2 = time.perf_counter()
-                    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    gen_info = {"fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
-                                "fit_generate_seconds": t2 - t0, "peak_rss_growth_kib": rss1 - rss0,
-                                "peak_rss_kib": rss1, "rss_method": "getrusage(RUSAGE_SELF).ru_maxrss growth",
-                                "checkpoint": str(ckpt), "generated_dir": str(synth_root),
-                                "generated_samples": summary.get("samples")}
-                    synthetic_all = images_from_synthetic(synth_root, channels)
-                for spec_, n, path in cells:
-                    synthetic = [] if synth_root is None else synthetic_all[:n]
-                    t0 = time.perf_counter()
-                    model, log = train_segmenter(seg_cfg, [*train_imgs, *synthetic], val_imgs)
-                    metrics = evaluate_segmenter(model, eval_tiles, threshold=log.get("val_threshold"),
-                                                 batch_size=seg_cfg.eval_batch_size)
-                    result = {"generator": name, "kind": kind, "count": n, "seed": seed,
-                              "synthetic_used": len(synthetic), "train_real_images": len(train_imgs),
-                              "val_images": len(val_imgs), "eval_images": len(eval_images),
-                              "eval_source": eval_source, "segmenter_steps": seg_cfg.steps,
-                              "segmenter_config": asdict(seg_cfg), "segmenter_seconds": time.perf_counter() - t0,
-                              "val_threshold": log.get("val_threshold"), "metrics": metrics, "generator_run": gen_info,
-                              "sidecar_example": _first_sidecar(synth_root)}
-                    atomic_write_text(path, json.dumps(result, indent=2, default=str))
-                    ran += 1
-    report = write_report(out)
-    report["run"] = {"cells_run": ran, "cells_skipped": skipped}
-    return report
+            held = self._split(defect, good, cfg.eval_fraction, cfg.eval_split_seed)
+            self.pool_defect = [i for i in defect if i not in held]
+            self.pool_good = [i for i in good if i not in held]
+            self.eval_dir = materialize(self.data, held, out / "work" / "eval_data")
+            self.eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction, "seed": cfg.eval_split_seed}
+        self.eval_types = _defect_types(self.eval_dir)
+        self.eval_source["eval_ids"] = sorted(self.eval_types) + sorted(
+            p.stem for p in (self.eval_dir / "good").glob("*") if p.is_file()) if (self.eval_dir / "good").is_dir() \
+            else sorted(self.eval_types)
+        self.left_out = cfg.leave_out["defect_type"] if cfg.leave_out else None
+        if self.left_out:
+            if self.left_out not in set(self.types.values()):
+                raise DataError(f"{self.data}: leave_out.defect_type {self.left_out!r} has no training images "
+                                f"(types: {', '.join(sorted(set(self.types.values())))})")
+            if self.left_out not in set(self.eval_types.values()):
+                raise DataError(f"{self.eval_dir}: no evaluation image of leave_out.defect_type {self.left_out!r}")
+        self._eval_tiles = None
+        self._eval_det: dict[str, str] | None = None
+
+    def _split(self, defect: list[str], good: list[str], fraction: float, seed: int) -> set[str]:
+        """Held-out source ids, stratified by defect type (good images are one more group); a type
+        with one image stays on the training side (``detect.dataset.split_by_source``)."""
+        from defectfill.detect.dataset import split_by_source
+
+        groups: dict[str, list[str]] = {}
+        for i in defect:
+            groups.setdefault(f"type:{self.types.get(i, 'defect')}", []).append(i)
+        if good:
+            groups["good"] = list(good)
+        return split_by_source(groups, fraction, seed)
+
+    def split(self, seed: int, data: str) -> tuple[set[str], set[str]]:
+        """(train ids, val ids) of a seed, split by source; ``without_<type>`` first drops that type's images."""
+        defect = self.pool_defect
+        if data != MAIN:
+            defect = [i for i in defect if self.types.get(i) != self.left_out]
+        val = self._split(defect, self.pool_good, self.cfg.val_fraction, seed)
+        ids = set(defect) | set(self.pool_good)
+        return ids - val, ids & val
+
+    def eval_tiles(self):
+        from defectfill.downstream.segmenter import eval_tiles_for
+        from defectfill.downstream.tiles import images_from_reference
+
+        if self._eval_tiles is None:
+            images = images_from_reference(self.eval_dir, self.seg.in_channels)
+            groups = [self.eval_types.get(im.id, "good") for im in images]
+            subsets = {"all": (eval_tiles_for(self.seg, images), groups)}
+            if self.left_out:
+                keep = [im for im, g in zip(images, groups) if g == self.left_out]
+                subsets[f"type_{self.left_out}"] = (eval_tiles_for(self.seg, keep), [self.left_out] * len(keep))
+            self._eval_tiles = subsets
+        return self._eval_tiles
+
+    def eval_detection(self) -> dict[str, str]:
+        """name → data.yaml of the evaluation detection folders (all, and the left-out type only)."""
+        from defectfill.detect.dataset import build_eval_dataset
+
+        if self._eval_det is None:
+            det = self.cfg.detector
+            kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
+                      good_tiles_per_image=det.get("eval_good_tiles_per_image"))
+            folders = {"all": (self.out / "work" / "eval_det" / "all", None)}
+            if self.left_out:
+                folders[f"type_{self.left_out}"] = (self.out / "work" / "eval_det" / f"type_{self.left_out}",
+                                                    [self.left_out])
+            self._eval_det = {}
+            for name, (folder, types) in folders.items():
+                if not (folder / "data.yaml").is_file():
+                    build_eval_dataset(self.eval_dir, folder, defect_types=types, **kw,
+                                       **({"include_good": False} if types else {}))
+                self._eval_det[name] = str(folder / "data.yaml")
+        return self._eval_det
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` exclusively (pid@host inside); a lock of a dead local process is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid, host = lock.read_text().strip().split("@", 1)
+                alive = host != socket.gethostname()
+                if not alive:
+                    os.kill(int(pid), 0)
+                    alive = True
+            except (OSError, ValueError):
+                alive = False
+            if alive:
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _segmenter_cell(ctx: Context, cell: Cell, train_imgs, val_imgs, synthetic) -> dict:
+    from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
+
+    seg = SegmenterConfig(**{**asdict(ctx.seg), "seed": cell.seed})
+    t0 = time.perf_counter()
+    model, log = train_segmenter(seg, [*train_imgs, *synthetic], val_imgs)
+    evaluations = {name: evaluate_segmenter(model, tiles, threshold=log.get("val_threshold"),
+                                            batch_size=seg.eval_batch_size, groups=groups)
+                   for name, (tiles, groups) in ctx.eval_tiles().items()}
+    return {"metrics": evaluations["all"], "evaluations": evaluations, "steps": seg.steps,
+            "config": asdict(seg), "seconds": time.perf_counter() - t0, "val_threshold": log.get("val_threshold"),
+            "val": log.get("val"), "train_real_images": len(train_imgs), "val_images": len(val_imgs),
+            "synthetic_used": len(synthetic)}
+
+
+def _detector_cell(ctx: Context, cell: Cell, unit_dir: Path, pool_dir: Path, val_ids: set[str],
+                   gen_dir: Path | None) -> dict:
+    from defectfill.benchmark.worker import run_job
+
+    det = dict(ctx.cfg.detector)
+    if cell.setting.startswith("split_long"):
+        det["split_long"] = float(ctx.cfg.label_noise["split_long"])
+    job = {"kind": "detector", "pool_dir": str(pool_dir), "val_ids": sorted(val_ids), "detector": det,
+           "synthetic_dirs": [str(gen_dir)] if gen_dir is not None and cell.count else [],
+           "limit": cell.count or None, "seed": cell.seed, "work_dir": str(unit_dir / "det" / cell.name),
+           "evals": ctx.eval_detection()}
+    result = run_job(job, unit_dir / "det" / cell.name / "job")
+    return {"metrics": result["evaluations"]["all"], **result, "steps": result["iterations"]}
+
+
+def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path) -> dict:
+    """Fit + generate in a child process (cached in ``unit_dir/generator.json``), then generation metrics."""
+    from defectfill.benchmark.worker import run_job
+
+    cached = unit_dir / "generator.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    model = _ensure_model(ctx.cfg) if _kind(unit.spec) == "defectfill" else None
+    gen_dir = unit_dir / "gen"
+    shutil.rmtree(gen_dir, ignore_errors=True)
+    job = {"kind": "generator", "spec": unit.spec, "model": model, "train_dir": str(train_dir),
+           "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
+           "count": max(int(c) for c in ctx.cfg.synthetic_counts), "generate": ctx.cfg.generate}
+    run = run_job(job, unit_dir / "generator_job")
+    if _kind(unit.spec) == "defectfill":
+        run["base_model"] = {"path": model, "note": ctx.cfg.base_model_note or _base_model_note(model)}
+    try:
+        from defectfill.benchmark.gallery import generation_metrics
+
+        t0 = time.perf_counter()
+        run["generation_metrics"] = generation_metrics(gen_dir, train_dir, seed=unit.seed, **ctx.cfg.metrics)
+        run["generation_metrics"]["seconds"] = time.perf_counter() - t0
+    except Exception as exc:  # metrics are a report column, not a reason to lose the cell
+        run["generation_metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
+    atomic_write_text(cached, json.dumps(run, indent=2, default=str))
+    return run
+
+
+def _base_model_note(model: str) -> str:
+    index = Path(model) / "model_index.json"
+    tiny = "tiny" in Path(model).name or (Path(model) / "tiny_model.json").is_file()
+    what = "a tiny RANDOM inpainting pipeline (tests/demo; not Stable Diffusion 2)" if tiny else "inpainting base"
+    return f"{what} at {model}" + ("" if index.is_file() else " (missing)")
+
+
+def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
+    """Fit/generate once, then run ``todo`` cells; every cell ends in result.json or error.json."""
+    from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
+
+    seed = unit.seed
+    base = ctx.out / "work" / f"s{seed}" / unit.data
+    train_ids, val_ids = ctx.split(seed, unit.data)
+    train_dir = materialize(ctx.data, train_ids, base / "train")
+    pool_dir = materialize(ctx.data, train_ids | val_ids, base / "pool")
+    unit_dir = base / unit.spec["name"]
+    gen_run, gen_dir, error = {}, None, None
+    if _kind(unit.spec) != REAL_ONLY:
+        try:
+            _log(f"{unit.name}: fit + generate")
+            gen_run = _generator_run(ctx, unit, unit_dir, train_dir)
+            gen_dir = Path(gen_run["generated_dir"])
+        except Exception as exc:
+            error = exc
+    train_imgs = val_imgs = synthetic_all = None
+    done = 0
+    for cell in todo:
+        cell_dir = ctx.out / "cells" / cell.name
+        start = time.perf_counter()
+        try:
+            if error is not None:
+                raise error
+            if cell.task == "segmenter":
+                if train_imgs is None:
+                    pool = images_from_reference(pool_dir, ctx.seg.in_channels)
+                    train_imgs = [im for im in pool if im.source_id in train_ids]
+                    val_imgs = [im for im in pool if im.source_id in val_ids]
+                    synthetic_all = images_from_synthetic(gen_dir, ctx.seg.in_channels) if gen_dir else []
+                result = _segmenter_cell(ctx, cell, train_imgs, val_imgs, synthetic_all[:cell.count])
+            else:
+                result = _detector_cell(ctx, cell, unit_dir, pool_dir, val_ids, gen_dir)
+        except Exception as exc:
+            tb = getattr(exc, "log_tail", "") or traceback.format_exc(limit=-6)
+            atomic_write_text(cell_dir / "error.json", json.dumps(
+                {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}, indent=2))
+            _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source,
+                  "generator_kind": _kind(unit.spec), "generator_run": gen_run, "cell_seconds": time.perf_counter() - start,
+                  "sidecar_example": _first_sidecar(gen_dir), **result}
+        atomic_write_text(cell_dir / "result.json", json.dumps(record, indent=2, default=str))
+        (cell_dir / "error.json").unlink(missing_ok=True)
+        main = result["metrics"]
+        score = (f"pixel AP {main['pixel_ap']:.4f}" if cell.task == "segmenter"
+                 else f"mAP50 {main['map50'] or 0:.4f} recall {main['recall'] or 0:.3f}")
+        _log(f"{cell.name}: {score} ({time.perf_counter() - start:.0f} s)")
+        done += 1
+    return done
 
 
 def _first_sidecar(root: Path | None) -> str | None:
@@ -292,20 +514,90 @@ def _first_sidecar(root: Path | None) -> str | None:
     return str(sides[0]) if sides else None
 
 
+GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
+             "detector", "generate", "metrics", "model", "label_noise", "leave_out")
+
+
+def check_grid(cfg: BenchmarkConfig, out: Path) -> None:
+    """Refuse to mix cells of different settings in one output folder (``grid.json`` keeps the first run's).
+
+    Seeds, counts and generators may be added later; a generator's spec may not change.
+    """
+    grid = {"settings": {k: getattr(cfg, k) for k in GRID_KEYS},
+            "generators": {g["name"]: g for g in cfg.generators}}
+    grid = json.loads(json.dumps(grid, default=str))
+    path = out / "grid.json"
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(grid, indent=2))
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in GRID_KEYS if old["settings"].get(k) != grid["settings"][k]]
+    changed += [f"generators.{n}" for n, g in grid["generators"].items() if n in old["generators"]
+                and old["generators"][n] != g]
+    if changed:
+        raise ConfigError(f"{out}: holds cells run with other settings ({', '.join(changed)} differ from "
+                          f"{path}); use a new output_dir or delete it")
+    old["generators"].update(grid["generators"])
+    atomic_write_text(path, json.dumps(old, indent=2))
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Run every missing cell this process can claim, then aggregate (``report.write_report``)."""
+    from defectfill.benchmark.report import write_report
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "benchmark_config.json", json.dumps(
+        {"config": asdict(cfg), "versions": package_versions()}, indent=2, default=str))
+    check_grid(cfg, out)
+    units = plan(cfg)
+    pending = [(u, [c for c in u.cells if not (out / "cells" / c.name / "result.json").exists()]) for u in units]
+    total = sum(len(u.cells) for u in units)
+    skipped = total - sum(len(t) for _, t in pending)
+    ran, busy = 0, []
+    if any(t for _, t in pending):
+        ctx = Context(cfg, out)
+        _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
+        for unit, todo in pending:
+            if not todo:
+                continue
+            lock = out / "locks" / f"{unit.name}.lock"
+            if not _claim(lock):
+                busy.append(unit.name)
+                continue
+            try:
+                todo = [c for c in todo if not (out / "cells" / c.name / "result.json").exists()]
+                ran += run_unit(ctx, unit, todo)
+            finally:
+                lock.unlink(missing_ok=True)
+    report = write_report(out)
+    report["run"] = {"cells_run": ran, "cells_skipped": skipped, "units_busy_elsewhere": busy,
+                     "cells_failed": len(report.get("errors", []))}
+    return report
+
+
 def benchmark_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="defectfill benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
-    p.add_argument("--eval-data", default=None)
+    p.add_argument("--eval-data", default=None, help="separate evaluation folder (final evaluation only)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished cells")
     args = p.parse_args(argv)
     try:
         cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
-        report = run_benchmark(cfg)
+        if args.report_only:
+            from defectfill.benchmark.report import write_report
+
+            report = {**write_report(cfg.output_dir), "run": {"cells_run": 0}}
+        else:
+            report = run_benchmark(cfg)
     except DefectfillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"])}))
+    print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
+                      "report": str(Path(cfg.output_dir) / "results.md")}))
     return 0
 
 

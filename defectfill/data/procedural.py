@@ -25,6 +25,9 @@ def _threads(n: int, period: float, rng: np.random.Generator) -> tuple[np.ndarra
     """Per-pixel thread index, position across the thread (0..1) and per-thread brightness."""
     widths = period * rng.uniform(0.85, 1.15, int(n / period) + 2)
     edges = np.concatenate([[0.0], np.cumsum(widths)]) - rng.uniform(0, period)
+    while edges[-1] < n:  # narrow draws can fall short of n; pad with nominal threads (no extra draws)
+        widths = np.append(widths, period)
+        edges = np.append(edges, edges[-1] + period)
     pos = np.arange(n) + 0.5
     idx = np.searchsorted(edges, pos) - 1
     u = (pos - edges[idx]) / widths[idx]

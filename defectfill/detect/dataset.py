@@ -398,6 +398,8 @@ def build_detection_dataset(
     single_class: bool = False,
     good_tiles_per_image: int | None = None,
     mask_threshold: int = 128,
+    synthetic_limit: int | None = None,
+    val_ids: Sequence[str] | None = None,
 ) -> dict:
     """Build a tiled YOLO dataset under ``out_dir`` (replaced atomically); return the manifest dict.
 
@@ -410,7 +412,9 @@ def build_detection_dataset(
     types present (reference + synthetic), or ``["defect"]`` with ``single_class``. ``split_long=k``
     splits components with box aspect ratio > k (label noise for long thin defects);
     ``min_box_area`` drops boxes under that many px² (w*h, in the tile); ``good_tiles_per_image``
-    keeps that many evenly spread tiles per good image (None: all).
+    keeps that many evenly spread tiles per good image (None: all); ``synthetic_limit`` keeps the
+    first that many samples (by name) of each synthetic dataset. ``val_ids`` (source ids) replaces
+    the seeded split, so a caller can reuse a split it made elsewhere.
     """
     if tile < 32:
         raise ValueError(f"tile must be >= 32, got {tile}")
@@ -424,12 +428,17 @@ def build_detection_dataset(
     out_dir = Path(out_dir).expanduser().resolve()
     _check_out_dir(out_dir)
     ref = load_reference_dataset(reference_dir, mask_threshold=mask_threshold, defect_types=defect_types)
-    syn_sets = [(Path(d).expanduser().resolve(), synthetic_samples(d)) for d in synthetic_dirs]
+    syn_sets = [(Path(d).expanduser().resolve(), synthetic_samples(d)[:synthetic_limit]) for d in synthetic_dirs]
     names = _class_names({s.defect_type for s in ref.samples},
                          {s["defect_class"] for _, items in syn_sets for s in items}, class_names, single_class)
     good = _list_good(Path(reference_dir)) if include_good else []
 
-    val_ids = _split_ids(ref, good, val_fraction, seed)
+    if val_ids is not None:
+        val_ids = set(val_ids)
+        if not any(s.id in val_ids for s in ref.samples) or all(s.id in val_ids for s in ref.samples):
+            raise DataError(f"{reference_dir}: val_ids must hold some but not all defect images")
+    else:
+        val_ids = _split_ids(ref, good, val_fraction, seed)
 
     def cls(defect_type: str) -> int:
         return 0 if single_class else names.index(defect_type)
@@ -451,6 +460,7 @@ def build_detection_dataset(
             "tile": tile, "class_names": names, "single_class": single_class, "val_fraction": val_fraction,
             "seed": seed, "split_long": split_long, "min_box_area": min_box_area, "include_good": include_good,
             "good_tiles_per_image": good_tiles_per_image, "defect_types": _as_list(defect_types),
+            "synthetic_limit": synthetic_limit,
             "splits": _summary(writer.records, names), "dropped": writer.dropped,
             "sources": {"reference_train": sorted(s.id for s in ref.samples if s.id not in val_ids),
                         "reference_val": sorted(s.id for s in ref.samples if s.id in val_ids),

@@ -250,11 +250,13 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, size: int | No
 
 
 def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float | None = None,
-                       batch_size: int = 16) -> dict:
+                       batch_size: int = 16, groups: Sequence[str] | None = None) -> dict:
     """Pixel AP, pixel F1 (@0.5, best = optimistic, and @``threshold`` when given), tile AUROC, counts.
 
     Pixel metrics use every pixel of every image exactly once (the tiles' owned regions); tile
     metrics use every tile (score = max probability inside the tile, label = any defect pixel).
+    With ``threshold``: F1/precision/recall at it and tile recall (defect tiles scoring >= it);
+    with ``groups`` too (one label per evaluation image), tile recall per group.
     The model is put in eval mode and restored afterwards.
     """
     start = time.perf_counter()
@@ -287,9 +289,25 @@ def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float
     }
     if threshold is not None:
         at_t = f1_at(pos_s, neg_s, threshold)
+        positive = [s for s, y in zip(tile_scores, tile_labels) if y]
         out.update({"threshold": float(threshold), "pixel_f1@threshold": at_t["f1"],
-                    "pixel_precision@threshold": at_t["precision"], "pixel_recall@threshold": at_t["recall"]})
+                    "pixel_precision@threshold": at_t["precision"], "pixel_recall@threshold": at_t["recall"],
+                    "tile_recall@threshold": (sum(s >= threshold for s in positive) / len(positive)
+                                              if positive else float("nan"))})
+        if groups is not None:
+            out["tile_recall@threshold_by_group"] = tile_recall_by_group(
+                tile_scores, tile_labels, [groups[t.image_index] for t in eval_tiles.tiles], threshold)
     return out
+
+
+def tile_recall_by_group(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[str],
+                         threshold: float) -> dict:
+    """Per group (e.g. defect type): ``{recall, tiles}`` over its defect tiles (score >= threshold)."""
+    hits: dict[str, list[bool]] = {}
+    for s, y, g in zip(scores, labels, groups):
+        if y:
+            hits.setdefault(g, []).append(s >= threshold)
+    return {g: {"recall": sum(h) / len(h), "tiles": len(h)} for g, h in sorted(hits.items())}
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,0 +1,258 @@
+"""Side-by-side comparison of generators and per-generator FID / KID / IC-LPIPS.
+
+Generators run with the same seed on the same clean images write the same sample names with
+the same masks (``defectfill.samples`` layout), so one name is one like-for-like comparison:
+
+* :func:`side_by_side_sheet` — a PNG contact sheet, one row per common sample name,
+  columns ``clean | mask | <generator 1> | <generator 2> | ...``, all cropped to the SAME
+  window around the mask's first connected component.
+* :func:`generation_metrics` — FID / KID (:func:`defectfill.metrics.fid_kid`) and masked
+  IC-LPIPS (:func:`defectfill.metrics.ic_lpips`) of one generated dataset's defect-centred
+  crops against the real reference crops; the result names the feature extractor and the LPIPS
+  network, so an offline random fallback is never mistaken for the standard metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from defectfill.data.masks import mask_to_boxes
+from defectfill.runinfo import atomic_save_image
+from defectfill.samples import _read_mask, _read_rgb, crop_window, spread_indices
+
+log = logging.getLogger(__name__)
+
+GAP = 4  # spacing between cells and around the sheet (px)
+TITLE_H = 24  # column-title bar height (px)
+FIXED_COLUMNS = ("clean", "mask")  # before one column per generator
+_BG = (32, 32, 32)
+_PAD = (64, 64, 64)
+_NO_CLEAN = (128, 128, 128)
+_RED = (255, 0, 0)
+
+Box = tuple[int, int, int, int]
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+
+def sheet_size(n_generators: int, rows: int, cell: int = 160) -> tuple[int, int]:
+    """(width, height) of a :func:`side_by_side_sheet` with ``n_generators`` columns after clean | mask.
+
+    ``width = n_cols * cell + (n_cols + 1) * GAP`` and ``height = TITLE_H + rows * (cell + GAP) + GAP``.
+    """
+    n_cols = len(FIXED_COLUMNS) + int(n_generators)
+    return n_cols * cell + (n_cols + 1) * GAP, TITLE_H + int(rows) * (cell + GAP) + GAP
+
+
+def _accepted(root: Path) -> set[str]:
+    """Names with a sidecar (complete, accepted samples) under ``root``; empty when there is none."""
+    folder = root / "sidecars"
+    if not folder.is_dir():
+        return set()
+    return {p.name[: -len(".json")] for p in folder.iterdir()
+            if p.is_file() and p.name.endswith(".json") and ".tmp" not in p.name}
+
+
+def _fit(array: np.ndarray, cell: int, resample) -> tuple[Image.Image, float, int, int]:
+    """Resize a crop to fit a ``cell`` square (aspect kept); the image, its scale and paste offset."""
+    h, w = array.shape[:2]
+    scale = cell / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    im = Image.fromarray(np.ascontiguousarray(array)).convert("RGB").resize(size, resample)
+    return im, scale, (cell - size[0]) // 2, (cell - size[1]) // 2
+
+
+def _outline(im: Image.Image, boxes: list[Box], window: Box, scale: float) -> None:
+    """Draw the boxes that meet ``window`` on ``im`` (the window's crop resized by ``scale``), 1 px red."""
+    x0, y0, x1, y1 = window
+    draw = ImageDraw.Draw(im)
+    for bx0, by0, bx1, by1 in boxes:
+        if bx1 <= x0 or bx0 >= x1 or by1 <= y0 or by0 >= y1:
+            continue
+        left, top = (max(bx0, x0) - x0) * scale, (max(by0, y0) - y0) * scale
+        right = max(left, (min(bx1, x1) - x0) * scale - 1)
+        bottom = max(top, (min(by1, y1) - y0) * scale - 1)
+        draw.rectangle([left, top, right, bottom], outline=_RED, width=1)
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> str:
+    """``text`` shortened with '..' until it is at most ``width`` px wide."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "..", font=font) > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def _row_inputs(name: str, roots: dict[str, Path]) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """(mask, clean) of ``name`` when identical across datasets, else the reason it is not like-for-like."""
+    mask, mask_from = None, None
+    clean, clean_from = None, None
+    for label, root in roots.items():
+        m = _read_mask(root / "masks" / f"{name}.png")
+        if mask is None:
+            mask, mask_from = m, label
+        elif m.shape != mask.shape or not np.array_equal(m, mask):
+            return f"mask differs between {mask_from!r} and {label!r}"
+        path = root / "clean" / f"{name}.png"
+        if path.is_file():
+            c = _read_rgb(path)
+            if clean is None:
+                clean, clean_from = c, label
+            elif c.shape != clean.shape or not np.array_equal(c, clean):
+                return f"clean image differs between {clean_from!r} and {label!r}"
+    if clean is not None and clean.shape[:2] != mask.shape:
+        return f"clean image {clean.shape[1]}x{clean.shape[0]} does not match the mask"
+    return mask, clean
+
+
+def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray | None,
+         cell: int, font) -> Image.Image:
+    """One sheet row: clean | mask | one generator per column, all cropped to the same window."""
+    h, w = mask.shape
+    boxes = mask_to_boxes(mask)
+    window = crop_window(boxes[0] if boxes else None, w, h)
+    x0, y0, x1, y1 = window
+    n_cols = len(FIXED_COLUMNS) + len(roots)
+    row = Image.new("RGB", (n_cols * cell + (n_cols - 1) * GAP, cell), _PAD)
+    if clean is None:
+        blank = Image.new("RGB", (cell, cell), _NO_CLEAN)
+        ImageDraw.Draw(blank).text((6, cell // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
+        row.paste(blank, (0, 0))
+    else:
+        im, _, ox, oy = _fit(clean[y0:y1, x0:x1], cell, Image.BILINEAR)
+        row.paste(im, (ox, oy))
+    im, _, ox, oy = _fit((mask[y0:y1, x0:x1] * 255).astype(np.uint8), cell, Image.NEAREST)
+    row.paste(im, (cell + GAP + ox, oy))
+    for col, root in enumerate(roots.values(), start=len(FIXED_COLUMNS)):
+        image = _read_rgb(root / "images" / f"{name}.png")
+        if image.shape[:2] != mask.shape:
+            blank = Image.new("RGB", (cell, cell), _NO_CLEAN)
+            ImageDraw.Draw(blank).text((6, cell // 2 - 6), "size mismatch", fill=(230, 230, 230), font=font)
+            row.paste(blank, (col * (cell + GAP), 0))
+            continue
+        im, scale, ox, oy = _fit(image[y0:y1, x0:x1], cell, Image.BILINEAR)
+        _outline(im, boxes, window, scale)
+        row.paste(im, (col * (cell + GAP) + ox, oy))
+    draw = ImageDraw.Draw(row)
+    label = _fit_text(draw, name, cell - 6, font)
+    draw.rectangle([0, 0, draw.textlength(label, font=font) + 6, 14], fill=(0, 0, 0))
+    draw.text((3, 1), label, fill=(255, 255, 255), font=font)
+    return row
+
+
+def side_by_side_sheet(datasets: dict[str, str | os.PathLike], out_path: str | os.PathLike,
+                       max_rows: int = 6, cell: int = 160) -> Path | None:
+    """Write a PNG comparing generators on the SAME clean images and masks; return its path.
+
+    ``datasets`` maps a column title (generator name) to its generated dataset folder
+    (``defectfill.samples`` layout). Rows are sample names accepted (``sidecars/<name>.json``)
+    in EVERY dataset, sorted, at most ``max_rows`` of them evenly spread over the list
+    (:func:`~defectfill.samples.spread_indices`). Columns: ``clean | mask | <one per dataset, in
+    dict order>``; every cell of a row shows the same :func:`~defectfill.samples.crop_window`
+    around the mask's first connected component, fitted into a ``cell`` px square, with the
+    mask's component boxes outlined in red on the generator columns. A row whose mask (or clean
+    image) differs between datasets is not like-for-like: it is dropped with a logged warning.
+    Layout: :func:`sheet_size`. Returns None and writes nothing when no row remains (no common
+    name, or every chosen row dropped). The PNG is written atomically.
+    """
+    if not datasets:
+        raise ValueError("datasets is empty: give at least one generated dataset folder")
+    if int(max_rows) < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if int(cell) < 16:
+        raise ValueError(f"cell must be >= 16 px, got {cell}")
+    cell = int(cell)
+    roots = {str(label): Path(root) for label, root in datasets.items()}
+    common = None
+    for label, root in roots.items():
+        names = _accepted(root)
+        if not names:
+            log.warning("side-by-side sheet: %s (%s) has no accepted samples", label, root)
+        common = names if common is None else common & names
+    common = sorted(common)
+    chosen = [common[i] for i in spread_indices(len(common), int(max_rows))]
+    rows = []
+    for name in chosen:
+        inputs = _row_inputs(name, roots)
+        if isinstance(inputs, str):
+            log.warning("side-by-side sheet: skipping %s: %s (not a like-for-like comparison)", name, inputs)
+            continue
+        rows.append((name, *inputs))
+    if not rows:
+        log.warning("side-by-side sheet: no sample common to %s; nothing written", ", ".join(roots))
+        return None
+
+    font = ImageFont.load_default()
+    sheet = Image.new("RGB", sheet_size(len(roots), len(rows), cell), _BG)
+    draw = ImageDraw.Draw(sheet)
+    for col, title in enumerate((*FIXED_COLUMNS, *roots)):
+        title = _fit_text(draw, title, cell - 4, font)
+        x = GAP + col * (cell + GAP) + (cell - draw.textlength(title, font=font)) / 2
+        draw.text((x, 6), title, fill=(255, 255, 255), font=font)
+    for i, (name, mask, clean) in enumerate(rows):
+        sheet.paste(_row(name, roots, mask, clean, cell, font), (GAP, TITLE_H + i * (cell + GAP)))
+    return atomic_save_image(sheet, out_path)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def generation_metrics(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike, crop: int = 64,
+                       features: str = "random", features_weights: str | None = None,
+                       lpips_weights: str | None = None, seed: int = 0,
+                       defect_types: Sequence[str] | None = None, device: str = "cpu",
+                       max_pairs_per_cluster: int | None = None) -> dict:
+    """FID / KID and masked IC-LPIPS of a generated dataset's defect crops against real defect crops.
+
+    Generated crops: :func:`~defectfill.metrics.load_dataset_crops` (accepted samples, all
+    classes); real crops: :func:`~defectfill.metrics.load_reference_crops` of ``reference_dir``
+    (``images/`` + ``masks/``) limited to ``defect_types`` when given; both ``crop`` px square,
+    centred on the defect. FID/KID use ``load_features(features, features_weights, seed=seed)``
+    with ``kid_subset_size = min(n_real, n_generated, 1000)``; IC-LPIPS (Ojha et al. 2021, over
+    the union of the defect masks) uses ``load_lpips(backbone_weights=lpips_weights)``.
+
+    Returns ``{fid, kid_mean, kid_std, kid_subset_size, ic_lpips, n_generated, n_real, crop,
+    extractor, standard, lpips, ic_lpips_detail, skipped, generated_dir, reference_dir}``.
+    ``extractor``/``lpips`` name the networks (a random offline fallback says so; ``standard``
+    is False then). With fewer than 2 generated or 2 real crops nothing is computed: the
+    metric values (and network fields) are None and ``skipped`` says why. ``ic_lpips`` is None
+    when no cluster has 2 members (see ``ic_lpips_detail``).
+    """
+    from defectfill.metrics import fid_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
+    from defectfill.metrics.distribution import MAX_KID_SUBSET
+    from defectfill.selection import load_lpips
+
+    gen = load_dataset_crops(generated_dir, crop)
+    real = load_reference_crops(reference_dir, crop, defect_types)
+    out = {"fid": None, "kid_mean": None, "kid_std": None, "kid_subset_size": None, "ic_lpips": None,
+           "n_generated": len(gen), "n_real": len(real), "crop": int(crop), "extractor": None,
+           "standard": None, "lpips": None, "ic_lpips_detail": None, "skipped": None,
+           "generated_dir": str(generated_dir), "reference_dir": str(reference_dir)}
+    if len(gen) < 2 or len(real) < 2:
+        out["skipped"] = (f"need at least 2 generated and 2 real defect crops, got {len(gen)} generated "
+                          f"and {len(real)} real")
+        log.warning("generation metrics for %s skipped: %s", generated_dir, out["skipped"])
+        return out
+
+    extractor = load_features(features, features_weights, device=device, seed=seed)
+    dist = fid_kid(real.images, gen.images, extractor,
+                   kid_subset_size=min(len(real), len(gen), MAX_KID_SUBSET), seed=seed)
+    model, description = load_lpips(backbone_weights=lpips_weights, device=device)
+    detail = ic_lpips(gen.images, real.images, model, description, generated_masks=gen.masks,
+                      real_masks=real.masks, max_pairs_per_cluster=max_pairs_per_cluster, seed=seed)
+    value = detail["value"] if math.isfinite(detail["value"]) else None  # NaN is not JSON
+    detail = {**detail, "value": value}
+    out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"],
+               kid_subset_size=dist["kid_subset_size"], extractor=dist["extractor"],
+               standard=dist["standard"], lpips=description, ic_lpips_detail=detail,
+               ic_lpips=value)
+    return out

@@ -1,0 +1,202 @@
+"""Benchmark jobs that run in a child process: fit + generate one generator, train + evaluate one detector.
+
+A child process gives each job its own peak memory (``os.wait4``'s ``ru_maxrss``) and keeps
+ultralytics' process-wide state (settings, deterministic mode, loggers) out of the runner.
+``python -m defectfill.benchmark.worker JOB.json`` reads a job, does it and writes ``job["out"]``
+(JSON, atomically); a non-zero exit means failure and the log holds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from defectfill.config import load_config
+from defectfill.errors import ConfigError
+from defectfill.runinfo import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+GAN_DEFAULTS = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
+GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, min_change=0.0, dilation=6)
+# Benchmark defaults for ultralytics: one optimiser step per batch (nbs = batch), no per-epoch
+# validation (the last weights are evaluated; equal budgets, no model selection).
+DETECTOR_DEFAULTS = dict(nbs=None, train_args={"val": False}, workers=0, patience=0)
+
+
+class JobError(RuntimeError):
+    """A child job failed: the message holds its last log line, ``log_tail`` the last 15."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+# ----------------------------------------------------------------------------- generator job
+
+
+def fit_generator(spec: dict, model: str, train_dir: Path, out: Path, seed: int) -> Path:
+    """Fit ``spec['kind']`` on ``train_dir``; return its checkpoint (a LoRA folder for defectfill)."""
+    kind, fit = spec.get("kind", spec["name"]), dict(spec.get("fit") or {})
+    data = str(train_dir)
+    if kind == "copy_paste":
+        from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
+
+        from defectfill.data.datasets import load_reference_dataset
+
+        fit.pop("max_steps", None)
+        return CopyPasteGenerator(CopyPasteConfig(data_dir=data, **fit)).fit(load_reference_dataset(data), out)
+    if kind in ("dgt", "multistage"):
+        if kind == "dgt":
+            from gan_baselines.dgt.train import DGTConfig as C
+            from gan_baselines.dgt.train import train
+        else:
+            from gan_baselines.multistage.train import MultistageConfig as C
+            from gan_baselines.multistage.train import train
+        yaml_path = fit.pop("config", REPO / "configs" / "gan" / f"{kind}_small.yaml")
+        values = {**GAN_DEFAULTS, "seed": seed, **fit}
+        return train(load_config(C, yaml_path, data_dir=data, output_dir=str(out), **values))
+    if kind == "defectfill":
+        from defectfill.config import DefectFillTrainConfig
+        from defectfill.trainer import train
+
+        yaml_path = fit.pop("config", REPO / "configs" / "defectfill" / "tiny.yaml")
+        if "max_steps" in fit:
+            fit["max_train_steps"] = fit.pop("max_steps")
+        values = {"max_train_steps": 2, "checkpointing_steps": 100, "seed": seed, **fit}
+        return train(load_config(DefectFillTrainConfig, yaml_path, model=model, data_dir=data,
+                                 output_dir=str(out), **values))
+    raise ConfigError(f"generator kind {kind!r} cannot be fitted")
+
+
+def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: Path, count: int, seed: int) -> dict:
+    """Generate ``count`` samples onto ``train_dir/good`` with auto masks from ``train_dir``."""
+    from defectfill.config import GenerateConfig
+    from defectfill.generate import run_generation
+
+    kind = spec.get("kind", spec["name"])
+    values = {**GENERATE_DEFAULTS, **generate, **(spec.get("generate") or {})}
+    gcfg = GenerateConfig(generator=kind, checkpoint=None if kind == "defectfill" else str(ckpt),
+                          lora_dir=str(ckpt) if kind == "defectfill" else "", clean_dir=str(train_dir / "good"),
+                          masks="auto", reference_dir=str(train_dir), num_samples=count, seed=seed,
+                          output_dir=str(out), **values)
+    return run_generation(gcfg)
+
+
+def generator_job(job: dict) -> dict:
+    t0 = time.perf_counter()
+    ckpt = fit_generator(job["spec"], job["model"], Path(job["train_dir"]), Path(job["fit_dir"]), job["seed"])
+    t1 = time.perf_counter()
+    summary = generate_with(job["spec"], job["generate"], Path(ckpt), Path(job["train_dir"]), Path(job["gen_dir"]),
+                            job["count"], job["seed"])
+    t2 = time.perf_counter()
+    return {"checkpoint": str(ckpt), "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
+            "rejected_samples": summary.get("rejected"), "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
+            "fit_generate_seconds": t2 - t0}
+
+
+# ----------------------------------------------------------------------------- detector job
+
+
+def detector_job(job: dict) -> dict:
+    """Build the dataset (real pool, its val ids, + the first ``limit`` synthetic samples), train for
+    about ``steps`` batches (whole epochs: ``round(steps / batches_per_epoch)``, at least 1), evaluate
+    the LAST weights on every evaluation data.yaml."""
+    from defectfill.detect.dataset import build_detection_dataset
+    from defectfill.detect.rtdetr import DetectorConfig, evaluate_detector, train_detector
+
+    work = Path(job["work_dir"])
+    values = {**DETECTOR_DEFAULTS, **job["detector"]}
+    steps = int(values.pop("steps"))
+    values.pop("eval_good_tiles_per_image", None)
+    cfg = load_config(DetectorConfig, **{k: v for k, v in values.items() if v is not None}, seed=job["seed"],
+                      output_dir=str(work), name="rtdetr")
+    if values.get("nbs") is None:
+        cfg.nbs = cfg.batch
+    data_dir = work / "dataset"
+    kwargs = cfg.dataset_kwargs()
+    kwargs.pop("val_fraction")
+    manifest = build_detection_dataset(job["pool_dir"], data_dir, synthetic_dirs=job["synthetic_dirs"],
+                                       synthetic_limit=job.get("limit"), val_ids=job["val_ids"], **kwargs)
+    n_train = manifest["splits"]["train"]["images"]
+    per_epoch = math.ceil(n_train / cfg.batch)
+    cfg.epochs = max(1, round(steps / per_epoch))
+    cfg.close_mosaic = min(cfg.close_mosaic, cfg.epochs // 2)
+    t0 = time.perf_counter()
+    best = train_detector(cfg, data_dir / "data.yaml")
+    weights = best.parent / "last.pt" if (best.parent / "last.pt").is_file() else best
+    t1 = time.perf_counter()
+    evaluations = {name: evaluate_detector(weights, path, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
+                                           workers=0, config_dir=cfg.yolo_config_dir)
+                   for name, path in job["evals"].items()}
+    splits = {k: {kk: v[kk] for kk in ("images", "labelled", "background", "boxes", "by_kind")}
+              for k, v in manifest["splits"].items()}
+    if not job.get("keep_dataset", False):
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"config": asdict(cfg), "epochs": cfg.epochs, "batches_per_epoch": per_epoch,
+            "iterations": cfg.epochs * per_epoch, "target_iterations": steps, "train_tiles": n_train,
+            "splits": splits, "weights": str(weights), "train_seconds": t1 - t0,
+            "eval_seconds": time.perf_counter() - t1, "evaluations": evaluations}
+
+
+JOBS = {"generator": generator_job, "detector": detector_job}
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
+    """Run ``job`` in a child Python; return its result plus ``wall_seconds`` and ``peak_rss_kib``.
+
+    ``peak_rss_kib`` is the child's own ``ru_maxrss`` from ``os.wait4`` (KiB on Linux). Raises
+    JobError with the tail of ``job_dir/log.txt`` when the child fails.
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    job = {**job, "out": str(job_dir / "result.json")}
+    spec = job_dir / "job.json"
+    atomic_write_text(spec, json.dumps(job, indent=2, default=str))
+    Path(job["out"]).unlink(missing_ok=True)
+    log_path = job_dir / "log.txt"
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "defectfill.benchmark.worker", str(spec)], stdout=log,
+                                stderr=subprocess.STDOUT, env=child_env, cwd=os.getcwd())
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not Path(job["out"]).is_file():
+        lines = [x for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+        last = lines[-1].strip() if lines else "no output"
+        raise JobError(f"{job['kind']} job failed (exit {proc.returncode}): {last} (log {log_path})",
+                       "\n".join(lines[-15:]))
+    result = json.loads(Path(job["out"]).read_text())
+    return {**result, "wall_seconds": wall, "peak_rss_kib": usage.ru_maxrss,
+            "peak_rss_method": "os.wait4 ru_maxrss of the job's own process (KiB)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m defectfill.benchmark.worker JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    result = JOBS[job["kind"]](job)
+    atomic_write_text(Path(job["out"]), json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
