@@ -1,4 +1,4 @@
-"""Downstream benchmark: every generator's synthetic data vs real-only, same segmenter budget, several seeds."""
+"""Downstream benchmark: every generator's synthetic data vs real-only on a segmenter and RT-DETR, equal budgets, several seeds."""
 
 from defectfill.benchmark.report import write_report
 from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main, run_benchmark

@@ -340,7 +340,7 @@ class Context:
             kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
                       good_tiles_per_image=det.get("eval_good_tiles_per_image"))
             folders = {"all": (self.out / "work" / "eval_det" / "all", None)}
-            if self.left_out:
+            if self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):
                 folders[f"type_{self.left_out}"] = (self.out / "work" / "eval_det" / f"type_{self.left_out}",
                                                     [self.left_out])
             self._eval_det = {}
@@ -568,7 +568,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                 continue
             try:
                 todo = [c for c in todo if not (out / "cells" / c.name / "result.json").exists()]
-                ran += run_unit(ctx, unit, todo)
+                if todo:  # another process may have finished the unit meanwhile
+                    ran += run_unit(ctx, unit, todo)
             finally:
                 lock.unlink(missing_ok=True)
     report = write_report(out)
