@@ -115,6 +115,11 @@ def test_split_long_gives_more_training_boxes_and_same_evaluation(bench):
     assert split["splits"]["train"]["boxes"] > one["splits"]["train"]["boxes"]
     assert split["splits"]["train"]["images"] == one["splits"]["train"]["images"]
     assert split["evaluations"]["all"]["instances"] == one["evaluations"]["all"]["instances"]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["metric"] for r in results["label_noise"]["split_long4"]} == {"map50", "recall"}
+    fill = results["label_fill"]
+    assert fill["split_long4"]["boxes"] > fill["one_box_per_component"]["boxes"] > 0
+    assert fill["split_long4"]["mean_fill"] >= fill["one_box_per_component"]["mean_fill"]
 
 
 def test_left_out_type_is_absent_from_training_and_generation(bench):

@@ -24,6 +24,7 @@ from defectfill.detect.dataset import (
     build_detection_dataset,
     build_eval_dataset,
     split_by_source,
+    box_fill_stats,
     split_component,
     tile_origins,
 )
@@ -366,3 +367,14 @@ def test_aitex_tiles_match_curated_tile_index(aitex_root, tmp_path):
         assert (image == np.asarray(Image.open(aitex_root / "tiles" / "images" / f"{name}.png"))).all()
         tile_mask = np.asarray(Image.open(aitex_root / "tiles" / "masks" / f"{name}.png")) >= 128
         assert read_labels(out / split / "labels" / f"{name}.txt")[1] == mask_to_boxes(tile_mask), name
+
+
+def test_box_fill_stats_by_hand():
+    mask = np.zeros((256, 256), bool)
+    for i in range(200):  # a diagonal line, 200 px wide and 50 rows high: one 200 x 50 box, 200 pixels
+        mask[20 + i // 4, 10 + i] = True
+    assert box_fill_stats([mask]) == {"boxes": 1, "mean_fill": 0.02, "median_fill": 0.02, "p10_fill": 0.02}
+    # aspect 4 > 2: two segments of 100 columns, each a 100 x 25 box holding 100 pixels
+    split = box_fill_stats([mask], split_long=2)
+    assert split["boxes"] == 2 and split["mean_fill"] == pytest.approx(100 / 2500)
+    assert box_fill_stats([np.zeros((64, 64), bool)], tile=64)["boxes"] == 0

@@ -255,3 +255,13 @@ def test_rgb_images_are_reduced_to_grey_exactly(tmp_path):
     from defectfill.downstream.tiles import _read_image
 
     assert np.array_equal(_read_image(path, 1), img.image)
+
+
+def test_tile_recall_by_group_by_hand():
+    from defectfill.downstream.segmenter import tile_recall_by_group
+
+    scores = [0.9, 0.2, 0.7, 0.1, 0.95]
+    labels = [True, True, True, False, False]
+    groups = ["nep", "nep", "hole", "nep", "hole"]
+    assert tile_recall_by_group(scores, labels, groups, 0.5) == {
+        "hole": {"recall": 1.0, "tiles": 1}, "nep": {"recall": 0.5, "tiles": 2}}

@@ -150,6 +150,24 @@ def paired_settings(cells: list[dict], task: str, setting_a: str, setting_b: str
     return out
 
 
+def label_fill(out: Path) -> dict | None:
+    """Box fill of the real training labels with one box per component vs ``split_long``
+    (:func:`defectfill.detect.dataset.box_fill_stats`), on the first seed's training pool."""
+    from defectfill.detect.dataset import box_fill_stats
+    from defectfill.downstream.tiles import _read_mask
+
+    grid_path = out / "grid.json"
+    settings = json.loads(grid_path.read_text())["settings"] if grid_path.is_file() else {}
+    split = (settings.get("label_noise") or {}).get("split_long")
+    pools = sorted(out.glob("work/s*/main/pool/masks"))
+    if not split or not pools:
+        return None
+    tile = int((settings.get("detector") or {}).get("tile", 256))
+    masks = [_read_mask(p) for p in sorted(pools[0].iterdir()) if p.is_file()]
+    return {"pool": str(pools[0].parent), "tile": tile, "one_box_per_component": box_fill_stats(masks, tile),
+            f"split_long{float(split):g}": box_fill_stats(masks, tile, float(split))}
+
+
 def per_type_recall(cells: list[dict]) -> dict:
     """generator → defect type → mean tile recall@threshold over seeds (segmenter, main, largest count)."""
     out: dict[str, dict[str, list]] = {}
@@ -268,13 +286,15 @@ def write_report(output_dir: str | Path) -> dict:
     settings = sorted({c["setting"] for c in cells})
     split_settings = [s for s in settings if s.startswith("split_long")]
     without = [s for s in settings if s.startswith("without_")]
-    label_noise = {s: paired_settings(cells, "rtdetr", MAIN, s, m) for s in split_settings for m in ("map50", "recall")}
+    label_noise = {s: [row for m in ("map50", "recall") for row in paired_settings(cells, "rtdetr", MAIN, s, m)]
+                   for s in split_settings}
     leave_out = {}
     for s in without:
         t = s[len("without_"):]
         leave_out[s] = {task: {m: paired_settings(cells, task, MAIN, s, m, f"type_{t}")
                                for m in (RECALL[task], HEADLINE[task])} for task in TASK_METRICS}
     recall = per_type_recall(cells)
+    fill = label_fill(out)
     eval_kinds = {json.dumps({k: v for k, v in c["eval_source"].items() if k != "eval_ids"}, sort_keys=True)
                   for c in cells}
     rt = [r for r in rows if r["task"] == "rtdetr" and r["setting"] == MAIN]
@@ -288,7 +308,8 @@ def write_report(output_dir: str | Path) -> dict:
         gallery, figures["gallery_error"] = [], f"{type(exc).__name__}: {exc}"
     report = {"cells": {c["cell"]: {k: c[k] for k in ("task", "setting", "generator", "count", "seed")}
                         | {"metrics": {m: _metric(c, m) for m in TASK_METRICS[c["task"]]}} for c in cells},
-              "rows": rows, "generators": gens, "label_noise": label_noise, "leave_out": leave_out,
+              "rows": rows, "generators": gens, "label_noise": label_noise, "label_fill": fill,
+              "leave_out": leave_out,
               "recall_per_type": recall, "errors": [{k: e.get(k) for k in ("cell", "error")} for e in errors],
               "eval_source": [json.loads(e) for e in sorted(eval_kinds)], "fallbacks": sidecar_fallbacks(cells),
               "rtdetr_max_map50": max_map50, "std": "sample std over seeds (ddof=1)",
@@ -335,8 +356,9 @@ def _markdown(report: dict) -> list[str]:
     for g in report["generators"]:
         notes = []
         if g["extractor"]:
-            notes.append(f"FID/KID features: {g['extractor']}" + ("" if g["standard"] else
-                         " (NOT the standard Inception network: not comparable with published FID/KID)"))
+            caveat = "" if g["standard"] or "NOT" in g["extractor"] else \
+                " (not the standard Inception network: not comparable with published FID/KID)"
+            notes.append(f"FID/KID features: {g['extractor']}{caveat}")
         if g["lpips"]:
             notes.append(f"IC-LPIPS: {g['lpips']}")
         if g["metric_errors"]:
@@ -352,6 +374,15 @@ def _markdown(report: dict) -> list[str]:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['generator']} | {r['count']} | {r['metric']} | {_fmt(r['a'])} | {_fmt(r['b'])} | "
                   f"{_fmt(r['delta'])} |" for r in tables]
+        fill = report.get("label_fill") or {}
+        if setting in fill:
+            one, split = fill["one_box_per_component"], fill[setting]
+            lines += ["", f"Label noise in the real training labels themselves ({fill['tile']} px tiles, "
+                      f"`{fill['pool']}`): box fill = defect pixels / box area.", "",
+                      "| labels | boxes | mean fill | median fill | 10th percentile |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | {st['boxes']} | {st['mean_fill']:.3f} | {st['median_fill']:.3f} | "
+                      f"{st['p10_fill']:.3f} |" for name, st in (("one box per component", one), (setting, split))
+                      if st["boxes"]]
     for setting, tasks in report["leave_out"].items():
         t = setting[len("without_"):]
         lines += ["", f"## Open question 2: unknown defect type `{t}` (left out of generation and training)", "",
