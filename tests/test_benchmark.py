@@ -186,3 +186,32 @@ def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
     lock.write_text(f"{2 ** 22 + 12345}@{os.uname().nodename}")  # no such pid
     assert _claim(lock)
     assert lock.read_text().startswith(f"{os.getpid()}@")
+
+
+@pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_gpu"])
+def test_profiles_load_and_every_sub_config_is_valid(profile):
+    from gan_baselines.dgt.train import DGTConfig
+    from gan_baselines.multistage.train import MultistageConfig
+
+    from defectfill.config import DefectFillTrainConfig, GenerateConfig
+    from defectfill.detect.rtdetr import DetectorConfig
+    from defectfill.downstream.segmenter import SegmenterConfig
+
+    cfg = load_config(BenchmarkConfig, REPO / "configs" / "benchmark" / f"{profile}.yaml")
+    units = plan(cfg)
+    assert {c.task for u in units for c in u.cells} == {"segmenter", "rtdetr"}
+    assert {u.spec["kind"] for u in units} == {"real_only", "copy_paste", "dgt", "defectfill"} | (
+        set() if profile == "aitex_quick" else {"multistage"})
+    load_config(SegmenterConfig, **cfg.segmenter)
+    load_config(DetectorConfig, **{k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")})
+    for g in cfg.generators:
+        fit = dict(g.get("fit") or {})
+        yaml_path = fit.pop("config", None)
+        if g["kind"] in ("dgt", "multistage"):
+            cls = DGTConfig if g["kind"] == "dgt" else MultistageConfig
+            load_config(cls, yaml_path or REPO / "configs" / "gan" / f"{g['kind']}_small.yaml", **fit)
+        if g["kind"] == "defectfill":
+            if "max_steps" in fit:
+                fit["max_train_steps"] = fit.pop("max_steps")
+            load_config(DefectFillTrainConfig, REPO / (yaml_path or "configs/defectfill/tiny.yaml"), **fit)
+            GenerateConfig(lora_dir="lora", clean_dir="clean", **{**cfg.generate, **(g.get("generate") or {})}).validate()

@@ -302,3 +302,10 @@ def test_real_aitex(aitex_root):
     assert "fuzzyball" in ds.defect_types
     img, m = sample_defect_crop(ds.samples[0].image, ds.samples[0].mask, 256, 128, np.random.default_rng(0))
     assert img.shape == (128, 128, 3) and m.any()
+
+
+@pytest.mark.parametrize("seed,height,width", [(0, 64, 256), (1, 128, 256), (2, 128, 512), (5, 128, 512)])
+def test_woven_dataset_for_sizes_whose_thread_widths_fall_short(tmp_path, seed, height, width):
+    root = make_woven_dataset(tmp_path / "d", height=height, width=width, seed=seed)
+    with Image.open(next((root / "images").iterdir())) as im:
+        assert im.size == (width, height)
