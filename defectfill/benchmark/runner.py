@@ -283,9 +283,8 @@ class Context:
             self.eval_dir = materialize(self.data, held, out / "work" / "eval_data")
             self.eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction, "seed": cfg.eval_split_seed}
         self.eval_types = _defect_types(self.eval_dir)
-        self.eval_source["eval_ids"] = sorted(self.eval_types) + sorted(
-            p.stem for p in (self.eval_dir / "good").glob("*") if p.is_file()) if (self.eval_dir / "good").is_dir() \
-            else sorted(self.eval_types)
+        eval_good = sorted(p.stem for p in (self.eval_dir / "good").glob("*") if p.is_file())
+        self.eval_source["eval_ids"] = sorted(self.eval_types) + eval_good
         self.left_out = cfg.leave_out["defect_type"] if cfg.leave_out else None
         if self.left_out:
             if self.left_out not in set(self.types.values()):
