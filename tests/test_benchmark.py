@@ -84,8 +84,9 @@ def test_deltas_are_paired_per_seed(bench):
     results = json.loads((out / "results.json").read_text())
     for task, metric, gen in (("segmenter", "pixel_ap", "copy_paste"), ("rtdetr", "recall", "defectfill")):
         row = next(r for r in results["rows"] if (r["task"], r["setting"], r["generator"]) == (task, "main", gen))
-        value = lambda name: _cell(out, name)["evaluations"]["all"][metric]  # noqa: E731
-        by_hand = {s: value(f"{task}-main-{gen}-n2-s{s}") - value(f"{task}-main-real_only-n0-s{s}") for s in (0, 1, 2)}
+        pairs = {s: (_cell(out, f"{task}-main-{gen}-n2-s{s}")["evaluations"]["all"][metric],
+                     _cell(out, f"{task}-main-real_only-n0-s{s}")["evaluations"]["all"][metric]) for s in (0, 1, 2)}
+        by_hand = {s: a - b for s, (a, b) in pairs.items()}
         mean = sum(by_hand.values()) / 3
         for s, d in by_hand.items():
             assert row[f"delta_{metric}"]["per_seed"][str(s)] == pytest.approx(d, abs=1e-12)
@@ -128,7 +129,8 @@ def test_left_out_type_is_absent_from_training_and_generation(bench):
     with (base / "pool" / "manifest.csv").open() as f:
         types = {r["defect_type"] for r in csv.DictReader(f)}
     assert LEFT_OUT not in types and types - {"good"}
-    classes = {json.loads(p.read_text())["defect_class"] for p in (base / "copy_paste" / "gen" / "sidecars").glob("*.json")}
+    sidecars = (base / "copy_paste" / "gen" / "sidecars").glob("*.json")
+    classes = {json.loads(p.read_text())["defect_class"] for p in sidecars}
     assert classes and LEFT_OUT not in classes
     cell = _cell(out, f"segmenter-without_{LEFT_OUT}-real_only-n0-s0")
     assert set(cell["evaluations"]) == {"all", f"type_{LEFT_OUT}"}
@@ -151,7 +153,7 @@ def test_generators_report_cost_and_generation_metrics(bench):
 
 
 def test_second_run_skips_every_finished_cell_and_retries_failures(bench, woven_root, eval_root, tiny_model_dir):
-    cfg, out, _ = bench
+    _, out, _ = bench
     files = sorted((out / "cells").glob("*/result.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     report = run_benchmark(_cfg(woven_root, eval_root, tiny_model_dir, out))
@@ -190,12 +192,11 @@ def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
 
 @pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_gpu"])
 def test_profiles_load_and_every_sub_config_is_valid(profile):
-    from gan_baselines.dgt.train import DGTConfig
-    from gan_baselines.multistage.train import MultistageConfig
-
     from defectfill.config import DefectFillTrainConfig, GenerateConfig
     from defectfill.detect.rtdetr import DetectorConfig
     from defectfill.downstream.segmenter import SegmenterConfig
+    from gan_baselines.dgt.train import DGTConfig
+    from gan_baselines.multistage.train import MultistageConfig
 
     cfg = load_config(BenchmarkConfig, REPO / "configs" / "benchmark" / f"{profile}.yaml")
     units = plan(cfg)
@@ -203,7 +204,8 @@ def test_profiles_load_and_every_sub_config_is_valid(profile):
     assert {u.spec["kind"] for u in units} == {"real_only", "copy_paste", "dgt", "defectfill"} | (
         set() if profile == "aitex_quick" else {"multistage"})
     load_config(SegmenterConfig, **cfg.segmenter)
-    load_config(DetectorConfig, **{k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")})
+    detector = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
+    load_config(DetectorConfig, **detector)
     for g in cfg.generators:
         fit = dict(g.get("fit") or {})
         yaml_path = fit.pop("config", None)
@@ -214,4 +216,5 @@ def test_profiles_load_and_every_sub_config_is_valid(profile):
             if "max_steps" in fit:
                 fit["max_train_steps"] = fit.pop("max_steps")
             load_config(DefectFillTrainConfig, REPO / (yaml_path or "configs/defectfill/tiny.yaml"), **fit)
-            GenerateConfig(lora_dir="lora", clean_dir="clean", **{**cfg.generate, **(g.get("generate") or {})}).validate()
+            values = {**cfg.generate, **(g.get("generate") or {})}
+            GenerateConfig(lora_dir="lora", clean_dir="clean", **values).validate()

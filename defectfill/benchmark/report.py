@@ -87,7 +87,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
     for c in cells:
         groups.setdefault((c["task"], c["setting"], c["generator"], c["count"]), []).append(c)
     rows = []
-    order = lambda kv: (kv[0][0], kv[0][1] != MAIN, kv[0][1], kv[0][2] != REAL_ONLY, kv[0][2], kv[0][3])  # noqa: E731
+    order = lambda kv: (kv[0][0], kv[0][1] != MAIN, kv[0][1], kv[0][2] != REAL_ONLY, kv[0][2], kv[0][3])
     for (task, setting, name, count), group in sorted(groups.items(), key=order):
         group = sorted(group, key=lambda c: c["seed"])
         row = {"task": task, "setting": setting, "generator": name, "count": count,
@@ -332,7 +332,8 @@ def _markdown(report: dict) -> list[str]:
             lines.append(f"Evaluation data: the separate folder `{e['path']}` (used only for final evaluation).")
         else:
             lines.append(f"Evaluation data: a HELD-OUT split of data_dir by source (fraction {e.get('fraction')}, "
-                         f"split seed {e.get('seed')}; the same images for every seed). No separate eval_data was given.")
+                         f"split seed {e.get('seed')}; the same images for every seed). "
+                         "No separate eval_data was given.")
     lines += ["", "Std = sample std over seeds (ddof=1). Δ = paired difference vs real_only of the same seed "
               "(same task and setting). Every cell of a task has the same training budget (steps column).", ""]
     if report["errors"]:
@@ -393,7 +394,8 @@ def _markdown(report: dict) -> list[str]:
         lines += ["", f"## Open question 2: unknown defect type `{t}` (left out of generation and training)", "",
                   f"Evaluated on the evaluation images of type `{t}` only. 'seen' = the main setting (type in "
                   "training), 'unseen' = trained without it.", "",
-                  "| task | generator | count | metric | seen | unseen | Δ (unseen − seen) |", "|---|---|---|---|---|---|---|"]
+                  "| task | generator | count | metric | seen | unseen | Δ (unseen − seen) |",
+                  "|---|---|---|---|---|---|---|"]
         for task, by_metric in tasks.items():
             for metric, tables in by_metric.items():
                 lines += [f"| {task} | {r['generator']} | {r['count']} | {metric} | {_fmt(r['a'])} | {_fmt(r['b'])} | "

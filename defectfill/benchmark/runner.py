@@ -166,7 +166,8 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
             for spec in cfg.generators:
                 if spec["name"] in cfg.leave_out.get("generators", [spec["name"]]):
                     ns = [0] if _kind(spec) == REAL_ONLY else counts
-                    units.append(Unit(seed, data, spec, [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]))
+                    cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
+                    units.append(Unit(seed, data, spec, cells))
     return units
 
 
@@ -490,11 +491,13 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
         except Exception as exc:
             tb = getattr(exc, "log_tail", "") or traceback.format_exc(limit=-6)
             atomic_write_text(cell_dir / "error.json", json.dumps(
-                {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}, indent=2))
+                {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
+                indent=2))
             _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source,
-                  "generator_kind": _kind(unit.spec), "generator_run": gen_run, "cell_seconds": time.perf_counter() - start,
+                  "generator_kind": _kind(unit.spec), "generator_run": gen_run,
+                  "cell_seconds": time.perf_counter() - start,
                   "sidecar_example": _first_sidecar(gen_dir), **result}
         atomic_write_text(cell_dir / "result.json", json.dumps(record, indent=2, default=str))
         (cell_dir / "error.json").unlink(missing_ok=True)

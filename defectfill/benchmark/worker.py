@@ -46,9 +46,8 @@ def fit_generator(spec: dict, model: str, train_dir: Path, out: Path, seed: int)
     kind, fit = spec.get("kind", spec["name"]), dict(spec.get("fit") or {})
     data = str(train_dir)
     if kind == "copy_paste":
-        from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
-
         from defectfill.data.datasets import load_reference_dataset
+        from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
 
         fit.pop("max_steps", None)
         return CopyPasteGenerator(CopyPasteConfig(data_dir=data, **fit)).fit(load_reference_dataset(data), out)
