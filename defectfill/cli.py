@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from defectfill.errors import DefectfillError
+from defectfill.errors import one_line_errors
 
 
 def _make_tiny_model(args: argparse.Namespace) -> None:
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["detect"]:  # its own sub-commands and help
@@ -117,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return benchmark_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
 
 

@@ -39,7 +39,7 @@ import yaml
 from scipy import ndimage
 
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample, load_reference_dataset
-from defectfill.errors import ConfigError, DataError
+from defectfill.errors import ConfigError, DataError, one_line_errors
 from defectfill.generate import blend_weights, mask_window
 from defectfill.generators import Generator
 
@@ -322,28 +322,22 @@ def check_inputs(clean: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return clean, mask
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """`python -m gan_baselines.copy_paste --config configs/gan/copy_paste.yaml --output-dir runs/copy_paste`:
     "fit" (record data + config) so `defectfill generate --generator copy_paste --checkpoint <run>/final` works."""
     import argparse
-    import sys
-
-    from defectfill.errors import DefectfillError
 
     parser = argparse.ArgumentParser(prog="python -m gan_baselines.copy_paste", description=main.__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
-        overrides = dict(item.split("=", 1) for item in args.overrides if "=" in item)
-        if len(overrides) != len(args.overrides):
-            raise ConfigError(f"--set expects KEY=VALUE, got {args.overrides}")
-        generator = CopyPasteGenerator(read_config(Path(args.config), overrides))
-        print(f"copy_paste run folder: {generator.fit(None, args.output_dir)}")
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = dict(item.split("=", 1) for item in args.overrides if "=" in item)
+    if len(overrides) != len(args.overrides):
+        raise ConfigError(f"--set expects KEY=VALUE, got {args.overrides}")
+    generator = CopyPasteGenerator(read_config(Path(args.config), overrides))
+    print(f"copy_paste run folder: {generator.fit(None, args.output_dir)}")
     return 0
 
 

@@ -28,7 +28,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, one_line_errors
 from defectfill.runinfo import atomic_save_image
 
 WEIGHTS_NAME = "weights.safetensors"
@@ -269,19 +269,13 @@ def gan_arg_parser(description: str):
     return parser
 
 
+@one_line_errors
 def run_training(args, config_cls, train_fn, label: str) -> int:
     """Load the config, train, print where the weights went; one `error:` line and exit 2 on bad input."""
-    import sys
-
     from defectfill.config import load_config
-    from defectfill.errors import DefectfillError
 
-    try:
-        cfg = load_config(config_cls, args.config, args.overrides, data_dir=args.data_dir,
-                          output_dir=args.output_dir, max_steps=args.max_steps)
-        final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(config_cls, args.config, args.overrides, data_dir=args.data_dir,
+                      output_dir=args.output_dir, max_steps=args.max_steps)
+    final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"{label} weights: {final}")
     return 0

@@ -1,6 +1,7 @@
 """Shared by tests that prove code stays offline."""
 
 import socket
+import textwrap
 import urllib.request
 
 import torch
@@ -18,3 +19,17 @@ def refuse_network(monkeypatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+# Prelude of a `python -c` child: sockets refuse and record every call in `calls` (json, os, sys imported),
+# and ultralytics must not be imported yet.
+SUBPROCESS_NO_NETWORK = textwrap.dedent("""
+    import json, os, socket, sys
+    calls = []
+    def no_network(*args, **kwargs):
+        calls.append(repr(args[:2]))
+        raise OSError("network disabled in this test")
+    socket.getaddrinfo = socket.create_connection = no_network
+    socket.socket.connect = socket.socket.connect_ex = no_network
+    assert "ultralytics" not in sys.modules
+""")

@@ -32,6 +32,7 @@ from defectfill.detect.report import write_report
 from defectfill.detect.rtdetr import DetectorConfig, detect_main, resolve_model, train_detector
 from defectfill.errors import ConfigError, DataError, ModelError
 from defectfill.samples import Sample, SampleWriter
+from netguard import SUBPROCESS_NO_NETWORK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,18 +257,8 @@ def test_report_json_and_markdown(tmp_path):
 
 # ----------------------------------------------------------------------------- ultralytics (subprocesses)
 
-_NO_NETWORK = textwrap.dedent("""
-    import json, os, socket, sys
-    calls = []
-    def no_network(*args, **kwargs):
-        calls.append(repr(args[:2]))
-        raise OSError("network disabled in this test")
-    socket.getaddrinfo = socket.create_connection = no_network
-    socket.socket.connect = socket.socket.connect_ex = no_network
-    assert "ultralytics" not in sys.modules
-""")
 
-_PROBE = _NO_NETWORK + textwrap.dedent("""
+_PROBE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
     from defectfill.detect.offline import check_dataset_offline
     data = check_dataset_offline(sys.argv[1])
     from ultralytics import RTDETR
@@ -277,7 +268,7 @@ _PROBE = _NO_NETWORK + textwrap.dedent("""
                       "head": type(model.model.model[-1]).__name__, "calls": calls}))
 """)
 
-_TRAIN = _NO_NETWORK + textwrap.dedent("""
+_TRAIN = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
     import time
     sys.path.insert(0, "train")
     import finetune_rtdetr

@@ -27,6 +27,7 @@ from defectfill.samples import (
     yolo_lines,
     yolo_to_boxes,
 )
+from netguard import SUBPROCESS_NO_NETWORK
 
 # Hand-drawn 12x16 mask: component -> (pixels as (row, col), box (x0, y0, x1, y1) exclusive).
 H, W = 12, 16
@@ -308,15 +309,7 @@ def test_contact_sheet_from_line_scans(tmp_path):
 
 # ----------------------------------------------------------------------------- offline ultralytics
 
-_CHECK = textwrap.dedent("""
-    import json, os, socket, sys
-    calls = []
-    def no_network(*args, **kwargs):
-        calls.append(repr(args[:2]))
-        raise OSError("network disabled in this test")
-    socket.getaddrinfo = socket.create_connection = no_network
-    socket.socket.connect = socket.socket.connect_ex = no_network
-    assert "ultralytics" not in sys.modules
+_CHECK = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
     from defectfill.detect.offline import check_dataset_offline, prepare_ultralytics_offline
     data = check_dataset_offline(sys.argv[1])
     import ultralytics.utils as u

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from defectfill.config import load_config
-from defectfill.errors import DefectfillError
+from defectfill.errors import one_line_errors
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -39,35 +39,32 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(input_args)
 
 
+@one_line_errors
 def main(args: argparse.Namespace) -> int:
     from defectfill.detect.dataset import build_detection_dataset, build_eval_dataset
     from defectfill.detect.report import write_report
     from defectfill.detect.rtdetr import DetectorConfig, evaluate_detector, train_detector
     from defectfill.runinfo import package_versions
 
-    try:
-        cfg = load_config(DetectorConfig, args.config, args.overrides, output_dir=args.output_dir,
-                          model=args.model, epochs=args.epochs, device=args.device, seed=args.seed)
-        out = Path(cfg.output_dir).expanduser().resolve()
-        t0 = time.perf_counter()
-        manifest = build_detection_dataset(args.reference, out / "dataset", synthetic_dirs=args.synthetic,
-                                           **cfg.dataset_kwargs())
-        datasets = {"val": out / "dataset" / "data.yaml"}
-        if args.eval_reference:
-            kwargs = {k: v for k, v in cfg.dataset_kwargs().items() if k not in ("val_fraction", "seed")}
-            build_eval_dataset(args.eval_reference, out / "eval_dataset",
-                               **{**kwargs, "class_names": manifest["class_names"]})
-            datasets["eval"] = out / "eval_dataset" / "data.yaml"
-        t1 = time.perf_counter()
-        weights = train_detector(cfg, datasets["val"])
-        t2 = time.perf_counter()
-        evaluations = {label: evaluate_detector(weights, path, "val", batch=cfg.batch, device=cfg.device,
-                                                conf=cfg.conf, workers=cfg.workers, config_dir=cfg.yolo_config_dir)
-                       for label, path in datasets.items()}
-        t3 = time.perf_counter()
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(DetectorConfig, args.config, args.overrides, output_dir=args.output_dir,
+                      model=args.model, epochs=args.epochs, device=args.device, seed=args.seed)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    t0 = time.perf_counter()
+    manifest = build_detection_dataset(args.reference, out / "dataset", synthetic_dirs=args.synthetic,
+                                       **cfg.dataset_kwargs())
+    datasets = {"val": out / "dataset" / "data.yaml"}
+    if args.eval_reference:
+        kwargs = {k: v for k, v in cfg.dataset_kwargs().items() if k not in ("val_fraction", "seed")}
+        build_eval_dataset(args.eval_reference, out / "eval_dataset",
+                           **{**kwargs, "class_names": manifest["class_names"]})
+        datasets["eval"] = out / "eval_dataset" / "data.yaml"
+    t1 = time.perf_counter()
+    weights = train_detector(cfg, datasets["val"])
+    t2 = time.perf_counter()
+    evaluations = {label: evaluate_detector(weights, path, "val", batch=cfg.batch, device=cfg.device,
+                                            conf=cfg.conf, workers=cfg.workers, config_dir=cfg.yolo_config_dir)
+                   for label, path in datasets.items()}
+    t3 = time.perf_counter()
     results = {"config": dataclasses.asdict(cfg), "reference": str(Path(args.reference).resolve()),
                "synthetic": [str(Path(s).resolve()) for s in args.synthetic],
                "eval_reference": str(Path(args.eval_reference).resolve()) if args.eval_reference else None,

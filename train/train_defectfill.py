@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from defectfill.config import DefectFillTrainConfig, load_config
-from defectfill.errors import DefectfillError
+from defectfill.errors import one_line_errors
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -27,17 +27,14 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(input_args)
 
 
+@one_line_errors
 def main(args: argparse.Namespace) -> int:
     from defectfill.trainer import train
 
-    try:
-        cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, model=args.model,
-                          data_dir=args.data_dir, output_dir=args.output_dir,
-                          max_train_steps=args.max_train_steps, seed=args.seed)
-        lora_dir = train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, model=args.model,
+                      data_dir=args.data_dir, output_dir=args.output_dir,
+                      max_train_steps=args.max_train_steps, seed=args.seed)
+    lora_dir = train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"LoRA weights: {lora_dir}")
     return 0
 

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from defectfill.config import load_config
-from defectfill.errors import ConfigError, DataError, DefectfillError
+from defectfill.errors import ConfigError, DataError, one_line_errors
 from defectfill.runinfo import atomic_write_text, package_versions
 
 REAL_ONLY = "real_only"
@@ -580,6 +580,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     return report
 
 
+@one_line_errors
 def benchmark_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="defectfill benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
@@ -588,17 +589,13 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished cells")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
-        if args.report_only:
-            from defectfill.benchmark.report import write_report
+    cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
+    if args.report_only:
+        from defectfill.benchmark.report import write_report
 
-            report = {**write_report(cfg.output_dir), "run": {"cells_run": 0}}
-        else:
-            report = run_benchmark(cfg)
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        report = {**write_report(cfg.output_dir), "run": {"cells_run": 0}}
+    else:
+        report = run_benchmark(cfg)
     print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
                       "report": str(Path(cfg.output_dir) / "results.md")}))
     return 0

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from defectfill.errors import ConfigError, DataError, DefectfillError, ModelError
+from defectfill.errors import ConfigError, DataError, ModelError, one_line_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODEL = "configs/rtdetr/rtdetr_small.yaml"
@@ -368,14 +368,11 @@ def build_parser(prog: str = "defectfill detect") -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def detect_main(argv: list[str] | None = None) -> int:
     """Entry point of ``defectfill detect``; returns the exit code (2 with a one-line error on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except DefectfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
 
 
