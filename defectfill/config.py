@@ -222,6 +222,15 @@ class GenerateConfig:
     lpips_net: str = "alex"
     lpips_weights: str | None = None  # local torchvision backbone weights for LPIPS
     min_change: float = 2.0  # quality gate: mean |result − clean| inside the mask, 0..255
+    # Truthful samples: masks placed on fabric only, labels = the requested pixels that visibly changed.
+    fabric_only: bool = True  # auto masks avoid off-fabric (saturated / flat) regions
+    roi_dir: str | None = None  # optional ROI masks (<clean stem>.png, non-zero = allowed) for placement
+    match_fabric: bool = True  # auto masks: a reference of the clean image's fabric_type when the manifest says
+    label_from_change: bool = True  # exported mask = requested ∩ visibly changed pixels
+    visible_k: float = 0.5  # change threshold, in units of the clean fabric's fine-texture std
+    visible_floor: float = 2.0  # grey levels: the least change that counts
+    min_visible_fraction: float = 0.5  # below it (visible / requested pixels) the sample goes to rejected/
+    max_off_fabric: float = 0.05  # above it (exported mask pixels off fabric) the sample goes to rejected/
     min_component_area: int = 1
     mask_threshold: int = 128
     mixed_precision: str = "no"
@@ -242,3 +251,8 @@ class GenerateConfig:
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.dilation < 0:
             raise ConfigError(f"dilation must be >= 0, got {self.dilation}")
+        for name in ("min_visible_fraction", "max_off_fabric"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.visible_k < 0 or self.visible_floor < 0:
+            raise ConfigError(f"visible_k and visible_floor must be >= 0, got {self.visible_k}, {self.visible_floor}")

@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from defectfill.compositing import (blend_weights, composite, in_mask_change, mask_window,  # noqa: F401
+                                    resize_mask, visible_change, visible_fraction, windowed)
 from defectfill.config import GenerateConfig, config_to_dict
 from defectfill.errors import ConfigError, DataError
-from defectfill.generators import Generator, build_generator
+from defectfill.generators import Generator, PlacedMask, build_generator
 
 GENERATOR_NAME = "defectfill"
 
@@ -31,50 +33,6 @@ GENERATOR_NAME = "defectfill"
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (run seed, slot, candidate...), stable across platforms."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
-def mask_window(mask: np.ndarray, crop_size: int) -> tuple[int, int, int, int]:
-    """(y0, x0, h, w): a window around the mask's bounding box, `crop_size` square when the image
-    allows (larger if the defect is), centred on the defect and clamped inside the image."""
-    height, width = mask.shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        raise ValueError("empty mask")
-    side = max(crop_size, ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-    h, w = min(side, height), min(side, width)
-    cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
-    y0 = int(np.clip(cy - h // 2, 0, height - h))
-    x0 = int(np.clip(cx - w // 2, 0, width - w))
-    return y0, x0, int(h), int(w)
-
-
-def blend_weights(mask: np.ndarray, dilation: int) -> np.ndarray:
-    """Alpha in [0, 1]: 1 on the mask, falling linearly to 0 across a `dilation`-pixel band,
-    exactly 0 beyond it (Euclidean distance)."""
-    if dilation == 0:
-        return mask.astype(np.float32)
-    distance = ndimage.distance_transform_edt(~mask)
-    alpha = np.clip(1.0 - distance / (dilation + 1), 0.0, 1.0)
-    alpha[distance > dilation] = 0.0
-    return alpha.astype(np.float32)
-
-
-def composite(clean: np.ndarray, generated: np.ndarray, mask: np.ndarray, dilation: int) -> np.ndarray:
-    """Background fidelity: the result equals `clean` bit for bit wherever the blend weight is 0
-    (outside the mask dilated by `dilation`); the 9-channel pipeline itself repaints everything."""
-    alpha = blend_weights(mask, dilation)
-    a = alpha if clean.ndim == 2 else alpha[..., None]
-    mixed = np.rint(a * generated.astype(np.float32) + (1 - a) * clean.astype(np.float32))
-    inside = alpha > 0 if clean.ndim == 2 else (alpha > 0)[..., None]
-    return np.where(inside, np.clip(mixed, 0, 255).astype(np.uint8), clean)
-
-
-def in_mask_change(result: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> float:
-    """Mean absolute change inside the mask, on the 0..255 scale (the quality gate's measure)."""
-    diff = np.abs(result.astype(np.float32) - clean.astype(np.float32))
-    if diff.ndim == 3:
-        diff = diff.mean(axis=2)
-    return float(diff[mask].mean())
 
 
 def file_sha256(path: Path, length: int = 16) -> str:
@@ -156,7 +114,7 @@ class DefectFillSynthesizer(Generator):
         return out.images
 
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
+                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
         """Generate K candidates in a window around `mask`, keep the least clean-like one inside
         the mask (Low-Fidelity Selection), and composite it into `clean`."""
         from defectfill.selection import low_fidelity_selection
@@ -176,29 +134,6 @@ class DefectFillSynthesizer(Generator):
 
         result, window = windowed(clean, mask, self.crop_size, self.resolution, self.cfg.dilation, pick)
         return result, {"window_yxhw": list(window), **info}
-
-
-def windowed(clean: np.ndarray, mask: np.ndarray, crop_size: int, resolution: int, dilation: int,
-             make) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Shared by every generator: cut a window around `mask` (see `mask_window`), resize it to
-    `resolution` (RGB uint8) with its mask, let `make(window_r, mask_r)` return the generated
-    window (R, R, 3) uint8, resize it back, match grayscale inputs, and composite it into `clean`
-    so pixels farther than `dilation` from the mask stay bit-identical. Returns (result, window)."""
-    y0, x0, h, w = mask_window(mask, crop_size)
-    window, window_mask = clean[y0:y0 + h, x0:x0 + w], mask[y0:y0 + h, x0:x0 + w]
-    window_r = np.asarray(Image.fromarray(window).convert("RGB").resize((resolution,) * 2, Image.BICUBIC))
-    made = Image.fromarray(make(window_r, resize_mask(window_mask, resolution))).resize((w, h), Image.BICUBIC)
-    if clean.ndim == 2:
-        made = made.convert("L")
-    result = clean.copy()
-    result[y0:y0 + h, x0:x0 + w] = composite(window, np.asarray(made), window_mask, dilation)
-    return result, (y0, x0, h, w)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Square resize where any covered pixel counts (area resampling, > 0): thin defects survive."""
-    area = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.BOX)
-    return np.asarray(area) > 0
 
 
 def latent_safe(mask: np.ndarray, latent_factor: int) -> np.ndarray:
@@ -223,15 +158,27 @@ class Slot:
     defect_class: str
     mask_source: str
     seed: int
+    clean: np.ndarray | None = None  # the clean image, read once
+    valid: np.ndarray | None = None  # where fabric is (bool HxW), for placement and the off-fabric check
+    placement: PlacedMask | None = None  # auto masks: the reference defect and how it was placed
+    placement_info: dict | None = None
 
 
 class SlotPlanner:
-    """Deterministic slot → (clean image, mask, class, seed); nothing depends on other slots."""
+    """Deterministic slot → (clean image, mask, class, seed); nothing depends on other slots.
+
+    Auto masks are a reference mask of the class (of the clean image's fabric type when the
+    manifest names both and ``match_fabric``), placed where the clean image has fabric
+    (``fabric_only``; ``roi_dir`` narrows it further). A clean image with no room for the shape
+    passes the slot to the next clean image (counted as ``clean_retries``).
+    """
 
     def __init__(self, cfg: GenerateConfig, meta: dict):
         self.cfg = cfg
         self.clean_files = list_images(cfg.clean_dir, "clean-image")
         self.reference = None
+        if cfg.roi_dir is not None and not Path(cfg.roi_dir).is_dir():
+            raise DataError(f"{cfg.roi_dir}: roi_dir folder does not exist")
         if cfg.masks == "auto":
             from defectfill.data.datasets import load_reference_dataset
 
@@ -245,6 +192,7 @@ class SlotPlanner:
                                 f"(available: {', '.join(self.reference.defect_types)})")
             self.pool = pool
             self.class_names = sorted({s.defect_type for s in pool})
+            self.clean_fabric = self._clean_fabric_types()
         else:
             self.mask_files = list_images(cfg.masks, "mask")
             self.by_stem = {p.stem: p for p in self.mask_files}
@@ -254,6 +202,17 @@ class SlotPlanner:
                                   "(baselines synthesize one reference class)")
             self.class_names = [cfg.defect_type or (types[0] if len(types) == 1 else "defect")]
         self._sizes: dict[Path, tuple[int, int]] = {}
+
+    def _clean_fabric_types(self) -> dict[str, str]:
+        """Clean image stem → fabric type, from the reference manifest or a manifest.csv beside clean_dir."""
+        from defectfill.data.datasets import _read_manifest
+
+        fabrics = dict(self.reference.fabric_types)
+        for manifest in (Path(self.cfg.clean_dir) / "manifest.csv", Path(self.cfg.clean_dir).parent / "manifest.csv"):
+            if manifest.is_file():
+                rows = _read_manifest(manifest)
+                fabrics.update({i: r["fabric_type"] for i, r in rows.items() if r.get("fabric_type")})
+        return fabrics
 
     def image_size(self, path: Path) -> tuple[int, int]:
         if path not in self._sizes:
@@ -270,31 +229,109 @@ class SlotPlanner:
             self.image_size(path)
         if self.reference is None:
             for i in range(min(self.cfg.num_samples, max(len(self.clean_files), len(self.mask_files)))):
-                self.slot(i)
+                self.slot(i, read_pixels=False)
 
-    def slot(self, index: int) -> Slot:
+    def valid_region(self, clean_path: Path, clean: np.ndarray) -> np.ndarray:
+        """Where a mask may go on this clean image: fabric (unless ``fabric_only`` is off) ∩ its ROI mask."""
+        from defectfill.data.fabric import fabric_mask, load_roi
+
+        valid = fabric_mask(clean) if self.cfg.fabric_only else np.ones(clean.shape[:2], bool)
+        if self.cfg.roi_dir is not None:
+            roi = Path(self.cfg.roi_dir) / f"{clean_path.stem}.png"
+            if roi.is_file():
+                valid &= load_roi(roi, clean.shape[:2])
+        return valid
+
+    def references_for(self, clean_path: Path) -> tuple[list, bool]:
+        """The reference pool for a clean image: same fabric type when known (and any match), else all."""
+        fabric = self.clean_fabric.get(clean_path.stem) if self.cfg.match_fabric else None
+        same = [s for s in self.pool if fabric is not None and s.fabric_type == fabric]
+        return (same, True) if same else (self.pool, False)
+
+    def slot(self, index: int, read_pixels: bool = True) -> Slot:
         from defectfill.data.masks import binarize_mask
 
+        seed = derive_seed(self.cfg.seed, index, 1)
+        if self.reference is not None:
+            return self._auto_slot(index, seed)
         clean_path = self.clean_files[index % len(self.clean_files)]
         height, width = self.image_size(clean_path)
-        rng = np.random.default_rng([self.cfg.seed, index])
-        if self.reference is not None:
-            from defectfill.data.placement import place_reference_mask
-
-            ref = self.pool[int(rng.integers(len(self.pool)))]
-            mask = place_reference_mask([ref.mask], height, width, rng, allow_rotation=self.cfg.allow_rotation)
-            source, cls = f"auto:{ref.id}", ref.defect_type
-        else:
-            mask_path = self.by_stem.get(clean_path.stem) or self.mask_files[index % len(self.mask_files)]
+        mask_path = self.by_stem.get(clean_path.stem) or self.mask_files[index % len(self.mask_files)]
+        try:
             with Image.open(mask_path) as im:
                 mask = binarize_mask(im, self.cfg.mask_threshold)
-            if mask.shape != (height, width):
-                raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                f"clean image {clean_path.name} is {width}x{height}")
-            if not mask.any():
-                raise DataError(f"{mask_path}: mask is empty at threshold {self.cfg.mask_threshold}")
-            source, cls = str(mask_path), self.class_names[0]
-        return Slot(index, f"{index:06d}", clean_path, mask, cls, source, derive_seed(self.cfg.seed, index, 1))
+        except OSError as exc:
+            raise DataError(f"{mask_path}: cannot read mask ({exc})".splitlines()[0]) from exc
+        if mask.shape != (height, width):
+            raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"clean image {clean_path.name} is {width}x{height}")
+        if not mask.any():
+            raise DataError(f"{mask_path}: mask is empty at threshold {self.cfg.mask_threshold}")
+        slot = Slot(index, f"{index:06d}", clean_path, mask, self.class_names[0], str(mask_path), seed)
+        if read_pixels:
+            slot.clean = read_image(clean_path)
+            slot.valid = self.valid_region(clean_path, slot.clean)
+        return slot
+
+    def _auto_slot(self, index: int, seed: int) -> Slot:
+        from defectfill.data.placement import NoFabricPlacement, place_on_fabric
+
+        rng = np.random.default_rng([self.cfg.seed, index])
+        n = len(self.clean_files)
+        for retry in range(n):
+            clean_path = self.clean_files[(index + retry) % n]
+            clean = read_image(clean_path)
+            valid = self.valid_region(clean_path, clean)
+            pool, fabric_match = self.references_for(clean_path)
+            ref = pool[int(rng.integers(len(pool)))]
+            try:
+                placed = place_on_fabric([ref.mask], *clean.shape[:2], rng, valid=valid,
+                                         allow_rotation=self.cfg.allow_rotation)
+            except NoFabricPlacement:
+                continue
+            info = {"reference_id": ref.id, "reference_fabric": ref.fabric_type,
+                    "clean_fabric": self.clean_fabric.get(clean_path.stem), "fabric_match": fabric_match,
+                    "rejected_positions": int(placed.rejected_positions), "clean_retries": retry}
+            return Slot(index, f"{index:06d}", clean_path, placed.mask, ref.defect_type, f"auto:{ref.id}", seed,
+                        clean, valid, PlacedMask(ref, placed), info)
+        raise DataError(f"{self.cfg.clean_dir}: slot {index}: no clean image has room on fabric for the "
+                        f"reference masks drawn (last: {ref.id}); lower fabric_only strictness or add images")
+
+
+def label_sample(cfg: GenerateConfig, slot: Slot, result: np.ndarray) -> tuple[np.ndarray, dict, str | None]:
+    """The exported mask of a generated sample, its inspection numbers and the rejection reason (None:
+    accepted). Exported mask = requested mask ∩ visibly changed pixels (`visible_change`) when
+    ``label_from_change``, else the requested mask."""
+    from defectfill.data.fabric import off_fabric_fraction
+    from defectfill.samples import coco_rle
+
+    clean, requested = slot.clean, slot.mask
+    change = in_mask_change(result, clean, requested)
+    stats: dict = {"in_mask_change": change, "requested_pixels": int(requested.sum()),
+                   "requested_mask_rle": coco_rle(requested),
+                   "requested_off_fabric": off_fabric_fraction(requested, slot.valid)}
+    if cfg.label_from_change:
+        label, threshold, level = visible_change(clean, result, requested, k=cfg.visible_k, floor=cfg.visible_floor)
+        stats.update(change_threshold=threshold, texture_level=level)
+    else:
+        label = requested
+    stats["visible_fraction"] = visible_fraction(label, requested)
+    if cfg.label_from_change and label.any():  # re-measured on the exported mask, same threshold
+        again, _, _ = visible_change(clean, result, label, threshold=stats["change_threshold"])
+        stats["exported_visible_fraction"] = visible_fraction(again, label)
+    stats["off_fabric_fraction"] = off_fabric_fraction(label, slot.valid) if label.any() else 0.0
+    reason = None
+    if change < cfg.min_change:
+        reason = ("low_change", f"in-mask change {change:.2f} < min_change {cfg.min_change}")
+    elif stats["visible_fraction"] < cfg.min_visible_fraction or not label.any():
+        reason = ("invisible", f"visible fraction {stats['visible_fraction']:.2f} < min_visible_fraction "
+                               f"{cfg.min_visible_fraction}")
+    elif stats["off_fabric_fraction"] > cfg.max_off_fabric:
+        reason = ("off_fabric", f"{stats['off_fabric_fraction']:.1%} of the mask off fabric > max_off_fabric "
+                                f"{cfg.max_off_fabric:.0%}")
+    if reason:
+        stats["reject_code"] = reason[0]
+    return label, stats, reason[1] if reason else None
 
 
 def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
@@ -322,22 +359,59 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
         config, about = config_to_dict(cfg), synth.metadata()
         for index in tqdm(mine, desc=f"generate [{state.process_index}]", disable=not state.is_local_main_process):
             slot = planner.slot(index)
-            clean = read_image(slot.clean_path)
-            result, info = synth.synthesize(clean, slot.mask, slot.seed, slot.defect_class)
-            change = in_mask_change(result, clean, slot.mask)
+            result, info = synth.synthesize(slot.clean, slot.mask, slot.seed, slot.defect_class, slot.placement)
+            label, stats, reason = label_sample(cfg, slot, result)
             sidecar = {**about, "run_seed": cfg.seed, "slot": index, "seed": slot.seed,
                        "source_image": str(slot.clean_path), "mask_source": slot.mask_source,
-                       "in_mask_change": change, "generator_config": config, **info}
-            sample = Sample(slot.name, result, slot.mask, slot.defect_class, sidecar, clean=clean)
-            if change < cfg.min_change:
-                writer.write_rejected(sample, f"in-mask change {change:.2f} < min_change {cfg.min_change}")
+                       "placement": slot.placement_info, **stats, "generator_config": config, **info}
+            sample = Sample(slot.name, result, label if label.any() else slot.mask, slot.defect_class, sidecar,
+                            clean=slot.clean)
+            if reason:
+                writer.write_rejected(sample, reason)
             else:
                 writer.write(sample)
     state.wait_for_everyone()
     summary: dict = {}
     if state.is_main_process:
         summary = writer.finalize()
+        summary["inspection"] = inspection_summary(writer.sidecars(rejected=False), writer.sidecars(rejected=True))
         write_run_info(cfg.output_dir, config_to_dict(cfg), cfg.seed, summary=summary,
                        num_processes=state.num_processes)
     state.wait_for_everyone()
     return summary
+
+
+def _quantiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"n": int(a.size), "mean": float(a.mean()), "p10": float(np.percentile(a, 10)),
+            "median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
+
+
+def inspection_summary(accepted: list[dict], rejected: list[dict]) -> dict:
+    """What a user checks before training on a generated set, from the sidecars: rejection counts by
+    reason; for the requested masks of all samples, the visible fraction and off-fabric fraction;
+    for the accepted, the exported masks' off-fabric fraction (and how many exceed 5 %); placement
+    retries. Sidecars without these keys (older runs) are skipped key by key."""
+    every = accepted + rejected
+
+    def values(records, key):
+        return [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
+
+    placements = [r["placement"] for r in every if isinstance(r.get("placement"), dict)]
+    codes: dict[str, int] = {}
+    for r in rejected:
+        code = r.get("reject_code", "other")
+        codes[code] = codes.get(code, 0) + 1
+    off = values(accepted, "off_fabric_fraction")
+    return {"accepted": len(accepted), "rejected": len(rejected), "rejected_by_reason": codes,
+            "visible_fraction_requested": _quantiles(values(every, "visible_fraction")),
+            "visible_fraction_exported": _quantiles(values(accepted, "exported_visible_fraction")),
+            "requested_off_fabric": _quantiles(values(every, "requested_off_fabric")),
+            "accepted_off_fabric": _quantiles(off),
+            "accepted_over_5pct_off_fabric": int(sum(v > 0.05 for v in off)),
+            "placement_rejected_positions": int(sum(p.get("rejected_positions", 0) for p in placements)),
+            "placement_clean_retries": int(sum(p.get("clean_retries", 0) for p in placements)),
+            "fabric_matched": int(sum(bool(p.get("fabric_match")) for p in placements)),
+            "placed": len(placements)}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,11 +28,22 @@ ALIASES = {
 }
 
 
+@dataclass
+class PlacedMask:
+    """Where an auto-placed mask came from: the reference defect whose mask it is and the transform
+    (flips, turns, scale, position: a `defectfill.data.placement.Placement`) that put it there.
+    A generator that pastes real defects uses it to paste exactly the defect the mask outlines."""
+
+    reference: Any  # defectfill.data.datasets.ReferenceSample
+    placement: Any  # defectfill.data.placement.Placement
+
+
 class Generator(ABC):
     """`synthesize(clean, mask, seed)` → (defect image, info dict).
 
     `clean` is uint8 HxW (grayscale) or HxWx3, `mask` bool HxW and non-empty; the result has the
-    clean image's shape and dtype. Generators with `preserves_background = True` leave every
+    clean image's shape and dtype. `placement` (a `PlacedMask`, or None for a user's mask) says
+    which reference defect an auto mask was taken from; generators may ignore it. Generators with `preserves_background = True` leave every
     pixel farther than `dilation` from the mask bit-identical to `clean`.
     """
 
@@ -48,15 +61,15 @@ class Generator(ABC):
         raise NotImplementedError(f"{type(self).__name__} is not trainable here")
 
     @abstractmethod
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
+    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int, defect_class: str | None = None,
+                   placement: PlacedMask | None = None) -> tuple[np.ndarray, dict]:
         """One defect image for (clean, mask, seed); `info` goes into the sample's sidecar."""
 
     def metadata(self) -> dict:
         """Generator-level facts for every sidecar (name, weights, their hash, settings)."""
         return {"generator": self.name}
 
-    def generate(self, clean_images, masks, seeds, defect_classes=None, names=None) -> list:
+    def generate(self, clean_images, masks, seeds, defect_classes=None, names=None, placements=None) -> list:
         """`Sample`s for parallel lists of clean images, masks and seeds (in memory, no files)."""
         from defectfill.samples import Sample
 
@@ -65,7 +78,8 @@ class Generator(ABC):
         classes = defect_classes or ["defect"] * len(seeds)
         samples = []
         for i, (clean, mask, seed) in enumerate(zip(clean_images, masks, seeds)):
-            image, info = self.synthesize(clean, mask, int(seed), classes[i])
+            image, info = self.synthesize(clean, mask, int(seed), classes[i],
+                                          placements[i] if placements else None)
             name = names[i] if names else f"{i:06d}"
             samples.append(Sample(name, image, mask, classes[i], {**self.metadata(), "seed": int(seed), **info},
                                   clean=clean))

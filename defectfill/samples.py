@@ -361,6 +361,11 @@ class SampleWriter:
         """Names of all complete samples, accepted and rejected."""
         return self.accepted_names() | _stems(self._dir("sidecars", True), ".json")
 
+    def sidecars(self, rejected: bool = False) -> list[dict]:
+        """The complete samples' sidecar records (accepted, or those under ``rejected/``), by name."""
+        folder = self._dir("sidecars", rejected)
+        return [_read_sidecar(folder / f"{n}.json") for n in sorted(_stems(folder, ".json"))]
+
     def accepted_names(self) -> set[str]:
         """Names of complete accepted samples."""
         return _stems(self._dir("sidecars"), ".json")

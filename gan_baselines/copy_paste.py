@@ -1,26 +1,31 @@
 """Copy-paste: the honest floor baseline for defect synthesis, behind the `Generator` interface.
 
-No learning at all. For a target (clean image, mask, seed, class) it picks a real reference
-defect of that class at random (the seed's only use), cuts the reference's defect region (the
-bounding box of its mask), resizes it onto the target mask's bounding box and blends it in:
+No learning at all. It pastes the real reference defect a mask outlines:
 
-- "alpha" (default): feathered alpha compositing. Alpha is 1 on the target mask and falls
-  linearly to 0 across `feather` px outward (never beyond `dilation`). The patch keeps the
-  defect's contrast *relative to its own surroundings*: what is pasted is
-  ``ref_patch − mean(ref_surround) + mean(target_surround)``, where a surround is the ring of
-  pixels within `dilation` px outside a mask (reference mask in the reference image, target
-  mask in the clean image), per channel.
+- With an auto-placed mask (`placement`, from `run_generation`): the very reference defect whose
+  mask was placed (same fabric type where the manifest says so), with the same flips, turns,
+  scale and position, so the pasted pixels and the mask coincide.
+- With a user's mask (no placement): a reference defect of the class picked by the seed, its mask's
+  bounding box resized onto the target mask's box.
+
+Blends:
+
+- "contrast" (default): contrast transfer. The defect's signal is the reference minus its own
+  fabric under the defect (OpenCV Telea inpainting of the reference mask grown by
+  `signal_grow` px); the result is ``clean + signal`` on the mask, clean everywhere else. A dark
+  thread stays as much darker than the target fabric as it was than its own.
+- "alpha": feathered alpha compositing of ``ref_patch − mean(ref_surround) + mean(target_surround)``
+  (surround = the ring within `dilation` px outside a mask); alpha is 1 on the target mask and
+  falls linearly to 0 across `feather` px outward.
 - "poisson": Poisson image editing (Pérez et al. 2003) with OpenCV's `seamlessClone`
-  (NORMAL_CLONE) on a window around the mask. OpenCV erodes the clone mask by 3 px before
-  taking the patch gradients, so the clone region is the target mask grown by 4 px (3x3
-  steps), which needs `dilation >= 6` to stay inside the composite band. No mean shift: the
-  Poisson boundary condition sets the level.
+  (NORMAL_CLONE) on a window around the mask; the clone region is the mask grown by 4 px
+  (OpenCV erodes it by 3), so it needs `dilation >= 6`.
 
-Either way, pixels farther than `dilation` from the target mask stay bit-identical to the clean
-image (`preserves_background`), grayscale input gives grayscale output, and the result depends
-only on (clean, mask, seed, class). What is *not* modelled: the pasted defect takes the target
-mask's box, so a reference whose shape differs from the target mask shows reference background
-inside parts of the mask; no rotation or texture alignment to the target fabric.
+Pixels farther than `dilation` from the mask stay bit-identical to the clean image
+(`preserves_background`; "contrast" changes mask pixels only), grayscale input gives grayscale
+output, and the result depends only on (clean, mask, seed, class, placement). Not modelled:
+without a placement, a reference whose shape differs from the target mask contributes only where
+the two overlap ("contrast") or shows its own background inside the mask ("alpha", "poisson").
 
 `fit` only records where the reference data lives (+ this config) in `<output_dir>/final/`, so
 `from_checkpoint(final_dir)` works like the trained baselines; there are no weights.
@@ -40,12 +45,12 @@ from scipy import ndimage
 
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample, load_reference_dataset
 from defectfill.errors import ConfigError, DataError, one_line_errors
-from defectfill.generate import blend_weights, mask_window
+from defectfill.compositing import blend_weights, mask_window
 from defectfill.generators import Generator
 
 NAME = "copy_paste"
 CONFIG_NAME = "config.yaml"
-BLENDS = ("alpha", "poisson")
+BLENDS = ("contrast", "alpha", "poisson")
 POISSON_GROW = 4  # 3x3 dilation steps of the clone mask: OpenCV erodes it by 3, +1 for the gradient
 POISSON_PAD = POISSON_GROW + 2  # context around the window, so the clone region never reaches its frame
 NO_WEIGHTS = "none: copy-paste has no learned weights (it pastes real reference defects)"
@@ -62,15 +67,16 @@ class CopyPasteConfig:
     data_dir: str = "../shared/data/aitex"  # reference defects (images/, masks/, manifest.csv)
     defect_types: list[str] | None = None  # restrict the reference pool
     mask_threshold: int = 128
-    blend: str = "alpha"  # alpha | poisson
+    blend: str = "contrast"  # contrast | alpha | poisson
+    signal_grow: int = 2  # contrast: px the reference mask is grown by before inpainting its fabric
     feather: int = 3  # alpha: px of linear fall-off outside the mask (capped at dilation)
     dilation: int = 8  # composite band: beyond it the clean image is kept bit for bit
     crop_size: int = 128  # working window around the mask (source px), as `mask_window`
 
     def validate(self) -> None:
         if self.blend not in BLENDS:
-            raise ConfigError(f"blend must be alpha or poisson, got {self.blend!r}")
-        for name in ("feather", "dilation"):
+            raise ConfigError(f"blend must be contrast, alpha or poisson, got {self.blend!r}")
+        for name in ("feather", "dilation", "signal_grow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.crop_size <= 0:
@@ -115,18 +121,70 @@ def surround_mean(image: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray
     return pixels.astype(np.float64).mean(axis=0)
 
 
-def warp_patch(source: np.ndarray, src_box: tuple[int, int, int, int], dst_box: tuple[int, int, int, int],
-               out_hw: tuple[int, int]) -> np.ndarray:
-    """Resample `source` (float32) so that its box `src_box` lands exactly on `dst_box` of an
-    `out_hw` canvas (pixel-centre aligned scale + shift, bilinear, reflected borders): the
-    reference defect region resized to the target box, with its real context around it."""
-    sy0, sx0, sh, sw = src_box
-    dy0, dx0, dh, dw = dst_box
-    fy, fx = sh / dh, sw / dw
-    to_source = np.array([[fx, 0.0, sx0 + (0.5 - dx0) * fx - 0.5],
-                          [0.0, fy, sy0 + (0.5 - dy0) * fy - 0.5]])
-    return cv2.warpAffine(source, to_source, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT_101)
+@dataclass(frozen=True)
+class Fit:
+    """How a reference defect's bounding box lands on the target: flips, k quarter turns (as
+    `np.rot90`), the placed size (h, w) and top-left (y, x). A `Placement` has these fields."""
+
+    flip_h: bool
+    flip_v: bool
+    k: int
+    size: tuple[int, int]
+    origin: tuple[int, int]
+
+
+def box_fit(dst_box: tuple[int, int, int, int]) -> Fit:
+    """No flips or turns: the reference box resized onto ``dst_box`` (y0, x0, h, w)."""
+    return Fit(False, False, 0, (dst_box[2], dst_box[3]), (dst_box[0], dst_box[1]))
+
+
+def fit_matrix(src_box: tuple[int, int, int, int], fit: Fit, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """2x3 affine from target pixel indices (minus ``offset`` (y, x)) to reference pixel indices,
+    for ``cv2.warpAffine(..., WARP_INVERSE_MAP)``: crop to ``src_box``, flip, turn k times as
+    `np.rot90`, scale to ``fit.size``, move to ``fit.origin``. Exact for integer moves."""
+    y0, x0, h, w = src_box
+
+    def t(dx, dy):
+        return np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
+
+    forward = t(-x0, -y0)  # continuous coordinates: pixel i spans [i, i + 1)
+    if fit.flip_h:
+        forward = np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]]) @ forward
+    if fit.flip_v:
+        forward = np.array([[1.0, 0, 0], [0, -1, h], [0, 0, 1]]) @ forward
+    for _ in range(fit.k % 4):  # np.rot90: new[i, j] = old[j, W - 1 - i]
+        forward = np.array([[0.0, 1, 0], [-1, 0, w], [0, 0, 1]]) @ forward
+        h, w = w, h
+    th, tw = fit.size
+    forward = t(fit.origin[1] - offset[1], fit.origin[0] - offset[0]) @ np.diag([tw / w, th / h, 1.0]) @ forward
+    index = t(-0.5, -0.5) @ forward @ t(0.5, 0.5)
+    return np.linalg.inv(index)[:2]
+
+
+def warp_fit(source: np.ndarray, src_box: tuple[int, int, int, int], fit: Fit, window: tuple[int, int, int, int],
+             border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+    """``source`` (float32) resampled onto the target ``window`` (y0, x0, h, w) as `fit` places its
+    box (bilinear): the reference defect with its real context around it."""
+    matrix = fit_matrix(src_box, fit, offset=(window[0], window[1]))
+    return cv2.warpAffine(source, matrix, (window[3], window[2]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=border)
+
+
+def defect_signal(image: np.ndarray, mask: np.ndarray, grow_px: int = 2, radius: int = 5) -> np.ndarray:
+    """The defect relative to its own fabric: ``image − fabric`` on ``mask`` (0 elsewhere), float32,
+    where ``fabric`` is the uint8 ``image`` with the mask grown by ``grow_px`` px filled in by
+    OpenCV's Telea inpainting (``radius`` px). Computed on the mask's box plus a margin."""
+    by, bx, bh, bw = grow(bbox(mask), grow_px + 2 * radius + 2, mask.shape)
+    sub = np.ascontiguousarray(image[by:by + bh, bx:bx + bw])
+    sub_mask = mask[by:by + bh, bx:bx + bw]
+    hole = sub_mask.astype(np.uint8)
+    if grow_px:
+        hole = cv2.dilate(hole, np.ones((2 * grow_px + 1,) * 2, np.uint8))
+    fabric = cv2.inpaint(sub, hole, radius, cv2.INPAINT_TELEA).astype(np.float32)
+    keep = sub_mask if image.ndim == 2 else sub_mask[..., None]
+    signal = np.zeros(image.shape, np.float32)
+    signal[by:by + bh, bx:bx + bw] = np.where(keep, sub.astype(np.float32) - fabric, 0.0)
+    return signal
 
 
 def alpha_blend(clean: np.ndarray, pasted: np.ndarray, mask: np.ndarray, feather: int) -> np.ndarray:
@@ -208,35 +266,47 @@ class CopyPasteGenerator(Generator):
         return pool[int(np.random.default_rng(seed).integers(len(pool)))]
 
     # -- Generator interface --
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
-        """Paste a reference defect of `defect_class` onto `mask` of `clean` (module docstring)."""
+    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int, defect_class: str | None = None,
+                   placement=None) -> tuple[np.ndarray, dict]:
+        """Paste onto `mask` of `clean` the reference defect `placement` names (as it was placed), or
+        else one of `defect_class` picked by `seed` (module docstring)."""
         clean, mask = check_inputs(clean, mask)
-        ref = self.pick_reference(defect_class, seed)
-        target_box, ref_box = bbox(mask), bbox(ref.mask)
+        if placement is not None:
+            ref, fit = placement.reference, placement.placement
+            ref_box = bbox(ref.mask)
+        else:
+            ref = self.pick_reference(defect_class, seed)
+            ref_box, fit = bbox(ref.mask), box_fit(bbox(mask))
+        target_box = bbox(mask)
         margin = max(self.cfg.dilation, POISSON_GROW) + 2
         wy, wx, wh, ww = union(mask_window(mask, self.cfg.crop_size), grow(target_box, margin, mask.shape))
         window, window_mask = clean[wy:wy + wh, wx:wx + ww], mask[wy:wy + wh, wx:wx + ww]
-        local_box = (target_box[0] - wy, target_box[1] - wx, target_box[2], target_box[3])
-        blended = self.paste(window, window_mask, local_box, ref, ref_box, surround=(clean, mask))
+        blended = self.paste(window, window_mask, (wy, wx, wh, ww), ref, ref_box, fit, surround=(clean, mask))
         band = blend_weights(window_mask, self.cfg.dilation) > 0  # background fidelity, enforced
         result = clean.copy()
         result[wy:wy + wh, wx:wx + ww] = np.where(band if clean.ndim == 2 else band[..., None], blended, window)
         y0, x0, h, w = target_box
         ry, rx, rh, rw = ref_box
         return result, {"reference_id": ref.id, "reference_class": ref.defect_type, "blend": self.cfg.blend,
+                        "placed_reference": placement is not None,
                         "bbox_xyxy": [x0, y0, x0 + w, y0 + h], "reference_bbox_xyxy": [rx, ry, rx + rw, ry + rh],
                         "window_yxhw": [wy, wx, wh, ww]}
 
-    def paste(self, window: np.ndarray, window_mask: np.ndarray, box: tuple[int, int, int, int],
-              ref: ReferenceSample, ref_box: tuple[int, int, int, int],
+    def paste(self, window: np.ndarray, window_mask: np.ndarray, where: tuple[int, int, int, int],
+              ref: ReferenceSample, ref_box: tuple[int, int, int, int], fit: Fit,
               surround: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """The window with the reference defect region (`ref_box`) resized onto `box` and blended
-        in (alpha with the surround mean shift, or Poisson); `surround` = the full (clean, mask)."""
+        """The target `window` (at `where` = y0, x0, h, w in the clean image) with the reference defect
+        placed by `fit` blended in; `surround` = the full (clean, mask) for the alpha mean shift."""
         source = reference_pixels(ref, grayscale=window.ndim == 2)
+        if self.cfg.blend == "contrast":
+            signal = defect_signal(np.rint(source).astype(np.uint8), ref.mask, self.cfg.signal_grow)
+            placed = warp_fit(signal, ref_box, fit, where, border=cv2.BORDER_CONSTANT)
+            keep = window_mask if window.ndim == 2 else window_mask[..., None]
+            out = np.clip(np.rint(window.astype(np.float32) + placed), 0, 255).astype(np.uint8)
+            return np.where(keep, out, window)
         p = POISSON_PAD  # the patch is cut with p px of extra reference context on every side
-        h, w = window_mask.shape
-        pasted = warp_patch(source, ref_box, (box[0] + p, box[1] + p, box[2], box[3]), (h + 2 * p, w + 2 * p))
+        wy, wx, wh, ww = where
+        pasted = warp_fit(source, ref_box, fit, (wy - p, wx - p, wh + 2 * p, ww + 2 * p))
         if self.cfg.blend == "poisson":
             return poisson_blend(window, pasted, window_mask)
         ring = max(self.cfg.dilation, 1)

@@ -174,8 +174,11 @@ def test_changed_settings_are_refused(bench, woven_root, eval_root, tiny_model_d
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="rtdetr"):
-        load_config(BenchmarkConfig, PROFILE, tasks=["segmenter"])
+    with pytest.raises(ConfigError, match="unknown"):
+        load_config(BenchmarkConfig, PROFILE, tasks=["segmenter", "yolo"])
+    seg_only = load_config(BenchmarkConfig, PROFILE, tasks=["segmenter"])
+    seg_only.validate()
+    assert {c.task for u in plan(seg_only) for c in u.cells} == {"segmenter"}
     with pytest.raises(ConfigError, match="3 seeds"):
         load_config(BenchmarkConfig, PROFILE, seeds=[0, 1])
     with pytest.raises(ConfigError, match="not in generators"):

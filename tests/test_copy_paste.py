@@ -65,6 +65,8 @@ def dataset(ref_root):
 
 
 def generator(dataset, **kw) -> CopyPasteGenerator:
+    """The generator with the alpha blend unless told otherwise (most hand-computed cases are alpha's)."""
+    kw.setdefault("blend", "alpha")
     return CopyPasteGenerator(CopyPasteConfig(data_dir=str(dataset.root), **kw), dataset=dataset)
 
 
@@ -146,6 +148,57 @@ def test_bright_defect_class_stays_bright(dataset):
     result, info = generator(dataset).synthesize(flat_clean(), target, seed=7, defect_class="spot")
     assert info["reference_id"] == "spot_a"
     assert (result[target] == 230 - REF_BG + CLEAN).all()  # 252
+
+
+# ---- contrast transfer (the default) and the placed reference ----
+
+def test_contrast_is_the_default_blend():
+    assert CopyPasteConfig().blend == "contrast"
+    assert read_config(REPO / "configs" / "gan" / "copy_paste.yaml").blend == "contrast"
+
+
+def test_contrast_transfer_adds_the_defects_own_signal_to_textured_fabric(dataset):
+    """The reference is flat 128 with a flat 40 defect, so its signal is exactly -88 (Telea fills a flat
+    surround with 128): every mask pixel becomes clean - 88, every other pixel stays as it was."""
+    clean, target = textured_clean(), rect_mask(22, 60, 6, 10)
+    seed = next(s for s in range(50) if generator(dataset).pick_reference("hole", s).id == "hole_a")
+    result, info = generator(dataset, blend="contrast").synthesize(clean, target, seed, "hole")
+    assert info["reference_id"] == "hole_a" and not info["placed_reference"]
+    np.testing.assert_array_equal(result[target], clean[target].astype(int) - 88)
+    np.testing.assert_array_equal(result[~target], clean[~target])
+
+
+def test_the_placed_reference_defect_is_pasted_where_its_mask_was_placed(tmp_path):
+    """A reference with an L-shaped defect whose pixels all differ (so any misalignment shows), placed
+    flipped left-right and turned a quarter: the pasted pixels are the reference's own defect pixels,
+    transformed with numpy (flip, rot90) by hand, minus its background, on the placed mask only."""
+    from types import SimpleNamespace
+
+    from defectfill.generators import PlacedMask
+    from gan_baselines.copy_paste import Fit
+
+    image = np.full((H, W), REF_BG, np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[10:22, 100:104] = True  # the L: a vertical bar ...
+    mask[18:22, 104:112] = True  # ... and its foot
+    ys, xs = np.nonzero(mask)
+    image[ys, xs] = (20 + 2 * np.arange(len(ys))) % 100  # 20, 22, ..., all below the background
+    ref = SimpleNamespace(id="ell", defect_type="hole", image=np.repeat(image[..., None], 3, axis=2), mask=mask)
+    crop_img, crop_mask = image[10:22, 100:112].astype(int), mask[10:22, 100:112]
+    turned_img, turned_mask = np.rot90(crop_img[:, ::-1]), np.rot90(crop_mask[:, ::-1])  # 12 x 12
+    origin = (30, 150)
+    placed = np.zeros((H, W), bool)
+    placed[30:42, 150:162] = turned_mask
+    fit = Fit(flip_h=True, flip_v=False, k=1, size=turned_mask.shape, origin=origin)
+    clean = textured_clean(3)
+    gen = CopyPasteGenerator(CopyPasteConfig(data_dir=str(tmp_path)))  # never reads data_dir: the placement names the defect
+    result, info = gen.synthesize(clean, placed, seed=0, defect_class="hole",
+                                  placement=PlacedMask(ref, SimpleNamespace(**vars(fit), mask=placed)))
+    expected = clean.astype(int)
+    window = expected[30:42, 150:162]
+    window[turned_mask] = np.clip(window[turned_mask] + turned_img[turned_mask] - REF_BG, 0, 255)
+    np.testing.assert_array_equal(result, expected)
+    assert info["reference_id"] == "ell" and info["placed_reference"]
 
 
 # ---- poisson blend ----

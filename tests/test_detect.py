@@ -160,7 +160,8 @@ def test_tiles_boxes_and_split_by_source(reference, tmp_path):
 
 def test_synthetic_goes_to_train_only_retiled_and_letterboxed(reference, synthetic, tmp_path):
     out = tmp_path / "det"
-    manifest = build_detection_dataset(reference, out, synthetic_dirs=[synthetic], single_class=True)
+    manifest = build_detection_dataset(reference, out, synthetic_dirs=[synthetic], single_class=True,
+                                       synthetic_fraction=None)
     expected = {"syn0-s256_x0000_y000": [(10, 30, 20, 40)], "syn0-wide_x0256_y000": [(44, 20, 54, 30)],
                 "syn0-small_x0000_y000": [(74, 94, 84, 104)]}  # 128 px letterboxed: +64 on both axes
     assert {n for n in tiles_in(out, "train") if n.startswith("syn")} == set(expected)
@@ -174,6 +175,41 @@ def test_synthetic_goes_to_train_only_retiled_and_letterboxed(reference, synthet
     assert manifest["splits"]["train"]["by_kind"]["synthetic"] == 3
     with pytest.raises(DataError, match="hole"):  # a synthetic class missing from explicit class names
         build_detection_dataset(reference, tmp_path / "x", synthetic_dirs=[synthetic], class_names=["line", "z"])
+
+
+@pytest.mark.parametrize("fraction, dirs, kept", [
+    # val_ids=["c"]: train holds a (2 labelled tiles), b (2), d (1) = 5 real labelled tiles; one synthetic
+    # dataset gives 3 tiles, in writing order s256, small, wide; cap = floor(f / (1 - f) * 5)
+    (0.3, 1, {"syn0-s256_x0000_y000", "syn0-wide_x0256_y000"}),  # cap floor(2.14) = 2: first and last
+    (0.2, 1, {"syn0-s256_x0000_y000"}),  # cap floor(1.25) = 1
+    (0.0, 1, set()),
+    (None, 1, {"syn0-s256_x0000_y000", "syn0-small_x0000_y000", "syn0-wide_x0256_y000"}),
+    (0.5, 2, {f"syn{k}-{n}" for k in (0, 1) for n in ("s256_x0000_y000", "small_x0000_y000",
+                                                      "wide_x0256_y000")} - {"syn1-s256_x0000_y000"}),  # cap 5 of 6
+])
+def test_synthetic_fraction_caps_synthetic_tiles(reference, synthetic, tmp_path, fraction, dirs, kept):
+    out = tmp_path / "mix"
+    manifest = build_detection_dataset(reference, out, synthetic_dirs=[synthetic] * dirs, val_ids=["c"],
+                                       synthetic_fraction=fraction)
+    train = tiles_in(out, "train")
+    assert {n for n in train if n.startswith("syn")} == kept
+    assert len([n for n in train if (out / "train" / "labels" / f"{n}.txt").read_text()]) == 5 + len(kept)
+    assert {n for n in (p.stem for p in (out / "train" / "labels").glob("*.txt")) if n.startswith("syn")} == kept
+    mix = manifest["synthetic_mix"]
+    assert (mix["real_labelled_tiles"], mix["synthetic_tiles_before_cap"], mix["synthetic_tiles"]) == (
+        5, 3 * dirs, len(kept))
+    assert mix["fraction_achieved"] == pytest.approx(len(kept) / (5 + len(kept)))
+    assert fraction is None or mix["fraction_achieved"] <= fraction
+    assert [i["tiles"] for i in manifest["sources"]["synthetic"]] == [
+        sum(n.startswith(f"syn{k}-") for n in kept) for k in range(dirs)]
+    assert manifest["splits"]["train"]["by_kind"]["synthetic"] == len(kept)
+
+
+def test_detector_config_synthetic_fraction():
+    assert DetectorConfig().dataset_kwargs()["synthetic_fraction"] == 0.3
+    DetectorConfig(synthetic_fraction=None).validate()
+    with pytest.raises(ConfigError, match="synthetic_fraction"):
+        DetectorConfig(synthetic_fraction=1.5).validate()
 
 
 def test_split_long_and_min_box_area(reference, tmp_path):

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_util
 from scipy import ndimage
 
+from defectfill.compositing import visible_change
 from defectfill.config import DefectFillTrainConfig, GenerateConfig, load_config
 from defectfill.errors import DataError
 from defectfill.generate import (DefectFillSynthesizer, blend_weights, composite, mask_window, model_mask,
@@ -122,10 +124,14 @@ def test_generated_dataset_is_complete_and_labelled(generated, clean_dir):
         image = Image.open(out / "images" / f"{name}.png")
         assert image.mode == "L", "grayscale in, grayscale out"
         clean = read(side["source_image"])
-        mask = read(out / "masks" / f"{name}.png") > 0
+        exported = read(out / "masks" / f"{name}.png") > 0
+        mask = mask_util.decode(side["requested_mask_rle"]).astype(bool)  # the mask the generator was given
         result = np.asarray(image)
         far = ndimage.distance_transform_edt(~mask) > side["generator_config"]["dilation"]
         assert np.array_equal(result[far], clean[far]), "background outside the dilated mask is untouched"
+        label, _, _ = visible_change(clean, result, mask)
+        np.testing.assert_array_equal(exported, label)  # the label is the requested pixels that changed
+        assert side["visible_fraction"] == pytest.approx(label.sum() / mask.sum())
         sel = side["selection"]
         assert len(sel["scores"]) == 3 and sel["chosen"] == int(np.argmax(sel["scores"]))
         assert "RANDOM backbone" in sel["lpips"]  # offline fallback is said, not hidden
@@ -223,10 +229,15 @@ def test_masks_folder_and_bad_mask_fail_before_the_model_loads(lora_dir, clean_d
         Image.fromarray(m).save(masks / name)
     out = tmp_path / "folder"
     summary = run_generation(gen_cfg(lora_dir, clean_dir, out, masks=str(masks), defect_type="stain",
-                                     num_samples=len(names)))
-    assert summary["samples"] == len(names)
+                                     num_samples=len(names), label_from_change=False))
+    from defectfill.data.fabric import fabric_mask, off_fabric_fraction
+
+    off = [off_fabric_fraction(read(masks / n) > 0, fabric_mask(read(clean_dir / n))) > 0.05 for n in names]
+    assert summary["samples"] == off.count(False) and summary["inspection"]["rejected_by_reason"].get(
+        "off_fabric", 0) == off.count(True)  # a user's mask on off-fabric white labels nothing: rejected
     assert (out / "data.yaml").read_text().count("stain") == 1
-    assert np.array_equal(read(out / "masks" / "000000.png") > 0, read(masks / names[0]) > 0)
+    first = next(i for i, o in enumerate(off) if not o)
+    assert np.array_equal(read(out / "masks" / f"{first:06d}.png") > 0, read(masks / names[first]) > 0)
 
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / names[1])
 

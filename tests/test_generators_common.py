@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_util
 from scipy import ndimage
 
 from defectfill.config import DefectFillTrainConfig, GenerateConfig, load_config
@@ -77,7 +78,10 @@ def test_every_generator_writes_the_same_complete_format(datasets):
             assert side["generator"] in (name, "multistage_gan"), side["generator"]
             result = np.asarray(Image.open(root / "images" / f"{side_path.stem}.png"))
             clean = np.asarray(Image.open(side["source_image"]))
-            mask = np.asarray(Image.open(root / "masks" / f"{side_path.stem}.png")) > 0
+            exported = np.asarray(Image.open(root / "masks" / f"{side_path.stem}.png")) > 0
+            mask = mask_util.decode(side["requested_mask_rle"]).astype(bool)
+            assert not (exported & ~mask).any(), f"{name}: a label outside the requested mask"
+            assert side["visible_fraction"] == pytest.approx(exported.sum() / mask.sum()), name
             assert result.shape == clean.shape and result.dtype == np.uint8, name
             far = ndimage.distance_transform_edt(~mask) > 6
             assert np.array_equal(result[far], clean[far]), f"{name}: background changed outside the dilation"

@@ -2,12 +2,21 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample
-from defectfill.data.placement import auto_masks_for, crop_to_bbox, place_reference_mask, resize_mask
+from defectfill.data.fabric import fabric_mask
+from defectfill.data.placement import (
+    NoFabricPlacement,
+    auto_masks_for,
+    crop_to_bbox,
+    place_on_fabric,
+    place_reference_mask,
+    resize_mask,
+)
 
 EIGHT = np.ones((3, 3), dtype=int)
 
@@ -231,3 +240,190 @@ def test_real_aitex_masks_place_on_both_target_sizes(aitex_root):
         for size in ((256, 256), (256, 4096)):
             for _ in range(3):
                 _assert_inside(place_reference_mask(refs, *size, rng), 8)
+
+
+# ------------------------------------------------------------------ placement on fabric (valid region)
+
+
+def _fabric_image(height=256, width=1024, band=200, seed=0):
+    """Woven-like texture with saturated white over the first ``band`` columns; (image, band truth)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    texture = 130 + 18 * np.sin(2 * np.pi * xx / 6) * np.sin(2 * np.pi * yy / 5) + rng.normal(0, 6, (height, width))
+    image = np.clip(texture, 95, 165).astype(np.uint8)
+    image[:, :band] = 255
+    white = np.zeros((height, width), bool)
+    white[:, :band] = True
+    return image, white
+
+
+def _streak():
+    m = np.zeros((40, 700), bool)
+    m[18:22, 20:620] = True  # a 4x600 weft-like streak
+    return m
+
+
+def _allowed_origins(shape, valid, border):
+    """Brute force: every top-left putting all of ``shape`` on ``valid``, inside ``border``."""
+    h, w = valid.shape
+    th, tw = shape.shape
+    return {
+        (y, x)
+        for y in range(border, h - border - th + 1)
+        for x in range(border, w - border - tw + 1)
+        if valid[y : y + th, x : x + tw][shape].all()
+    }
+
+
+def test_valid_region_keeps_every_mask_pixel_off_the_white_band():
+    image, white = _fabric_image()
+    valid = fabric_mask(image)
+    refs = [_disk(20), _l_shape(), _streak()]
+    rejected = []
+    for seed in range(300):
+        p = place_on_fabric(refs, *image.shape, np.random.default_rng(seed), valid=valid)
+        assert p.mask.any()
+        assert (p.mask & white).sum() == 0
+        assert not (p.mask & ~valid).any()
+        _assert_inside(p.mask, 8)
+        rejected.append(p.rejected_positions)
+    assert max(rejected) > 0  # the band refused some uniform draws ...
+    assert min(rejected) == 0  # ... and the first draw often fits
+
+
+def test_valid_none_or_all_true_keeps_the_random_stream():
+    # (seed, top row, left column, area) from place_reference_mask before `valid` existed
+    before = [(0, 46, 809, 217), (1, 55, 307, 1884), (2, 80, 599, 230), (3, 16, 100, 360),
+              (4, 106, 606, 230), (5, 217, 60, 269), (6, 99, 966, 1076), (7, 19, 303, 251),
+              (8, 140, 856, 461), (9, 132, 696, 1661), (10, 187, 512, 240), (11, 109, 152, 709)]
+    refs = [_disk(20), _l_shape()]
+    everywhere = np.ones((256, 1024), bool)
+    for seed, top, left, area in before:
+        mask = place_reference_mask(refs, 256, 1024, np.random.default_rng(seed))
+        ys, xs = np.nonzero(mask)
+        assert (ys.min(), xs.min(), mask.sum()) == (top, left, area)
+        for valid in (None, everywhere):
+            p = place_on_fabric(refs, 256, 1024, np.random.default_rng(seed), valid=valid)
+            assert np.array_equal(p.mask, mask) and p.rejected_positions == 0
+        same = place_reference_mask(refs, 256, 1024, np.random.default_rng(seed), valid=everywhere)
+        assert np.array_equal(same, mask)
+
+
+def test_fallback_draws_uniformly_among_exactly_the_allowed_positions():
+    square = np.zeros((30, 30), bool)
+    square[5:15, 5:15] = True  # 10x10: the same under every flip and rotation
+    valid = np.zeros((128, 512), bool)
+    valid[40:52, 300:313] = True  # room for 3 x 4 top-left positions
+    expected = {(y, x) for y in range(40, 43) for x in range(300, 304)}
+    seen, rejected = {}, []
+    for seed in range(300):
+        p = place_on_fabric([square], 128, 512, np.random.default_rng(seed), valid=valid, scale_range=(1, 1))
+        assert p.origin in expected and p.size == (10, 10)
+        assert not (p.mask & ~valid).any() and p.mask.sum() == 100
+        seen[p.origin] = seen.get(p.origin, 0) + 1
+        rejected.append(p.rejected_positions)
+    assert set(seen) == expected
+    assert min(seen.values()) >= 10  # ~25 each when uniform
+    assert np.mean(np.array(rejected) == 64) > 0.9  # nearly always after 64 refused draws
+
+
+def _blobby_valid(seed=3, shape=(48, 64)):
+    """An irregular valid region (~40% of the pixels) in blobs about the size of the test shapes."""
+    return ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 2.5) > 0.5
+
+
+def test_fallback_is_exact_for_irregular_shapes_and_regions():
+    valid = _blobby_valid()
+    plus = np.zeros((9, 9), bool)
+    plus[3:6] = plus[:, 3:6] = True  # the same under every flip and rotation, not a box
+    allowed = _allowed_origins(plus, valid, 2)
+    assert 20 <= len(allowed) and len(_allowed_origins(np.ones((9, 9), bool), valid, 2)) < len(allowed)
+    seen = set()
+    for seed in range(600):
+        p = place_on_fabric([plus], *valid.shape, np.random.default_rng(seed), valid=valid, scale_range=(1, 1),
+                            border=2, max_tries=0)
+        assert p.rejected_positions == 0
+        seen.add(p.origin)
+    assert seen == allowed  # every allowed position, and nothing else
+
+    ref = _l_shape()[::3, ::3]  # an asymmetric L in a 10x10 box
+    for seed in range(60):
+        p = place_on_fabric([ref], *valid.shape, np.random.default_rng(seed), valid=valid, scale_range=(1, 1),
+                            border=2, max_tries=0)
+        assert p.origin in _allowed_origins(_placed_crop(p), valid, 2)
+
+
+def test_no_fabric_placement_raises_with_sizes():
+    refs = [_disk(20)]
+    with pytest.raises(NoFabricPlacement, match=r"41x41 px.*0\.0% of the 256x1024 image"):
+        place_on_fabric(refs, 256, 1024, np.random.default_rng(0), valid=np.zeros((256, 1024), bool),
+                        scale_range=(1, 1))
+    small = np.zeros((256, 1024), bool)
+    small[100:130, 500:530] = True  # 30x30 fabric for a 41x41 disk
+    with pytest.raises(NoFabricPlacement, match="no room"):
+        place_reference_mask(refs, 256, 1024, np.random.default_rng(0), scale_range=(1, 1), valid=small)
+    assert issubclass(NoFabricPlacement, ValueError)
+    with pytest.raises(ValueError, match="valid has shape"):
+        place_on_fabric(refs, 256, 1024, np.random.default_rng(0), valid=small[:, :10])
+    with pytest.raises(ValueError, match="max_tries"):
+        place_on_fabric(refs, 256, 1024, np.random.default_rng(0), max_tries=-1)
+
+
+def test_fast_on_aitex_size_with_a_narrow_fabric_strip():
+    import time
+
+    valid = np.zeros((256, 4096), bool)
+    valid[:, 3000:3300] = True
+    refs = [_disk(20), _l_shape(), _streak()[:, :200]]
+    start = time.perf_counter()
+    for seed in range(10):  # max_tries=0: straight to the exact search over all positions
+        p = place_on_fabric(refs, 256, 4096, np.random.default_rng(seed), valid=valid, max_tries=0)
+        assert not (p.mask & ~valid).any() and p.rejected_positions == 0
+    assert time.perf_counter() - start < 5  # ~0.04 s per placement measured
+
+
+# ------------------------------------------------------------------ Placement.transform
+
+
+def _placed_crop(p):
+    (y0, x0), (th, tw) = p.origin, p.size
+    return p.mask[y0 : y0 + th, x0 : x0 + tw]
+
+
+def test_transform_reproduces_the_placed_mask_at_scale_one():
+    ref = _l_shape()
+    crop = crop_to_bbox(ref)
+    rows, cols = np.mgrid[: crop.shape[0], : crop.shape[1]].astype(np.float32)
+    coords = np.dstack([rows, cols, crop.astype(np.float32)])  # where each pixel came from
+    seen = set()
+    for seed in range(80):
+        p = place_on_fabric([ref], 128, 128, np.random.default_rng(seed), scale_range=(1, 1))
+        placed = _placed_crop(p)
+        assert np.array_equal(p.transform(crop.astype(np.float32)) >= 0.5, placed)
+        assert np.array_equal(p.transform(crop, cv2.INTER_NEAREST), placed)
+        moved = p.transform(coords)
+        assert moved.shape == (*p.size, 3)
+        src_r, src_c = moved[..., 0].astype(int), moved[..., 1].astype(int)
+        assert np.array_equal(crop[src_r, src_c], placed)
+        seen.add((p.flip_h, p.flip_v, p.k))
+    assert len(seen) == 16  # flips x 4 rotations, all exercised
+
+
+def test_transform_matches_resized_placements_up_to_resampling():
+    refs = [_disk(20), _l_shape()]
+    for seed in range(40):
+        p = place_on_fabric(refs, 256, 256, np.random.default_rng(seed), scale_range=(0.6, 1.6))
+        crop = crop_to_bbox(refs[p.index])
+        placed = _placed_crop(p)
+        moved = p.transform(crop.astype(np.float32)[:, :, None])
+        assert moved.shape == (*p.size, 1)
+        warped = moved[..., 0] >= 0.5
+        if crop.shape in (p.size, p.size[::-1]):
+            assert np.array_equal(warped, placed)
+        else:  # differences only along the resampled edges
+            assert np.sum(warped != placed) <= 0.1 * placed.sum()
+            edge = placed ^ ndimage.binary_erosion(placed, EIGHT)
+            edge |= ndimage.binary_dilation(placed, EIGHT) & ~placed
+            assert not ((warped != placed) & ~edge).any()
+    with pytest.raises(ValueError, match="reference crop"):
+        p.transform(np.zeros((3, 3), np.float32))

@@ -27,7 +27,7 @@ from defectfill.downstream import (
     tile_positions,
     train_segmenter,
 )
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, DataError
 
 T = torch.tensor
 
@@ -174,6 +174,60 @@ def test_tileset_balanced_deterministic_and_labelled():
     assert frac == pytest.approx(0.5, abs=0.1)  # 1.5 per batch of 3: floor + Bernoulli(remainder)
 
 
+def mix_images(n_real=3, n_syn=12, real_weights=(3.0, 1.0, 1.0), syn_weight=0.5):
+    """Small 24x24 images, one 4x4 defect each: ``n_real`` real, ``n_syn`` synthetic, one good."""
+    out = []
+    for i in range(n_real + n_syn + 1):
+        mask = np.zeros((24, 24), bool)
+        if i < n_real + n_syn:
+            mask[10:14, 10:14] = True
+        origin, weight = (("real", real_weights[i]) if i < n_real else ("synthetic", syn_weight)
+                          if i < n_real + n_syn else ("good", 1.0))
+        img = np.full((24, 24), 150, np.uint8)
+        out.append(SourceImage(f"{origin}{i}", img, mask, f"src{i}", origin, weight))
+    return out
+
+
+def positive_origins(tiles, crops=2000, batch=50):
+    """Ids of ``crops`` positive crops (positive_fraction=1), and their ``synthetic`` flags."""
+    ids, syn = [], []
+    for step in range(crops // batch):
+        b = tiles.batch(step, batch)
+        assert all(b["positive"])
+        ids += b["ids"]
+        syn += b["synthetic"]
+    assert syn == [i.startswith("synthetic") for i in ids]
+    return ids, np.array(syn)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.0, 1.0])
+def test_synthetic_fraction_sets_the_share_of_synthetic_positives(fraction):
+    tiles = TileSet(mix_images(), crop=8, size=8, positive_fraction=1.0, synthetic_fraction=fraction)
+    ids, syn = positive_origins(tiles)
+    sigma = np.sqrt(fraction * (1 - fraction) / len(syn))
+    assert abs(syn.mean() - fraction) <= 4 * sigma  # exact 0 / 1 at the ends
+    real = [i for i in ids if i.startswith("real")]
+    if fraction < 1:  # within the real group by weight: real0 has 3 of the weight 5
+        assert abs(real.count("real0") / len(real) - 0.6) <= 4 * np.sqrt(0.24 / len(real))
+
+
+def test_synthetic_fraction_none_follows_weights_and_real_only_is_unchanged():
+    tiles = TileSet(mix_images(), crop=8, size=8, positive_fraction=1.0)
+    _, syn = positive_origins(tiles)
+    expected = 12 * 0.5 / (12 * 0.5 + 3 + 1 + 1)  # synthetic weight / all defect-image weight = 6/11
+    assert abs(syn.mean() - expected) <= 4 * np.sqrt(expected * (1 - expected) / len(syn))
+    real_only = [im for im in mix_images() if im.origin != "synthetic"]
+    a = TileSet(real_only, crop=8, size=8, seed=4)
+    b = TileSet(real_only, crop=8, size=8, seed=4, synthetic_fraction=0.3)
+    for step in range(5):  # no synthetic group: every positive real, the very same random stream
+        ba, bb = a.batch(step, 6), b.batch(step, 6)
+        assert ba["ids"] == bb["ids"] and torch.equal(ba["images"], bb["images"]) and not any(bb["synthetic"])
+    with pytest.raises(DataError, match="no real image"):
+        TileSet([im for im in mix_images() if im.origin != "real"], synthetic_fraction=0.0)
+    with pytest.raises(ValueError, match="synthetic_fraction"):
+        TileSet(mix_images(), synthetic_fraction=1.5)
+
+
 def test_split_by_source_has_no_overlap():
     images = toy_images(20, 0)
     derived = SourceImage("syn0", images[1].image, images[1].mask, images[1].source_id, "synthetic")
@@ -223,8 +277,9 @@ def test_segmenter_learns_a_toy_problem():
 def test_same_seed_same_weights_and_save_load_round_trip(tmp_path):
     images = toy_images(6, 0)
     cfg = SegmenterConfig(**TINY, seed=1)
-    m1, _ = train_segmenter(cfg, images)
+    m1, log = train_segmenter(cfg, images)
     m2, _ = train_segmenter(cfg, images)
+    assert (log["positive_crops"], log["synthetic_positive_crops"]) == (6 * 2, 0)  # 6 steps x half of 4, real only
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     m3, _ = train_segmenter(SegmenterConfig(**TINY, seed=2), images)
@@ -243,6 +298,9 @@ def test_config_checks():
         SegmenterConfig(schedule="step").validate()
     with pytest.raises(ConfigError, match="unknown"):
         SegmenterConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="synthetic_fraction"):
+        SegmenterConfig(synthetic_fraction=1.5).validate()
+    SegmenterConfig(synthetic_fraction=None).validate()
     tiles = TileSet(toy_images(4, 0), crop=32, size=16)
     with pytest.raises(ConfigError, match="size"):
         train_segmenter(SegmenterConfig(**TINY), tiles)  # tiles built for another size

@@ -62,7 +62,7 @@ class BenchmarkConfig:
     output_dir: str = "runs/benchmark"
     tasks: list = field(default_factory=lambda: list(TASKS))
     generators: list = field(default_factory=lambda: [{"name": REAL_ONLY, "kind": REAL_ONLY}])
-    synthetic_counts: list = field(default_factory=lambda: [4])
+    synthetic_counts: list = field(default_factory=lambda: [4])  # a generator's own `counts` overrides it
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     segmenter: dict = field(default_factory=dict)  # SegmenterConfig overrides, the same for every cell
     detector: dict = field(default_factory=dict)  # DetectorConfig overrides + steps (+ eval_good_tiles_per_image)
@@ -83,8 +83,6 @@ class BenchmarkConfig:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ConfigError(f"tasks: unknown {bad} (choose from {', '.join(TASKS)})")
-        if "rtdetr" not in self.tasks:
-            raise ConfigError("tasks: rtdetr is always part of the benchmark grid")
         names = set()
         for g in self.generators:
             if not isinstance(g, dict) or "name" not in g:
@@ -94,6 +92,8 @@ class BenchmarkConfig:
                 raise ConfigError(f"generator {g['name']!r}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
             if g["name"] in names:
                 raise ConfigError(f"generator name {g['name']!r} repeated")
+            if "counts" in g and (not g["counts"] or any(int(c) < 1 for c in g["counts"])):
+                raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
             names.add(g["name"])
         if REAL_ONLY not in names:
             self.generators = [{"name": REAL_ONLY, "kind": REAL_ONLY}, *self.generators]
@@ -154,18 +154,19 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
     units = []
     for seed in cfg.seeds:
         for spec in cfg.generators:
-            ns = [0] if _kind(spec) == REAL_ONLY else counts
+            ns = [0] if _kind(spec) == REAL_ONLY else sorted({int(c) for c in spec.get("counts", counts)})
             cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks for n in ns]
-            if cfg.label_noise and spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
+            if cfg.label_noise and "rtdetr" in cfg.tasks and \
+                    spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
                 tag = f"split_long{cfg.label_noise['split_long']:g}"
                 cells += [Cell("rtdetr", tag, spec["name"], n, seed) for n in ns]
             units.append(Unit(seed, MAIN, spec, cells))
         if cfg.leave_out:
             data = f"without_{cfg.leave_out['defect_type']}"
-            tasks = cfg.leave_out.get("tasks", cfg.tasks)
+            tasks = [t for t in cfg.leave_out.get("tasks", cfg.tasks) if t in cfg.tasks]
             for spec in cfg.generators:
                 if spec["name"] in cfg.leave_out.get("generators", [spec["name"]]):
-                    ns = [0] if _kind(spec) == REAL_ONLY else counts
+                    ns = [0] if _kind(spec) == REAL_ONLY else sorted({int(c) for c in spec.get("counts", counts)})
                     cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
                     units.append(Unit(seed, data, spec, cells))
     return units
@@ -400,7 +401,8 @@ def _segmenter_cell(ctx: Context, cell: Cell, train_imgs, val_imgs, synthetic) -
     return {"metrics": evaluations["all"], "evaluations": evaluations, "steps": seg.steps,
             "config": asdict(seg), "seconds": time.perf_counter() - t0, "val_threshold": log.get("val_threshold"),
             "val": log.get("val"), "train_real_images": len(train_imgs), "val_images": len(val_imgs),
-            "synthetic_used": len(synthetic)}
+            "synthetic_used": len(synthetic), "positive_crops": log.get("positive_crops"),
+            "synthetic_positive_crops": log.get("synthetic_positive_crops")}
 
 
 def _detector_cell(ctx: Context, cell: Cell, unit_dir: Path, pool_dir: Path, val_ids: set[str],
@@ -430,7 +432,8 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path) ->
     shutil.rmtree(gen_dir, ignore_errors=True)
     job = {"kind": "generator", "spec": unit.spec, "model": model, "train_dir": str(train_dir),
            "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
-           "count": max(int(c) for c in ctx.cfg.synthetic_counts), "generate": ctx.cfg.generate}
+           "count": max(int(c) for c in unit.spec.get("counts", ctx.cfg.synthetic_counts)),
+           "generate": ctx.cfg.generate}
     run = run_job(job, unit_dir / "generator_job")
     if _kind(unit.spec) == "defectfill":
         run["base_model"] = {"path": model, "note": ctx.cfg.base_model_note or _base_model_note(model)}

@@ -24,7 +24,9 @@ from defectfill.runinfo import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 GAN_DEFAULTS = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
-GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, min_change=0.0, dilation=6)
+# The label and placement gates (label_from_change, min_visible_fraction, fabric_only, ...) keep
+# GenerateConfig's defaults unless a profile sets them.
+GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, dilation=6)
 # Benchmark defaults for ultralytics: one optimiser step per batch (nbs = batch), no per-epoch
 # validation (the last weights are evaluated; equal budgets, no model selection).
 DETECTOR_DEFAULTS = dict(nbs=None, train_args={"val": False}, workers=0, patience=0)
@@ -96,7 +98,7 @@ def generator_job(job: dict) -> dict:
                             job["count"], job["seed"])
     t2 = time.perf_counter()
     return {"checkpoint": str(ckpt), "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
-            "rejected_samples": summary.get("rejected"), "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
+            "rejected_samples": summary.get("rejected"), "inspection": summary.get("inspection"), "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
             "fit_generate_seconds": t2 - t0}
 
 
@@ -136,6 +138,7 @@ def detector_job(job: dict) -> dict:
                    for name, path in job["evals"].items()}
     splits = {k: {kk: v[kk] for kk in ("images", "labelled", "background", "boxes", "by_kind")}
               for k, v in manifest["splits"].items()}
+    splits["synthetic_mix"] = manifest.get("synthetic_mix")
     if not job.get("keep_dataset", False):
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"config": asdict(cfg), "epochs": cfg.epochs, "batches_per_epoch": per_epoch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class ReferenceSample:
     defect_type: str
     image_path: Path
     mask_path: Path
+    fabric_type: str | None = None  # manifest's fabric_type column, when it has one
 
 
 @dataclass
@@ -43,6 +44,11 @@ class ReferenceDataset:
     samples: list[ReferenceSample]
     good_paths: list[Path]
     grayscale: bool  # all source images were single-channel
+    fabric_types: dict[str, str] = field(default_factory=dict)  # id (defect or good) -> manifest fabric_type
+
+    def fabric_of(self, path_or_id: str | Path) -> str | None:
+        """The manifest's fabric type of an image (by id or file path stem), None when unknown."""
+        return self.fabric_types.get(Path(path_or_id).stem)
 
     @property
     def defect_types(self) -> list[str]:
@@ -77,14 +83,14 @@ def _open_image(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({_one_line(err)})") from err
 
 
-def _read_manifest(path: Path) -> dict[str, str]:
+def _read_manifest(path: Path) -> dict[str, dict]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in ("id", "defect_type") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-            return {row["id"]: row["defect_type"] for row in reader}
+            return {row["id"]: row for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: cannot read manifest ({_one_line(err)})") from err
 
@@ -124,12 +130,14 @@ def load_reference_dataset(
 
     manifest_path = root / "manifest.csv"
     types = dict.fromkeys(images, "defect")
+    fabrics: dict[str, str] = {}
     if manifest_path.exists():
         manifest = _read_manifest(manifest_path)
         for stem in images:
             if stem not in manifest:
                 raise DataError(f"{manifest_path}: no row for id '{stem}' ({images[stem]})")
-            types[stem] = manifest[stem]
+            types[stem] = manifest[stem]["defect_type"]
+        fabrics = {i: row["fabric_type"] for i, row in manifest.items() if row.get("fabric_type")}
 
     samples, grayscale = [], True
     for stem in sorted(images):
@@ -145,7 +153,7 @@ def load_reference_dataset(
             raise DataError(f"{mask_path}: mask is empty (no pixel >= threshold {mask_threshold})")
         grayscale &= img.mode in _GRAY_MODES
         image = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        samples.append(ReferenceSample(stem, image, mask, types[stem], image_path, mask_path))
+        samples.append(ReferenceSample(stem, image, mask, types[stem], image_path, mask_path, fabrics.get(stem)))
 
     if defect_types is not None:
         wanted = {defect_types} if isinstance(defect_types, str) else set(defect_types)
@@ -160,7 +168,7 @@ def load_reference_dataset(
 
     good_dir = root / "good"
     good_paths = sorted(_list_images(good_dir).values()) if good_dir.is_dir() else []
-    return ReferenceDataset(root, samples, good_paths, grayscale)
+    return ReferenceDataset(root, samples, good_paths, grayscale, fabrics)
 
 
 def sample_defect_crop(

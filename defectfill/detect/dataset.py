@@ -18,7 +18,9 @@ AITEX tile index: ``<source>_x<x0:04d>_y<y0:03d>``.
 * reference ``good/`` images: every tile (or ``good_tiles_per_image`` evenly spread ones) is written
   as a background image with an empty label file;
 * synthetic datasets (the :class:`defectfill.samples.SampleWriter` layout: ``images/``, ``masks/``,
-  ``sidecars/`` with ``defect_class``) go to ``train`` only, tiled the same way, labels from masks.
+  ``sidecars/`` with ``defect_class``) go to ``train`` only, tiled the same way, labels from masks
+  (like reference defect images, tiles without a box are dropped, so every synthetic tile is labelled);
+  ``synthetic_fraction`` caps them to that share of the labelled training tiles (:func:`synthetic_cap`).
 
 The split is by SOURCE IMAGE: every tile of an image lands in the split of its image, stratified per
 defect type (good images form one more group). ``val`` is the benchmark's own validation set, cut
@@ -159,6 +161,18 @@ def box_fill_stats(masks: Iterable[np.ndarray], tile: int = 256, split_long: flo
     f = np.asarray(fills)
     return {"boxes": int(f.size), "mean_fill": float(f.mean()), "median_fill": float(np.median(f)),
             "p10_fill": float(np.percentile(f, 10))}
+
+
+def synthetic_cap(n_real_labelled: int, synthetic_fraction: float | None) -> int | None:
+    """Most synthetic labelled tiles so they are at most ``synthetic_fraction`` of all labelled tiles.
+
+    ``floor(f / (1 - f) * n_real_labelled)``; None (no cap) for ``f`` None or 1; 0 for ``f == 0``.
+    """
+    if synthetic_fraction is None or synthetic_fraction == 1:
+        return None
+    if not 0 <= synthetic_fraction < 1:
+        raise ValueError(f"synthetic_fraction must be in [0, 1] or None, got {synthetic_fraction}")
+    return math.floor(synthetic_fraction * n_real_labelled / (1 - synthetic_fraction) + 1e-9)
 
 
 # ----------------------------------------------------------------------------- split (pure)
@@ -315,6 +329,19 @@ class _TileWriter:
                                   class_of(item["defect_class"]), "synthetic")
         return {"dir": str(root), "samples": len(items), "tiles": len(self.records) - before}
 
+    def cap_synthetic(self, cap: int | None) -> list[dict]:
+        """Keep ``cap`` evenly spread synthetic tiles (in writing order), delete the others; return those removed."""
+        syn = [r for r in self.records if r["kind"] == "synthetic"]
+        if cap is None or cap >= len(syn):
+            return []
+        keep = {id(syn[i]) for i in spread_indices(len(syn), cap)}
+        removed = [r for r in syn if id(r) not in keep]
+        for r in removed:
+            (self.root / r["split"] / "images" / f"{r['name']}.png").unlink()
+            (self.root / r["split"] / "labels" / f"{r['name']}.txt").unlink()
+        self.records = [r for r in self.records if r["kind"] != "synthetic" or id(r) in keep]
+        return removed
+
     def add_good_image(self, split: str, source: str, image: np.ndarray, per_image: int | None) -> int:
         """Tile a defect-free image into background tiles (empty labels). Returns tiles written."""
         tiles = list(iter_tiles(image, np.zeros(image.shape[:2], bool), self.tile))
@@ -421,6 +448,7 @@ def build_detection_dataset(
     mask_threshold: int = 128,
     synthetic_limit: int | None = None,
     val_ids: Sequence[str] | None = None,
+    synthetic_fraction: float | None = 0.3,
 ) -> dict:
     """Build a tiled YOLO dataset under ``out_dir`` (replaced atomically); return the manifest dict.
 
@@ -435,7 +463,12 @@ def build_detection_dataset(
     ``min_box_area`` drops boxes under that many px² (w*h, in the tile); ``good_tiles_per_image``
     keeps that many evenly spread tiles per good image (None: all); ``synthetic_limit`` keeps the
     first that many samples (by name) of each synthetic dataset. ``val_ids`` (source ids) replaces
-    the seeded split, so a caller can reuse a split it made elsewhere.
+    the seeded split, so a caller can reuse a split it made elsewhere. ``synthetic_fraction=f`` keeps
+    at most :func:`synthetic_cap` synthetic tiles (evenly spread over all synthetic tiles in writing
+    order: datasets in order, samples by name, tiles row by row), so they are at most ``f`` of the
+    labelled training tiles; None or 1: no cap, 0: no synthetic tile. Synthetic tiles are always
+    labelled (box-less ones are never written), so the cap counts all of them. The manifest's
+    ``synthetic_mix`` records the counts before/after the cap and the fraction achieved.
     """
     if tile < 32:
         raise ValueError(f"tile must be >= 32, got {tile}")
@@ -443,6 +476,7 @@ def build_detection_dataset(
         raise ValueError(f"split_long must be >= 1 (an aspect ratio), got {split_long}")
     if min_box_area < 1:
         raise ValueError(f"min_box_area must be >= 1, got {min_box_area}")
+    synthetic_cap(0, synthetic_fraction)  # validates the fraction
     eval_only = val_fraction == 1
     if eval_only and synthetic_dirs:
         raise ValueError("synthetic_dirs go to train only; an evaluation folder (val_fraction=1) cannot take them")
@@ -473,6 +507,17 @@ def build_detection_dataset(
             writer.add_good_image("val" if path.stem in val_ids else "train", path.stem, _read_image(path),
                                   good_tiles_per_image)
         syn_info = [writer.add_synthetic(k, root, items, cls) for k, (root, items) in enumerate(syn_sets)]
+        n_real = sum(1 for r in writer.records if r["split"] == "train" and r["kind"] == "reference" and r["boxes"])
+        n_syn = sum(1 for r in writer.records if r["kind"] == "synthetic")
+        cap = synthetic_cap(n_real, synthetic_fraction)
+        removed = writer.cap_synthetic(cap)
+        for k, info in enumerate(syn_info):
+            info["tiles_before_cap"] = info["tiles"]
+            info["tiles"] -= sum(1 for r in removed if r["name"].startswith(f"syn{k}-"))
+        n_kept = n_syn - len(removed)
+        mix = {"synthetic_fraction": synthetic_fraction, "cap": cap, "real_labelled_tiles": n_real,
+               "synthetic_tiles_before_cap": n_syn, "synthetic_tiles": n_kept,
+               "fraction_achieved": n_kept / (n_kept + n_real) if n_kept + n_real else None}
         for split in SPLITS:  # ultralytics wants both folders even when one split is empty
             (tmp / split / "images").mkdir(parents=True, exist_ok=True)
             (tmp / split / "labels").mkdir(parents=True, exist_ok=True)
@@ -481,7 +526,7 @@ def build_detection_dataset(
             "tile": tile, "class_names": names, "single_class": single_class, "val_fraction": val_fraction,
             "seed": seed, "split_long": split_long, "min_box_area": min_box_area, "include_good": include_good,
             "good_tiles_per_image": good_tiles_per_image, "defect_types": _as_list(defect_types),
-            "synthetic_limit": synthetic_limit,
+            "synthetic_limit": synthetic_limit, "synthetic_mix": mix,
             "splits": _summary(writer.records, names), "dropped": writer.dropped,
             "sources": {"reference_train": sorted(s.id for s in ref.samples if s.id not in val_ids),
                         "reference_val": sorted(s.id for s in ref.samples if s.id in val_ids),

@@ -53,6 +53,7 @@ class DetectorConfig:
     include_good: bool = True
     good_tiles_per_image: int | None = None
     defect_types: list[str] | None = None
+    synthetic_fraction: float | None = 0.3  # cap on the synthetic share of labelled train tiles (None: no cap)
     # training (ultralytics train arguments of the same name)
     epochs: int = 100
     imgsz: int = 256
@@ -97,6 +98,8 @@ class DetectorConfig:
             raise ConfigError(f"good_tiles_per_image must be >= 1 or null, got {self.good_tiles_per_image}")
         if self.imgsz % 32:
             raise ConfigError(f"imgsz must be a multiple of 32 (the RT-DETR stride), got {self.imgsz}")
+        if self.synthetic_fraction is not None and not 0 <= self.synthetic_fraction <= 1:
+            raise ConfigError(f"synthetic_fraction must be in [0, 1] or null, got {self.synthetic_fraction}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.patience < 0:
@@ -107,7 +110,7 @@ class DetectorConfig:
     def dataset_kwargs(self) -> dict:
         """Keyword arguments for :func:`defectfill.detect.dataset.build_detection_dataset`."""
         keys = ("tile", "single_class", "val_fraction", "split_long", "min_box_area", "include_good",
-                "good_tiles_per_image", "defect_types", "seed")
+                "good_tiles_per_image", "defect_types", "seed", "synthetic_fraction")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -60,6 +60,8 @@ class SegmenterConfig:
     crop: int = 128  # crop side in source pixels (also the evaluation tile side)
     size: int = 128  # side the crops are resized to for the network
     positive_fraction: float = 0.5
+    # share of positive crops cut from synthetic defect images (None: by weight over all; see TileSet)
+    synthetic_fraction: float | None = 0.3
     hflip: bool = True
     vflip: bool = True
     negative_margin: int = 8
@@ -77,6 +79,7 @@ class SegmenterConfig:
             ("schedule", self.schedule in ("cosine", "constant")), ("batch_size", self.batch_size >= 1),
             ("steps", self.steps >= 0), ("crop", self.crop >= 1), ("size", self.size >= 1),
             ("positive_fraction", 0 <= self.positive_fraction <= 1),
+            ("synthetic_fraction", self.synthetic_fraction is None or 0 <= self.synthetic_fraction <= 1),
             ("negative_margin", self.negative_margin >= 0), ("log_every", self.log_every >= 1),
             ("eval_batch_size", self.eval_batch_size >= 1),
         ]
@@ -314,9 +317,10 @@ def tile_recall_by_group(scores: Sequence[float], labels: Sequence[bool], groups
 
 
 def train_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> TileSet:
-    """The TileSet that ``cfg`` describes (crop, size, seed, positive_fraction, flips, margin)."""
+    """The TileSet that ``cfg`` describes (crop, size, seed, positive/synthetic fraction, flips, margin)."""
     return TileSet(images, crop=cfg.crop, size=cfg.size, seed=cfg.seed, positive_fraction=cfg.positive_fraction,
-                   hflip=cfg.hflip, vflip=cfg.vflip, negative_margin=cfg.negative_margin)
+                   hflip=cfg.hflip, vflip=cfg.vflip, negative_margin=cfg.negative_margin,
+                   synthetic_fraction=cfg.synthetic_fraction)
 
 
 def eval_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> EvalTiles:
@@ -326,7 +330,8 @@ def eval_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> EvalT
 
 def _check_tiles(cfg: SegmenterConfig, tiles: TileSet) -> None:
     got = {"crop": tiles.crop, "size": tiles.size, "seed": tiles.seed,
-           "positive_fraction": tiles.positive_fraction, "in_channels": tiles.channels}
+           "positive_fraction": tiles.positive_fraction, "synthetic_fraction": tiles.synthetic_fraction,
+           "in_channels": tiles.channels}
     bad = [f"{k}={v!r} (config {getattr(cfg, k)!r})" for k, v in got.items() if getattr(cfg, k) != v]
     if bad:
         raise ConfigError(f"train tiles do not match the segmenter config: {', '.join(bad)}")
@@ -356,10 +361,13 @@ def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[Source
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pos_weight = torch.tensor([cfg.pos_weight], device=device)
     history, window, start = [], [], time.perf_counter()
+    positives = synthetic_positives = 0
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule)
         batch = tiles.batch(step, cfg.batch_size)
+        positives += sum(batch["positive"])
+        synthetic_positives += sum(p and s for p, s in zip(batch["positive"], batch["synthetic"]))
         logits = model(batch["images"].to(device))
         loss = F.binary_cross_entropy_with_logits(logits, batch["masks"].to(device), pos_weight=pos_weight)
         opt.zero_grad(set_to_none=True)
@@ -373,7 +381,8 @@ def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[Source
     seconds = time.perf_counter() - start
     model.eval()
     log = {"steps": cfg.steps, "seconds": seconds, "seconds_per_step": seconds / max(cfg.steps, 1),
-           "history": history, "config": asdict(cfg), "train_images": len(tiles)}
+           "history": history, "config": asdict(cfg), "train_images": len(tiles),
+           "positive_crops": positives, "synthetic_positive_crops": synthetic_positives}
     if val_tiles is not None:
         vt = val_tiles if isinstance(val_tiles, EvalTiles) else eval_tiles_for(cfg, val_tiles)
         log["val"] = evaluate_segmenter(model, vt, batch_size=cfg.eval_batch_size)

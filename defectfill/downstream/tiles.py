@@ -8,7 +8,8 @@
   :func:`load_images`, which picks one of the two by the folder's layout.
 * :func:`split_by_source` — train/val split of the *training* images by source id (no id on both sides).
 * :class:`TileSet` — stateless, seeded training batches: defect-centred crops (positives) and random
-  crops away from any defect (negatives), class-balanced by ``positive_fraction``.
+  crops away from any defect (negatives), class-balanced by ``positive_fraction``; the share of
+  positives cut from synthetic images is set by ``synthetic_fraction``.
 * :class:`EvalTiles` — every evaluation image cut into non-overlapping tiles that cover every pixel
   once (an edge that is not a multiple of the tile gets one extra tile aligned to the edge; its
   ``own`` region excludes the pixels the previous tile already owns).
@@ -259,13 +260,24 @@ class TileSet:
     ``crop//4`` px. The rest are negatives: a random window of a random image (by weight) that holds
     no defect pixel within ``negative_margin`` px; up to 16 draws, after which the last window is kept
     with its true mask. Labels are always the crop's true mask. Random h/v flips when enabled.
+
+    ``synthetic_fraction`` (the mix rule for positives): ``None`` picks the defect image by weight over
+    all defect images (synthetic and real alike). A float ``f`` in [0, 1] first picks the group — a
+    synthetic defect image (``origin == "synthetic"``) with probability ``f``, else a real one — then
+    the image by weight within the group. When one group has no defect image every positive comes from
+    the other (no group draw, so the random stream equals ``None``'s); DataError if that group's
+    probability is 0 (``f == 0`` with only synthetic, ``f == 1`` with only real defect images).
+    Negatives are not affected.
     """
 
     def __init__(self, images: Sequence[SourceImage], crop: int = 128, size: int = 128, seed: int = 0,
                  positive_fraction: float = 0.5, hflip: bool = True, vflip: bool = True,
-                 negative_margin: int = 8, negatives_from_defect_images: bool = True) -> None:
+                 negative_margin: int = 8, negatives_from_defect_images: bool = True,
+                 synthetic_fraction: float | None = None) -> None:
         if not 0 <= positive_fraction <= 1:
             raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        if synthetic_fraction is not None and not 0 <= synthetic_fraction <= 1:
+            raise ValueError(f"synthetic_fraction must be in [0, 1] or None, got {synthetic_fraction}")
         if crop < 1 or size < 1:
             raise ValueError(f"crop and size must be >= 1, got {crop}, {size}")
         self.images = list(images)
@@ -283,6 +295,14 @@ class TileSet:
                           if negatives_from_defect_images or not im.has_defect]
         if positive_fraction > 0 and not self.positives:
             raise DataError("positive_fraction > 0 but no image has a defect")
+        self.synthetic_fraction = synthetic_fraction
+        self._synthetic_positives = [i for i in self.positives if self.images[i].origin == "synthetic"]
+        self._real_positives = [i for i in self.positives if self.images[i].origin != "synthetic"]
+        if positive_fraction > 0 and synthetic_fraction is not None:
+            if synthetic_fraction == 0 and not self._real_positives:
+                raise DataError("synthetic_fraction=0 but no real image has a defect")
+            if synthetic_fraction == 1 and not self._synthetic_positives:
+                raise DataError("synthetic_fraction=1 but no synthetic image has a defect")
         if positive_fraction < 1 and not self.negatives:
             raise DataError("positive_fraction < 1 but there is no image to draw negatives from")
         self._defect_pixels = {i: np.flatnonzero(self.images[i].mask) for i in self.positives}
@@ -294,45 +314,54 @@ class TileSet:
         w = np.array([self.images[i].weight for i in pool], dtype=np.float64)
         return pool[int(rng.choice(len(pool), p=w / w.sum()))]
 
-    def _positive(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-        k = self._pick(rng, self.positives)
+    def _positive_pool(self, rng: np.random.Generator) -> list[int]:
+        """The defect images a positive is picked from (the ``synthetic_fraction`` group draw)."""
+        if self.synthetic_fraction is None or not (self._synthetic_positives and self._real_positives):
+            return self.positives
+        return self._synthetic_positives if rng.random() < self.synthetic_fraction else self._real_positives
+
+    def _positive(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        k = self._pick(rng, self._positive_pool(rng))
         im, pixels = self.images[k], self._defect_pixels[k]
         h, w = im.mask.shape
         y, x = np.unravel_index(pixels[int(rng.integers(len(pixels)))], (h, w))
         j = max(self.crop // 4, 0)
         jitter = tuple(int(v) for v in rng.integers(-j, j + 1, size=2))
         y0, x0 = centred_window(int(y), int(x), h, w, self.crop, jitter)
-        return crop_padded(im.image, y0, x0, self.crop), crop_padded(im.mask, y0, x0, self.crop), im.id
+        return crop_padded(im.image, y0, x0, self.crop), crop_padded(im.mask, y0, x0, self.crop), k
 
-    def _negative(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    def _negative(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         m = self.negative_margin
         for _attempt in range(16):
-            im = self.images[self._pick(rng, self.negatives)]
+            k = self._pick(rng, self.negatives)
+            im = self.images[k]
             h, w = im.mask.shape
             y0 = int(rng.integers(max(h - self.crop, 0) + 1)) if h > self.crop else (h - self.crop) // 2
             x0 = int(rng.integers(max(w - self.crop, 0) + 1)) if w > self.crop else (w - self.crop) // 2
             near = im.mask[max(y0 - m, 0):y0 + self.crop + m, max(x0 - m, 0):x0 + self.crop + m]
             if not near.any():
                 break
-        return crop_padded(im.image, y0, x0, self.crop), crop_padded(im.mask, y0, x0, self.crop), im.id
+        return crop_padded(im.image, y0, x0, self.crop), crop_padded(im.mask, y0, x0, self.crop), k
 
     def batch(self, step: int, batch_size: int) -> dict:
-        """``images`` (B,C,S,S) in [0,1], ``masks`` (B,1,S,S) in {0,1}, ``ids``, ``positive`` (bool list)."""
+        """``images`` (B,C,S,S) in [0,1], ``masks`` (B,1,S,S) in {0,1}, ``ids``, and bool lists
+        ``positive`` (defect-centred crop) and ``synthetic`` (cut from a synthetic image)."""
         rng = np.random.default_rng([self.seed, step])
         expected = self.positive_fraction * batch_size
         n_pos = int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
-        crops, masks, ids = [], [], []
+        crops, masks, picked = [], [], []
         for i in range(batch_size):
-            img, msk, sid = self._positive(rng) if i < n_pos else self._negative(rng)
+            img, msk, k = self._positive(rng) if i < n_pos else self._negative(rng)
             img, msk = random_flips(img, msk, rng, self.hflip, self.vflip)
             crops.append(img)
             masks.append(msk)
-            ids.append(sid)
+            picked.append(self.images[k])
         images = to_tensor(crops)
         mask_t = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
         images, mask_t = resize_batch(images, mask_t, self.size)
-        return {"images": images.contiguous(), "masks": mask_t.contiguous(), "ids": ids,
-                "positive": [i < n_pos for i in range(batch_size)]}
+        return {"images": images.contiguous(), "masks": mask_t.contiguous(), "ids": [im.id for im in picked],
+                "positive": [i < n_pos for i in range(batch_size)],
+                "synthetic": [im.origin == "synthetic" for im in picked]}
 
 
 # ----------------------------------------------------------------------------- evaluation tiles

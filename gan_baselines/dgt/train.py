@@ -292,8 +292,8 @@ class DGTGenerator(Generator):
 
     @torch.no_grad()
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
-        from defectfill.generate import windowed
+                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
+        from defectfill.compositing import windowed
 
         label = self.class_index(defect_class, np.random.default_rng([seed, 0]))
         gen = torch.Generator().manual_seed(int(seed) % 2**63)

@@ -462,8 +462,8 @@ class MultistageGANGenerator(Generator):
         return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
 
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None) -> tuple[np.ndarray, dict]:
-        from defectfill.generate import windowed
+                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
+        from defectfill.compositing import windowed
 
         z = torch.randn(1, self.cfg.z_dim, generator=torch.Generator().manual_seed(int(seed) % 2**63))
         result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation,
