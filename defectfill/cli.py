@@ -37,7 +37,7 @@ def _generate(args: argparse.Namespace) -> None:
                       clean_dir=args.clean, masks=args.masks, num_samples=args.num_samples,
                       candidates=args.candidates, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       seed=args.seed, output_dir=args.output_dir, selection=args.selection,
-                      defect_type=args.defect_type, reference_dir=args.reference)
+                      defect_type=args.defect_type, reference_dir=args.reference, roi_dir=args.roi)
     summary = run_generation(cfg)
     if summary:
         print(f"dataset: {cfg.output_dir}  {summary}")
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model hub id or folder (default: the LoRA's base model)")
     p.add_argument("--reference", help="reference data for --masks auto (default: the LoRA's training data)")
     p.add_argument("--defect-type", help="restrict auto masks to one defect class")
+    p.add_argument("--roi", help="folder of ROI masks (<clean image stem>.png, non-zero = a defect may go there)")
     p.add_argument("--num-samples", type=int)
     p.add_argument("--candidates", type=int, help="K candidates per slot for Low-Fidelity Selection (default 8)")
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")

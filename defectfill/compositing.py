@@ -101,7 +101,7 @@ def texture_level(clean: np.ndarray, keep: np.ndarray | None = None, sigma: floa
     """The fabric's fine-texture level: std of ``clean - GaussianBlur(clean, sigma)`` (luminance)
     over the pixels in ``keep`` (all when None). ~7-13 grey levels on AITEX fabric, 0 on flat white."""
     lum = _luminance(clean)
-    fine = lum - cv2.GaussianBlur(lum, (0, 0), sigma)
+    fine = lum - cv2.GaussianBlur(lum, (0, 0), sigma if sigma > 0 else CHANGE_SIGMA)
     values = fine[keep] if keep is not None else fine.ravel()
     return float(values.std()) if values.size else 0.0
 

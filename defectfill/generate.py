@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from defectfill.compositing import (blend_weights, composite, in_mask_change, mask_window,  # noqa: F401
-                                    resize_mask, visible_change, visible_fraction, windowed)
+from defectfill.compositing import in_mask_change, resize_mask, visible_change, visible_fraction, windowed
 from defectfill.config import GenerateConfig, config_to_dict
 from defectfill.errors import ConfigError, DataError
 from defectfill.generators import Generator, PlacedMask, build_generator

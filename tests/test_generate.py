@@ -15,11 +15,10 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-from defectfill.compositing import visible_change
+from defectfill.compositing import blend_weights, composite, mask_window, visible_change
 from defectfill.config import DefectFillTrainConfig, GenerateConfig, load_config
 from defectfill.errors import DataError
-from defectfill.generate import (DefectFillSynthesizer, blend_weights, composite, mask_window, model_mask,
-                                 run_generation)
+from defectfill.generate import DefectFillSynthesizer, model_mask, run_generation
 
 REPO = Path(__file__).resolve().parents[1]
 
