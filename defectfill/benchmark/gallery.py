@@ -92,12 +92,27 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> str:
     return text + ".."
 
 
+def _requested_mask(root: Path, name: str) -> np.ndarray:
+    """The mask the generator was asked to fill (the sidecar's ``requested_mask_rle``; the exported
+    label is only its visibly changed part), else ``masks/<name>.png`` for older datasets."""
+    import json
+
+    from pycocotools import mask as mask_util
+
+    try:
+        rle = json.loads((root / "sidecars" / f"{name}.json").read_text()).get("requested_mask_rle")
+    except (OSError, ValueError):
+        rle = None
+    return mask_util.decode(rle).astype(bool) if rle else _read_mask(root / "masks" / f"{name}.png")
+
+
 def _row_inputs(name: str, roots: dict[str, Path]) -> tuple[np.ndarray, np.ndarray | None] | str:
-    """(mask, clean) of ``name`` when identical across datasets, else the reason it is not like-for-like."""
+    """(requested mask, clean) of ``name`` when identical across datasets, else the reason it is not
+    like-for-like."""
     mask, mask_from = None, None
     clean, clean_from = None, None
     for label, root in roots.items():
-        m = _read_mask(root / "masks" / f"{name}.png")
+        m = _requested_mask(root, name)
         if mask is None:
             mask, mask_from = m, label
         elif m.shape != mask.shape or not np.array_equal(m, mask):
