@@ -184,3 +184,35 @@ def test_inspection_summary_by_hand():
     assert s["visible_fraction_requested"]["median"] == pytest.approx(0.7)
     assert s["placement_rejected_positions"] == 2 and s["placement_clean_retries"] == 1
     assert s["fabric_matched"] == 1 and s["placed"] == 2
+
+
+def test_copy_paste_lands_the_reference_exactly_as_place_on_fabric_placed_its_mask():
+    """For every flip/turn the placement draws (scale 1), the pasted signal equals the reference's own
+    defect pixels minus its flat background, moved by `Placement.transform`: the two code paths agree."""
+    from types import SimpleNamespace
+
+    from defectfill.data.placement import place_on_fabric
+    from defectfill.generators import PlacedMask
+    from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
+
+    h, w = 64, 256
+    image, mask = np.full((h, w), 128, np.uint8), np.zeros((h, w), bool)
+    mask[10:22, 100:104] = True
+    mask[18:22, 104:112] = True
+    ys, xs = np.nonzero(mask)
+    image[ys, xs] = (20 + 2 * np.arange(len(ys))) % 100
+    ref = SimpleNamespace(id="r", defect_type="bar", image=np.repeat(image[..., None], 3, axis=2), mask=mask)
+    gen = CopyPasteGenerator(CopyPasteConfig(data_dir="unused"))
+    turns = set()
+    for seed in range(40):
+        placed = place_on_fabric([mask], h, w, np.random.default_rng(seed), scale_range=(1, 1))
+        turns.add(placed.k)
+        clean = np.full((h, w), 150, np.uint8)
+        result, _ = gen.synthesize(clean, placed.mask, 0, "bar", PlacedMask(ref, placed))
+        expected = clean.astype(int)
+        (y, x), (th, tw) = placed.origin, placed.size
+        signal = placed.transform(image[10:22, 100:112].astype(np.float32) - 128, interpolation=0)
+        own = placed.mask[y:y + th, x:x + tw]
+        expected[y:y + th, x:x + tw][own] += np.rint(signal[own]).astype(int)
+        np.testing.assert_array_equal(result, expected)
+    assert turns == {0, 1, 2, 3}
