@@ -29,7 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="the benchmark profile whose run folder holds the splits and samples")
+    p.add_argument("--config", required=True,
+                   help="the benchmark profile whose run folder holds the splits and samples")
     p.add_argument("--generator", default="copy_paste")
     p.add_argument("--count", type=int, default=None, help="synthetic samples per cell (default: the largest count)")
     p.add_argument("--fractions", type=float, nargs="*", default=[0.15, 0.5])
@@ -83,8 +84,8 @@ def main(args) -> int:
     for seed in cfg.seeds:
         for f in args.fractions:
             if ctx is not None and f != own:
-                print(f"seed {seed} fraction {f:g}: val pixel AP {run_cell(ctx, seed, args.generator, count, f, cache):.4f}",
-                      file=sys.stderr, flush=True)
+                ap = run_cell(ctx, seed, args.generator, count, f, cache)
+                print(f"seed {seed} fraction {f:g}: val pixel AP {ap:.4f}", file=sys.stderr, flush=True)
     table: dict[str, dict] = {}
     for f in sorted({own, *args.fractions, *(json.loads(p.read_text())["synthetic_fraction"]
                                             for p in cache.glob(f"{args.generator}-n{count}-*.json"))}):
@@ -100,7 +101,8 @@ def main(args) -> int:
                 deltas[seed] = ap - real
         if deltas:
             v = np.array(list(deltas.values()))
-            table[f"{f:g}"] = {"synthetic_fraction": f, "seeds": sorted(deltas), "delta_val_pixel_ap_mean": float(v.mean()),
+            table[f"{f:g}"] = {"synthetic_fraction": f, "seeds": sorted(deltas),
+                               "delta_val_pixel_ap_mean": float(v.mean()),
                                "delta_val_pixel_ap_std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
                                "per_seed": {str(k): d for k, d in deltas.items()}}
     full = {k: r for k, r in table.items() if len(r["seeds"]) == len(cfg.seeds)}

@@ -207,8 +207,9 @@ class SlotPlanner:
         from defectfill.data.datasets import _read_manifest
 
         fabrics = dict(self.reference.fabric_types)
+        read = (Path(self.reference.root) / "manifest.csv").resolve()
         for manifest in (Path(self.cfg.clean_dir) / "manifest.csv", Path(self.cfg.clean_dir).parent / "manifest.csv"):
-            if manifest.is_file():
+            if manifest.is_file() and manifest.resolve() != read:  # the reference manifest is already read
                 rows = _read_manifest(manifest)
                 fabrics.update({i: r["fabric_type"] for i, r in rows.items() if r.get("fabric_type")})
         return fabrics

@@ -43,7 +43,8 @@ class Generator(ABC):
 
     `clean` is uint8 HxW (grayscale) or HxWx3, `mask` bool HxW and non-empty; the result has the
     clean image's shape and dtype. `placement` (a `PlacedMask`, or None for a user's mask) says
-    which reference defect an auto mask was taken from; generators may ignore it. Generators with `preserves_background = True` leave every
+    which reference defect an auto mask was taken from; generators may ignore it. Generators with
+    `preserves_background = True` leave every
     pixel farther than `dilation` from the mask bit-identical to `clean`.
     """
 

@@ -217,9 +217,8 @@ def poisson_blend(clean: np.ndarray, pasted: np.ndarray, mask: np.ndarray) -> np
 
 
 def reference_pixels(sample: ReferenceSample, grayscale: bool) -> np.ndarray:
-    """The reference image as float32, HxW (luminance) for grayscale targets, else HxWx3 RGB."""
-    image = cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY) if grayscale else sample.image
-    return image.astype(np.float32)
+    """The reference image as uint8, HxW (luminance) for grayscale targets, else HxWx3 RGB."""
+    return cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY) if grayscale else sample.image
 
 
 # ---- the generator ----
@@ -297,13 +296,14 @@ class CopyPasteGenerator(Generator):
               surround: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """The target `window` (at `where` = y0, x0, h, w in the clean image) with the reference defect
         placed by `fit` blended in; `surround` = the full (clean, mask) for the alpha mean shift."""
-        source = reference_pixels(ref, grayscale=window.ndim == 2)
+        pixels = reference_pixels(ref, grayscale=window.ndim == 2)
         if self.cfg.blend == "contrast":
-            signal = defect_signal(np.rint(source).astype(np.uint8), ref.mask, self.cfg.signal_grow)
+            signal = defect_signal(pixels, ref.mask, self.cfg.signal_grow)
             placed = warp_fit(signal, ref_box, fit, where, border=cv2.BORDER_CONSTANT)
             keep = window_mask if window.ndim == 2 else window_mask[..., None]
             out = np.clip(np.rint(window.astype(np.float32) + placed), 0, 255).astype(np.uint8)
             return np.where(keep, out, window)
+        source = pixels.astype(np.float32)
         p = POISSON_PAD  # the patch is cut with p px of extra reference context on every side
         wy, wx, wh, ww = where
         pasted = warp_fit(source, ref_box, fit, (wy - p, wx - p, wh + 2 * p, ww + 2 * p))

@@ -148,13 +148,18 @@ def _kind(spec: dict) -> str:
     return spec.get("kind", spec["name"])
 
 
+def _counts(spec: dict, counts) -> list[int]:
+    """A generator's synthetic counts: its own ``counts`` or the grid's ``synthetic_counts``, sorted."""
+    return sorted({int(c) for c in spec.get("counts", counts)})
+
+
 def plan(cfg: BenchmarkConfig) -> list[Unit]:
     """Every unit and its cells, in run order (seed-major)."""
     counts = sorted({int(c) for c in cfg.synthetic_counts})
     units = []
     for seed in cfg.seeds:
         for spec in cfg.generators:
-            ns = [0] if _kind(spec) == REAL_ONLY else sorted({int(c) for c in spec.get("counts", counts)})
+            ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
             cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks for n in ns]
             if cfg.label_noise and "rtdetr" in cfg.tasks and \
                     spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
@@ -166,7 +171,7 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
             tasks = [t for t in cfg.leave_out.get("tasks", cfg.tasks) if t in cfg.tasks]
             for spec in cfg.generators:
                 if spec["name"] in cfg.leave_out.get("generators", [spec["name"]]):
-                    ns = [0] if _kind(spec) == REAL_ONLY else sorted({int(c) for c in spec.get("counts", counts)})
+                    ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
                     cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
                     units.append(Unit(seed, data, spec, cells))
     return units
@@ -432,7 +437,7 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path) ->
     shutil.rmtree(gen_dir, ignore_errors=True)
     job = {"kind": "generator", "spec": unit.spec, "model": model, "train_dir": str(train_dir),
            "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
-           "count": max(int(c) for c in unit.spec.get("counts", ctx.cfg.synthetic_counts)),
+           "count": max(_counts(unit.spec, ctx.cfg.synthetic_counts)),
            "generate": ctx.cfg.generate}
     run = run_job(job, unit_dir / "generator_job")
     if _kind(unit.spec) == "defectfill":

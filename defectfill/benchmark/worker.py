@@ -98,7 +98,8 @@ def generator_job(job: dict) -> dict:
                             job["count"], job["seed"])
     t2 = time.perf_counter()
     return {"checkpoint": str(ckpt), "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
-            "rejected_samples": summary.get("rejected"), "inspection": summary.get("inspection"), "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
+            "rejected_samples": summary.get("rejected"), "inspection": summary.get("inspection"),
+            "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
             "fit_generate_seconds": t2 - t0}
 
 

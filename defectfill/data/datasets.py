@@ -46,10 +46,6 @@ class ReferenceDataset:
     grayscale: bool  # all source images were single-channel
     fabric_types: dict[str, str] = field(default_factory=dict)  # id (defect or good) -> manifest fabric_type
 
-    def fabric_of(self, path_or_id: str | Path) -> str | None:
-        """The manifest's fabric type of an image (by id or file path stem), None when unknown."""
-        return self.fabric_types.get(Path(path_or_id).stem)
-
     @property
     def defect_types(self) -> list[str]:
         return sorted({s.defect_type for s in self.samples})

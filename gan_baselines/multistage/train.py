@@ -18,7 +18,6 @@ trains both stages jointly from the start, `stage1_steps: N` gives N stage-1-onl
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,21 +76,6 @@ class MultistageConfig(GANTrainConfig):
                               f"choose from {', '.join(relus)}")
 
 
-def read_fabric_types(root: Path) -> dict[str, str]:
-    """id → fabric_type from `manifest.csv` (empty when there is no such column)."""
-    path = root / "manifest.csv"
-    if not path.is_file():
-        return {}
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if "fabric_type" not in (reader.fieldnames or []):
-                return {}
-            return {row["id"]: row["fabric_type"] for row in reader if row.get("fabric_type")}
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read manifest ({exc})".splitlines()[0]) from exc
-
-
 class StylePatchSampler:
     """Defect-free crops for the texture condition, one per defect crop of a batch, drawn from
     the defect's fabric when known (else from all of `good/`); stateless by step."""
@@ -102,7 +86,7 @@ class StylePatchSampler:
         if not dataset.good_paths:
             raise DataError(f"{dataset.root / 'good'}: no defect-free images; the Multistage GAN takes its "
                             "texture condition from them")
-        fabric = read_fabric_types(dataset.root) if pair_by_fabric else {}
+        fabric = dataset.fabric_types if pair_by_fabric else {}  # the manifest's fabric_type column
         groups: dict[str, list[Path]] = {}
         for path in dataset.good_paths:
             if path.stem in fabric:
