@@ -167,6 +167,19 @@ class Backbone(nn.Module):
         return self.net.classifier(self.pooled(x))
 
 
+def load_pretrained_into(module: nn.Module, weights: str | Path | None = None) -> nn.Module:
+    """Copy the ImageNet weights into a timm ``tf_efficientnet_lite0`` or its ``features_only`` form
+    (as segmentation-models-pytorch's ``tu-`` encoder holds it); ModelError if a tensor is missing."""
+    state = _pretrained_state(str(Path(weights) if weights else weights_path()))
+    target = module.state_dict()
+    missing = [k for k in target if k not in state or state[k].shape != target[k].shape]
+    if missing:
+        raise ModelError(f"EfficientNet-Lite0 weights do not cover {len(missing)} tensor(s) of "
+                         f"{type(module).__name__} (first: {missing[0]})")
+    module.load_state_dict({k: state[k].clone() for k in target})
+    return module
+
+
 def load_backbone(pretrained: bool = True, levels: tuple[int, ...] = (0, 1, 2, 3, 4), frozen: bool = True,
                   device: str | torch.device = "cpu", seed: int = RANDOM_SEED) -> Backbone:
     """A :class:`Backbone` on ``device`` (pretrained unless asked otherwise)."""

@@ -13,11 +13,11 @@ from PIL import Image
 
 from defectfill.benchmark.runner import BenchmarkConfig, _claim, benchmark_main, plan, run_benchmark
 from defectfill.config import load_config
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "benchmark" / "aitex_quick.yaml"
-SEG = {"steps": 6, "size": 64, "crop": 64, "batch_size": 4, "base_channels": 8, "depth": 3, "log_every": 3}
+SEG = {"steps": 6, "size": 64, "crop": 64, "batch_size": 4, "log_every": 3}
 GENERATORS = [{"name": "real_only", "kind": "real_only"},
               {"name": "copy_paste", "kind": "copy_paste", "fit": {}},
               {"name": "defectfill", "kind": "defectfill", "fit": {"max_steps": 2}},
@@ -183,6 +183,51 @@ def test_config_errors():
         load_config(BenchmarkConfig, PROFILE, seeds=[0, 1])
     with pytest.raises(ConfigError, match="not in generators"):
         load_config(BenchmarkConfig, PROFILE, leave_out={"defect_type": "x", "generators": ["nope"]})
+
+
+def _ids_of(folder: Path, sub: str) -> set[str]:
+    return {p.stem for p in (folder / sub).iterdir()} if (folder / sub).is_dir() else set()
+
+
+@pytest.mark.parametrize("separate_eval", [False, True])
+def test_new_fabric_protocol_never_trains_on_the_target_fabrics_defects(tmp_path, separate_eval):
+    from defectfill.data import make_woven_dataset
+
+    data = make_woven_dataset(tmp_path / "data", n_defect=6, n_good=4, height=64, width=256, seed=0, fabrics=2)
+    eval_data = make_woven_dataset(tmp_path / "eval", n_defect=4, n_good=2, height=64, width=256, seed=5,
+                                   fabrics=2) if separate_eval else None
+    fabric = {r["id"]: r["fabric_type"] for r in csv.DictReader((data / "manifest.csv").open())}
+    cfg = load_config(BenchmarkConfig, PROFILE, data_dir=str(data), eval_data=str(eval_data) if eval_data else None,
+                      output_dir=str(tmp_path / "out"), max_images=None, tasks=["segmenter"],
+                      segmenter={**SEG, "steps": 2}, synthetic_counts=[2], leave_out=None, label_noise=None,
+                      generators=[{"name": "real_only", "kind": "real_only"},
+                                  {"name": "copy_paste", "kind": "copy_paste", "fit": {}}],
+                      new_fabric={"targets": ["woven_00"]})
+    report = run_benchmark(cfg)
+    out = tmp_path / "out"
+    assert report["run"]["cells_failed"] == 0
+    assert {c.name for u in plan(cfg) for c in u.cells} >= {"segmenter-new_woven_00-copy_paste-n2-s1",
+                                                           "segmenter-new_woven_00-real_only-n0-s2"}
+    base = out / "work" / "s0" / "new_woven_00"
+    trained = _ids_of(base / "pool", "images")
+    assert trained and all(fabric[i] != "woven_00" for i in trained)  # no target defect image trains
+    assert {fabric[i] for i in _ids_of(base / "pool", "good")} == {"woven_00", "woven_01"}
+    sources = {json.loads(p.read_text())["source_image"]
+               for p in (base / "copy_paste" / "gen" / "sidecars").glob("*.json")}
+    assert sources and all(fabric[Path(s).stem] == "woven_00" for s in sources)  # synthesised onto the target
+    cell = _cell(out, "segmenter-new_woven_00-copy_paste-n2-s0")
+    src = eval_data or data
+    src_fabric = {r["id"]: r["fabric_type"] for r in csv.DictReader((src / "manifest.csv").open())}
+    expected = {i for i in _ids_of(src, "images") if src_fabric[i] == "woven_00"}
+    assert cell["eval_source"]["kind"] == "new_fabric" and set(cell["eval_source"]["eval_ids"]) == expected
+    assert cell["metrics"]["images"] == len(expected) and "pixel_ap_macro" in cell["metrics"]
+    md = (out / "results.md").read_text()
+    assert "## New fabric `woven_00`" in md and "/3 > 0)" in md
+    with pytest.raises(DataError, match="no defect image of new_fabric target 'woven_09'"):
+        run_benchmark(load_config(BenchmarkConfig, PROFILE, **{**{k: getattr(cfg, k) for k in (
+            "data_dir", "eval_data", "tasks", "segmenter", "synthetic_counts", "generators")},
+            "output_dir": str(tmp_path / "out2"), "max_images": None, "leave_out": None, "label_noise": None,
+            "new_fabric": {"targets": ["woven_09"]}}))
 
 
 def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):

@@ -1,6 +1,7 @@
 """Downstream segmenter: hand-computed metrics, tiling, sampling, learning, determinism, persistence."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ from defectfill.downstream import (
     SourceImage,
     TileSet,
     UNet,
+    ap_by_group,
     auroc,
     average_precision,
     best_f1,
+    build_model,
     eval_tiles_for,
     evaluate_segmenter,
     f1_at,
@@ -27,6 +30,7 @@ from defectfill.downstream import (
     tile_positions,
     train_segmenter,
 )
+from defectfill.downstream.tiles import fabric_regions
 from defectfill.errors import ConfigError, DataError
 
 T = torch.tensor
@@ -135,6 +139,52 @@ def test_evaluate_by_hand_on_two_tiny_images():
     assert out["tile_auroc"] == pytest.approx(7 / 8)
     assert (out["tiles"], out["positive_tiles"], out["pixels"], out["positive_pixels"]) == (6, 2, 20, 3)
     assert out["pixel_positive_rate"] == pytest.approx(0.15)
+
+
+def _hand_images():
+    p = lambda v: np.round(np.array(v) * 255).astype(np.uint8)  # noqa: E731
+    a = p([[0.9, 0.8, 0.7, 0.6, 0.5], [0.4, 0.3, 0.2, 0.1, 0.0]])
+    mask_a = np.zeros((2, 5), bool)
+    mask_a[0, 0] = mask_a[0, 2] = mask_a[1, 0] = True
+    b = p(np.full((2, 5), 0.05))
+    b[1, 4] = p(0.75)
+    return [SourceImage("a", a, mask_a, "a"), SourceImage("b", b, np.zeros((2, 5), bool), "b", "good")]
+
+
+def test_evaluation_region_drops_off_region_negatives_and_keeps_all_pixel_figures():
+    images = _hand_images()
+    region_a = np.ones((2, 5), bool)
+    region_a[0, 1] = False  # the .8 negative is off fabric
+    region_b = np.ones((2, 5), bool)
+    region_b[1, 4] = False  # so is the .75 negative
+    out = evaluate_segmenter(ValueModel(), EvalTiles(images, tile=2, regions=[region_a, region_b]))
+    # counted: .9P .7P .6N .5N .4P ...: AP = (1 + 1 + 3/5) / 3
+    assert out["pixel_region"] == "fabric" and out["pixel_ap"] == pytest.approx(2.6 / 3, abs=1e-6)
+    assert out["pixels"] == 18 and out["all_pixels"]["pixels"] == 20
+    assert out["all_pixels"]["pixel_ap"] == pytest.approx(9 / 14, abs=1e-6)
+    # tiles score their counted pixels only: b's last tile scores .05 instead of .75 (7/8 over all pixels)
+    assert out["tiles"] == 6 and out["tile_auroc"] == pytest.approx(1.0)
+
+
+def test_per_type_ap_by_hand():
+    per = ap_by_group({"x": torch.tensor([0.9, 0.4]), "y": torch.tensor([0.7]), "z": torch.tensor([])},
+                      torch.tensor([0.8, 0.5, 0.1]))
+    # x: .9P .8N .5N .4P -> (1 + 2/4) / 2; y: .8N .7P -> 1/2; z has no pixels and is left out
+    assert per["by_group"]["x"]["ap"] == pytest.approx(0.75) and per["by_group"]["y"]["ap"] == pytest.approx(0.5)
+    assert set(per["by_group"]) == {"x", "y"} and per["macro"] == pytest.approx(0.625)
+    out = evaluate_segmenter(ValueModel(), EvalTiles(_hand_images(), tile=2), groups=["x", "good"])
+    assert out["pixel_ap_by_type"]["x"]["ap"] == pytest.approx(9 / 14, abs=1e-6) == out["pixel_ap_macro"]
+
+
+def test_fabric_regions_leave_out_white_border_but_keep_defects():
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 140, size=(64, 96)).astype(np.uint8)
+    img[:, 70:] = 255  # off-fabric white border
+    mask = np.zeros((64, 96), bool)
+    mask[30:34, 75:80] = True  # an annotated defect reaching into the border
+    region = fabric_regions([SourceImage("w", img, mask, "w")])[0]
+    assert region[:, :70].all() and region[mask].all()
+    assert not region[:, 70:][~mask[:, 70:]].any()
 
 
 # ----------------------------------------------------------------------------- training tiles
@@ -254,11 +304,11 @@ def test_images_from_synthetic_reads_accepted_samples(tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
-TINY = dict(base_channels=4, depth=2, crop=32, size=32, batch_size=4, steps=6, log_every=3)
+TINY = dict(arch="unet", base_channels=4, depth=2, crop=32, size=32, batch_size=4, steps=6, log_every=3)
 
 
 def test_segmenter_learns_a_toy_problem():
-    cfg = SegmenterConfig(base_channels=8, depth=2, crop=32, size=32, steps=150, lr=3e-3, log_every=50)
+    cfg = SegmenterConfig(arch="unet", base_channels=8, depth=2, crop=32, size=32, steps=150, lr=3e-3, log_every=50)
     test_tiles = eval_tiles_for(cfg, toy_images(6, 1))
     model, log = train_segmenter(cfg, toy_images(12, 0), val_tiles=toy_images(4, 2))
     out = evaluate_segmenter(model, test_tiles)
@@ -291,6 +341,29 @@ def test_same_seed_same_weights_and_save_load_round_trip(tmp_path):
     assert cfg2 == cfg and not loaded.training
     x = torch.rand(3, 1, 32, 48)
     assert torch.equal(predict_probabilities(m1.eval(), x), predict_probabilities(loaded, x))
+
+
+def test_pretrained_segmenter_keeps_frozen_imagenet_encoder_and_round_trips(tmp_path):
+    from defectfill.backbones import efficientnet_lite0
+
+    images = toy_images(6, 0)
+    cfg = SegmenterConfig(crop=32, size=32, batch_size=2, steps=3, log_every=3, seed=0)
+    assert cfg.arch == "unet_lite0" and cfg.encoder_weights == "imagenet" and cfg.trainable_stages == 0
+    model, _ = train_segmenter(cfg, images)
+    imagenet = efficientnet_lite0().state_dict()
+    encoder = model.net.encoder.model.state_dict()
+    assert all(torch.equal(v, imagenet[k]) for k, v in encoder.items())  # weights and BN statistics
+    untrained = build_model(cfg)
+    assert not torch.equal(untrained.net.segmentation_head[0].weight, model.net.segmentation_head[0].weight)
+    folder = save_segmenter(model, cfg, tmp_path / "seg")
+    loaded, _ = load_segmenter(folder)
+    x = torch.rand(2, 1, 32, 40)
+    assert torch.equal(predict_probabilities(model, x), predict_probabilities(loaded, x))
+
+    partly, _ = train_segmenter(SegmenterConfig(**{**asdict(cfg), "trainable_stages": 1}), images)
+    blocks = partly.net.encoder.model.blocks
+    assert torch.equal(blocks[5][0].conv_pw.weight, imagenet["blocks.5.0.conv_pw.weight"])
+    assert not torch.equal(blocks[6][0].conv_pw.weight, imagenet["blocks.6.0.conv_pw.weight"])
 
 
 def test_config_checks():

@@ -20,7 +20,8 @@ from defectfill.runinfo import atomic_write_text
 REAL_ONLY = "real_only"
 MAIN = "main"
 TASK_METRICS = {
-    "segmenter": ("pixel_ap", "pixel_f1@threshold", "pixel_f1@0.5", "tile_auroc", "tile_recall@threshold"),
+    "segmenter": ("pixel_ap", "pixel_ap_macro", "pixel_ap_all_pixels", "tile_auroc", "pixel_f1@threshold",
+                  "pixel_f1@0.5", "tile_recall@threshold"),
     "rtdetr": ("map50", "map50_95", "precision", "recall", "f1"),
 }
 HEADLINE = {"segmenter": "pixel_ap", "rtdetr": "map50"}
@@ -74,8 +75,14 @@ def sidecar_fallbacks(cells: list[dict]) -> dict:
     return out
 
 
+ALL_PIXELS = "_all_pixels"  # suffix: the same metric over every pixel (not only fabric)
+
+
 def _metric(cell: dict, name: str, evaluation: str = "all"):
     ev = (cell.get("evaluations") or {}).get(evaluation) or {}
+    if name.endswith(ALL_PIXELS):
+        ev = ev.get("all_pixels") or (ev if ev.get("pixel_region", "all") == "all" else {})
+        name = name[:-len(ALL_PIXELS)]
     value = ev.get(name)
     return value if isinstance(value, (int, float)) else None
 
@@ -122,10 +129,11 @@ def generator_rows(cells: list[dict]) -> list[dict]:
                "fit_generate_seconds": mean_std([r.get("fit_generate_seconds") for r in rs]),
                "peak_rss_mib": mean_std([r["peak_rss_kib"] / 1024 for r in rs if r.get("peak_rss_kib")]),
                "generated_samples": mean_std([r.get("generated_samples") for r in rs])}
-        for key in ("fid", "kid_mean", "ic_lpips"):
+        for key in ("frechet_distance", "kid_mean", "ic_lpips"):  # "FID" only when the features are standard
             row[key] = mean_std([g.get(key) for g in gm])
         described = next((g for g in gm if g.get("extractor") or g.get("lpips")), {})
         row["extractor"], row["standard"] = described.get("extractor"), described.get("standard")
+        row["frechet_name"], row["kid_name"] = described.get("frechet_name"), described.get("kid_name")
         row["lpips"] = described.get("lpips")
         row["metric_errors"] = sorted({g["error"] for g in gm if g.get("error")} |
                                       {g["skipped"] for g in gm if g.get("skipped")})
@@ -198,6 +206,22 @@ def label_fill(out: Path) -> dict | None:
             masks.append(binarize_mask(im))
     return {"pool": str(pools[0].parent), "tile": tile, "one_box_per_component": box_fill_stats(masks, tile),
             f"split_long{float(split):g}": box_fill_stats(masks, tile, float(split))}
+
+
+def per_type_ap(cells: list[dict], setting: str = MAIN) -> dict:
+    """generator → defect type → mean pixel AP over seeds (segmenter, ``setting``, largest count)."""
+    best: dict[str, int] = {}
+    for c in cells:
+        if c["task"] == "segmenter" and c["setting"] == setting:
+            best[c["generator"]] = max(best.get(c["generator"], 0), c["count"])
+    out: dict[str, dict[str, list]] = {}
+    for c in cells:
+        if c["task"] != "segmenter" or c["setting"] != setting or c["count"] != best[c["generator"]]:
+            continue
+        by = ((c.get("evaluations") or {}).get("all") or {}).get("pixel_ap_by_type") or {}
+        for t, v in by.items():
+            out.setdefault(c["generator"], {}).setdefault(t, []).append(v["ap"])
+    return {g: {t: float(np.mean(v)) for t, v in types.items()} for g, types in out.items()}
 
 
 def per_type_recall(cells: list[dict]) -> dict:
@@ -295,6 +319,15 @@ def _fmt(d: dict | None, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
+def _per_seed(delta: dict) -> str:
+    """Paired deltas per seed and how many are positive, e.g. ``+0.012, -0.003 (1/2 > 0)``."""
+    per = delta.get("per_seed") or {}
+    if not per:
+        return "–"
+    vals = [per[k] for k in sorted(per, key=int)]
+    return ", ".join(f"{v:+.3f}" for v in vals) + f" ({sum(v > 0 for v in vals)}/{len(vals)} > 0)"
+
+
 def _table(rows: list[dict], task: str, setting: str) -> list[str]:
     rows = [r for r in rows if r["task"] == task and r["setting"] == setting]
     if not rows:
@@ -302,11 +335,24 @@ def _table(rows: list[dict], task: str, setting: str) -> list[str]:
     metrics = TASK_METRICS[task]
     head = metrics[:4]
     lines = ["| generator | count | seeds | " + " | ".join(head) + " | " + " | ".join(f"Δ {m}" for m in head[:2])
-             + " | steps |", "|" + "---|" * (len(head) + 6)]
+             + f" | Δ {head[0]} per seed | steps |", "|" + "---|" * (len(head) + 7)]
     for r in rows:
         lines.append(f"| {r['generator']} | {r['count']} | {len(r['seeds'])} | "
                      + " | ".join(_fmt(r[m]) for m in head) + " | "
-                     + " | ".join(_fmt(r[f"delta_{m}"]) for m in head[:2]) + f" | {r['steps']} |")
+                     + " | ".join(_fmt(r[f"delta_{m}"]) for m in head[:2])
+                     + f" | {_per_seed(r[f'delta_{head[0]}']) if r['generator'] != REAL_ONLY else '–'} | {r['steps']} |")
+    return lines
+
+
+def _type_table(by_generator: dict) -> list[str]:
+    types = sorted({t for v in by_generator.values() for t in v})
+    if not types:
+        return []
+    gens = sorted(by_generator, key=lambda g: (g != REAL_ONLY, g))
+    lines = ["| generator | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 1)]
+    for g in gens:
+        lines.append(f"| {g} | " + " | ".join(f"{by_generator[g][t]:.3f}" if t in by_generator[g] else "–"
+                                              for t in types) + " |")
     return lines
 
 
@@ -326,6 +372,8 @@ def write_report(output_dir: str | Path) -> dict:
         leave_out[s] = {task: {m: paired_settings(cells, task, MAIN, s, m, f"type_{t}")
                                for m in (RECALL[task], HEADLINE[task])} for task in TASK_METRICS}
     recall = per_type_recall(cells)
+    new_fabric = [s for s in settings if s.startswith("new_")]
+    type_ap = {s: per_type_ap(cells, s) for s in [MAIN, *new_fabric]}
     fill = label_fill(out)
     eval_kinds = {json.dumps({k: v for k, v in c["eval_source"].items() if k != "eval_ids"}, sort_keys=True)
                   for c in cells}
@@ -341,7 +389,7 @@ def write_report(output_dir: str | Path) -> dict:
     report = {"cells": {c["cell"]: {k: c[k] for k in ("task", "setting", "generator", "count", "seed")}
                         | {"metrics": {m: _metric(c, m) for m in TASK_METRICS[c["task"]]}} for c in cells},
               "rows": rows, "generators": gens, "label_noise": label_noise, "label_fill": fill,
-              "leave_out": leave_out,
+              "leave_out": leave_out, "new_fabric": new_fabric, "pixel_ap_per_type": type_ap,
               "recall_per_type": recall, "errors": [{k: e.get(k) for k in ("cell", "error")} for e in errors],
               "eval_source": [json.loads(e) for e in sorted(eval_kinds)], "fallbacks": sidecar_fallbacks(cells),
               "rtdetr_max_map50": max_map50, "std": "sample std over seeds (ddof=1)",
@@ -366,8 +414,25 @@ def _markdown(report: dict) -> list[str]:
     if report["errors"]:
         lines += [f"**{len(report['errors'])} cell(s) failed** (rerun the command to retry them):", ""]
         lines += [f"- `{e['cell']}`: {str(e['error']).splitlines()[0][:200]}" for e in report["errors"]] + [""]
-    lines += ["## Segmenter (pixel AP, F1 at the val-chosen threshold, tile AUROC)", ""]
+    lines += ["## Segmenter (pixel AP on fabric, macro per-type AP, pixel AP over all pixels, tile AUROC)", "",
+              "Pixel metrics count fabric and defect pixels (off-fabric background left out); "
+              "`pixel_ap_all_pixels` is the same over every pixel. `pixel_ap_macro` = mean over defect types of "
+              "the AP of that type's pixels against all negatives, so one type cannot decide the ranking.", ""]
     lines += _table(rows, "segmenter", MAIN) or ["(no segmenter cells)"]
+    if report["pixel_ap_per_type"].get(MAIN):
+        lines += ["", "Pixel AP per defect type (largest count per generator, mean over seeds):", ""]
+        lines += _type_table(report["pixel_ap_per_type"][MAIN])
+    for setting in report.get("new_fabric", []):
+        target = setting[len("new_"):]
+        lines += ["", f"## New fabric `{target}` (leave-one-fabric-out)", "",
+                  f"None of `{target}`'s defect images is used for training or fitting; its clean images are. "
+                  f"Real-only trains on the other fabrics' defects plus `{target}`'s clean images; generators fit on "
+                  f"the other fabrics and synthesise onto `{target}`'s clean images. Evaluated on `{target}`'s real "
+                  "defect images only.", ""]
+        for task in TASK_METRICS:
+            lines += _table(rows, task, setting)
+        if report["pixel_ap_per_type"].get(setting):
+            lines += ["", "Pixel AP per defect type:", ""] + _type_table(report["pixel_ap_per_type"][setting])
     lines += ["", "## RT-DETR (mAP50, mAP50-95, precision and recall at IoU 0.5)", ""]
     lines += _table(rows, "rtdetr", MAIN) or ["(no RT-DETR cells)"]
     m = report["rtdetr_max_map50"]
@@ -376,22 +441,29 @@ def _markdown(report: dict) -> list[str]:
                   "trained from scratch on this little data with this budget it does not learn the defects, so its "
                   "rows cannot rank the generators; read the segmenter's numbers above. The GPU profile "
                   "(configs/benchmark/aitex_gpu.yaml) fine-tunes from local rtdetr-l.pt weights."]
+    # column titles name the features ("FID"/"KID" only for the standard TF-FID Inception)
+    fd_names = {g.get("frechet_name") for g in report["generators"] if g.get("frechet_name")}
+    kid_names = {g.get("kid_name") for g in report["generators"] if g.get("kid_name")}
+    fd_title = fd_names.pop() if len(fd_names) == 1 else "Fréchet distance (features: see notes)"
+    kid_title = kid_names.pop() if len(kid_names) == 1 else "KID (features: see notes)"
     lines += ["", "## Generators: cost and generation metrics (main training data)", "",
-              "| generator | seeds | samples | fit s | generate s | peak RSS MiB | FID | KID | IC-LPIPS (mask) |",
+              f"| generator | seeds | samples | fit s | generate s | peak RSS MiB | {fd_title} | {kid_title} | "
+              "IC-LPIPS (mask) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for g in report["generators"]:
         lines.append(f"| {g['generator']} | {len(g['seeds'])} | {_fmt(g['generated_samples'], 0)} | "
                      f"{_fmt(g['fit_seconds'], 1)} | {_fmt(g['generate_seconds'], 1)} | {_fmt(g['peak_rss_mib'], 0)} | "
-                     f"{_fmt(g['fid'], 2)} | {_fmt(g['kid_mean'], 4)} | {_fmt(g['ic_lpips'], 4)} |")
+                     f"{_fmt(g['frechet_distance'], 2)} | {_fmt(g['kid_mean'], 4)} | {_fmt(g['ic_lpips'], 4)} |")
     lines += ["", "Time and memory: fit + generate in a child process per generator and seed; peak RSS is that "
-              "process's `ru_maxrss` (os.wait4). FID/KID: defect-centred crops of the generated samples vs the "
-              "real training defects; IC-LPIPS inside the masks."]
+              "process's `ru_maxrss` (os.wait4). Fréchet distance / KID: defect-centred crops of the generated "
+              "samples vs the real training defects; IC-LPIPS inside the masks."]
     for g in report["generators"]:
         notes = []
         if g["extractor"]:
-            caveat = "" if g["standard"] or "NOT" in g["extractor"] else \
+            caveat = "" if g["standard"] or "not" in g["extractor"].lower() else \
                 " (not the standard Inception network: not comparable with published FID/KID)"
-            notes.append(f"FID/KID features: {g['extractor']}{caveat}")
+            names = f"{g.get('frechet_name') or 'Fréchet distance'} / {g.get('kid_name') or 'KID'}"
+            notes.append(f"{names}: {g['extractor']}{caveat}")
         if g["lpips"]:
             notes.append(f"IC-LPIPS: {g['lpips']}")
         if g["metric_errors"]:

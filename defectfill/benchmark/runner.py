@@ -44,6 +44,7 @@ from defectfill.errors import ConfigError, DataError, one_line_errors
 from defectfill.runinfo import atomic_write_text, package_versions
 
 REAL_ONLY = "real_only"
+NEW_FABRIC = "new_"  # setting prefix of the new-fabric protocol: new_<fabric type>
 KINDS = ("real_only", "defectfill", "copy_paste", "multistage", "dgt")
 TASKS = ("segmenter", "rtdetr")
 MAIN = "main"
@@ -70,6 +71,8 @@ class BenchmarkConfig:
     metrics: dict = field(default_factory=dict)  # generation_metrics keywords (crop, features, ...)
     label_noise: dict | None = None  # {split_long: 4.0, generators: [real_only, ...]} (RT-DETR only)
     leave_out: dict | None = None  # {defect_type: nep, generators: [...], tasks: [...]}
+    # new-fabric protocol: {targets: [fabric_02, ...], generators: [...], tasks: [...]} (see NEW_FABRIC)
+    new_fabric: dict | None = None
     gallery_rows: int = 6
     model: str = "runs/tiny-sd2-inpainting"  # base model for defectfill; the tiny one is made if missing
     base_model_note: str = ""  # what the DefectFill row's base model is (shown in the report)
@@ -112,6 +115,16 @@ class BenchmarkConfig:
             raise ConfigError("label_noise.split_long must be an aspect ratio >= 1")
         if self.leave_out is not None and not self.leave_out.get("defect_type"):
             raise ConfigError("leave_out.defect_type is required")
+        if self.new_fabric is not None:
+            targets = self.new_fabric.get("targets")
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ConfigError(f"new_fabric.targets: need a list of fabric types, got {targets!r}")
+            unknown = set(self.new_fabric.get("generators", [])) - names
+            if unknown:
+                raise ConfigError(f"new_fabric.generators: {sorted(unknown)} are not in generators")
+            bad_tasks = set(self.new_fabric.get("tasks", [])) - set(self.tasks)
+            if bad_tasks:
+                raise ConfigError(f"new_fabric.tasks: {sorted(bad_tasks)} are not in tasks")
 
 
 # ----------------------------------------------------------------------------- plan
@@ -174,6 +187,15 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
                     ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
                     cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
                     units.append(Unit(seed, data, spec, cells))
+        if cfg.new_fabric:
+            tasks = [t for t in cfg.new_fabric.get("tasks", cfg.tasks) if t in cfg.tasks]
+            for target in cfg.new_fabric["targets"]:
+                data = f"{NEW_FABRIC}{target}"
+                for spec in cfg.generators:
+                    if spec["name"] in cfg.new_fabric.get("generators", [spec["name"]]):
+                        ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
+                        units.append(Unit(seed, data, spec, [Cell(t, data, spec["name"], n, seed)
+                                                             for t in tasks for n in ns]))
     return units
 
 
@@ -187,6 +209,15 @@ def _manifest_types(root: Path) -> dict[str, str]:
         return {}
     with path.open(newline="") as f:
         return {r["id"]: r.get("defect_type") or "defect" for r in csv.DictReader(f) if r.get("id")}
+
+
+def _manifest_column(root: Path, column: str) -> dict[str, str]:
+    """id → ``column`` of ``manifest.csv`` for the rows that fill it (empty without a manifest)."""
+    path = root / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {r["id"]: r[column] for r in csv.DictReader(f) if r.get("id") and r.get(column)}
 
 
 def _defect_types(root: Path) -> dict[str, str]:
@@ -299,8 +330,21 @@ class Context:
                                 f"(types: {', '.join(sorted(set(self.types.values())))})")
             if self.left_out not in set(self.eval_types.values()):
                 raise DataError(f"{self.eval_dir}: no evaluation image of leave_out.defect_type {self.left_out!r}")
-        self._eval_tiles = None
-        self._eval_det: dict[str, str] | None = None
+        self.all_defect, self.all_good = defect, good
+        self.fabrics = _manifest_column(self.data, "fabric_type")
+        self._new_eval: dict[str, tuple[Path, list[str]]] = {}
+        for target in (cfg.new_fabric or {}).get("targets", []):
+            src = Path(cfg.eval_data) if cfg.eval_data else self.data
+            src_fabrics = _manifest_column(src, "fabric_type")
+            ids = [i for i in _defect_types(src) if src_fabrics.get(i) == target]
+            if not ids:
+                raise DataError(f"{src / 'manifest.csv'}: no defect image of new_fabric target {target!r} "
+                                f"(fabric_type column; found {', '.join(sorted(set(src_fabrics.values()))) or 'none'})")
+            if not any(self.fabrics.get(g) == target for g in good):
+                raise DataError(f"{self.data}: no clean good/ image of new_fabric target {target!r} to synthesise onto")
+            self._new_eval[target] = (src, ids)
+        self._eval_tiles: dict[str, dict] = {}
+        self._eval_det: dict[str, dict[str, str]] = {}
 
     def _split(self, defect: list[str], good: list[str], fraction: float, seed: int) -> set[str]:
         """Held-out source ids, stratified by defect type (good images are one more group); a type
@@ -314,8 +358,26 @@ class Context:
             groups["good"] = list(good)
         return split_by_source(groups, fraction, seed)
 
+    @staticmethod
+    def target(data: str) -> str | None:
+        """The target fabric of a new-fabric setting (``new_<fabric>``), else None."""
+        return data[len(NEW_FABRIC):] if data.startswith(NEW_FABRIC) else None
+
     def split(self, seed: int, data: str) -> tuple[set[str], set[str]]:
-        """(train ids, val ids) of a seed, split by source; ``without_<type>`` first drops that type's images."""
+        """(train ids, val ids) of a seed, split by source; ``without_<type>`` first drops that type's images.
+
+        ``new_<fabric>`` (the new-fabric protocol): every image of ``data_dir`` except the target
+        fabric's defect images; the target's clean images all stay on the training side (they are
+        what generators synthesise onto), the rest is split as usual.
+        """
+        target = self.target(data)
+        if target is not None:
+            defect = [i for i in self.all_defect if self.fabrics.get(i) != target]
+            others = [g for g in self.all_good if self.fabrics.get(g) != target]
+            clean = {g for g in self.all_good if self.fabrics.get(g) == target}
+            val = self._split(defect, others, self.cfg.val_fraction, seed)
+            ids = set(defect) | set(others) | clean
+            return ids - val, ids & val
         defect = self.pool_defect
         if data != MAIN:
             defect = [i for i in defect if self.types.get(i) != self.left_out]
@@ -323,39 +385,68 @@ class Context:
         ids = set(defect) | set(self.pool_good)
         return ids - val, ids & val
 
-    def eval_tiles(self):
+    def target_clean(self, data: str, train_ids: set[str]) -> set[str]:
+        """The target fabric's clean image ids on the training side (new-fabric settings only)."""
+        target = self.target(data)
+        return {g for g in self.all_good if self.fabrics.get(g) == target and g in train_ids}
+
+    def eval_dir_for(self, data: str) -> Path:
+        """The evaluation folder of a setting: the target fabric's defect images for ``new_<fabric>``
+        (from ``eval_data`` when given, else all of ``data_dir``'s, none of which trains), else the
+        main evaluation folder."""
+        target = self.target(data)
+        if target is None:
+            return self.eval_dir
+        src, ids = self._new_eval[target]
+        return materialize(src, set(ids), self.out / "work" / f"eval_{data}")
+
+    def eval_source_for(self, data: str) -> dict:
+        target = self.target(data)
+        if target is None:
+            return self.eval_source
+        src, ids = self._new_eval[target]
+        return {"kind": "new_fabric", "target": target, "path": str(src), "eval_ids": sorted(ids)}
+
+    def eval_tiles(self, data: str = MAIN) -> dict:
+        """name → (EvalTiles, per-image defect type) of a setting: ``all`` and, with ``leave_out``, the
+        left-out type only."""
         from defectfill.downstream.segmenter import eval_tiles_for
         from defectfill.downstream.tiles import images_from_reference
 
-        if self._eval_tiles is None:
-            images = images_from_reference(self.eval_dir, self.seg.in_channels)
-            groups = [self.eval_types.get(im.id, "good") for im in images]
+        key = data if self.target(data) else MAIN
+        if key not in self._eval_tiles:
+            eval_dir = self.eval_dir_for(key)
+            types = _defect_types(eval_dir)
+            images = images_from_reference(eval_dir, self.seg.in_channels)
+            groups = [types.get(im.id, "good") for im in images]
             subsets = {"all": (eval_tiles_for(self.seg, images), groups)}
-            if self.left_out:
+            if self.left_out and key == MAIN:
                 keep = [im for im, g in zip(images, groups) if g == self.left_out]
                 subsets[f"type_{self.left_out}"] = (eval_tiles_for(self.seg, keep), [self.left_out] * len(keep))
-            self._eval_tiles = subsets
-        return self._eval_tiles
+            self._eval_tiles[key] = subsets
+        return self._eval_tiles[key]
 
-    def eval_detection(self) -> dict[str, str]:
-        """name → data.yaml of the evaluation detection folders (all, and the left-out type only)."""
+    def eval_detection(self, data: str = MAIN) -> dict[str, str]:
+        """name → data.yaml of the evaluation detection folders of a setting (all, and the left-out type only)."""
         from defectfill.detect.dataset import build_eval_dataset
 
-        if self._eval_det is None:
+        key = data if self.target(data) else MAIN
+        if key not in self._eval_det:
             det = self.cfg.detector
             kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
                       good_tiles_per_image=det.get("eval_good_tiles_per_image"))
-            folders = {"all": (self.out / "work" / "eval_det" / "all", None)}
-            if self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):
-                folders[f"type_{self.left_out}"] = (self.out / "work" / "eval_det" / f"type_{self.left_out}",
-                                                    [self.left_out])
-            self._eval_det = {}
+            root = self.out / "work" / "eval_det"
+            folders = {"all": (root / ("all" if key == MAIN else key), None)}
+            if key == MAIN and self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):
+                folders[f"type_{self.left_out}"] = (root / f"type_{self.left_out}", [self.left_out])
+            found = {}
             for name, (folder, types) in folders.items():
                 if not (folder / "data.yaml").is_file():
-                    build_eval_dataset(self.eval_dir, folder, defect_types=types, **kw,
+                    build_eval_dataset(self.eval_dir_for(key), folder, defect_types=types, **kw,
                                        **({"include_good": False} if types else {}))
-                self._eval_det[name] = str(folder / "data.yaml")
-        return self._eval_det
+                found[name] = str(folder / "data.yaml")
+            self._eval_det[key] = found
+        return self._eval_det[key]
 
 
 # ----------------------------------------------------------------------------- locking
@@ -402,7 +493,7 @@ def _segmenter_cell(ctx: Context, cell: Cell, train_imgs, val_imgs, synthetic) -
     model, log = train_segmenter(seg, [*train_imgs, *synthetic], val_imgs)
     evaluations = {name: evaluate_segmenter(model, tiles, threshold=log.get("val_threshold"),
                                             batch_size=seg.eval_batch_size, groups=groups)
-                   for name, (tiles, groups) in ctx.eval_tiles().items()}
+                   for name, (tiles, groups) in ctx.eval_tiles(cell.setting).items()}
     return {"metrics": evaluations["all"], "evaluations": evaluations, "steps": seg.steps,
             "config": asdict(seg), "seconds": time.perf_counter() - t0, "val_threshold": log.get("val_threshold"),
             "val": log.get("val"), "train_real_images": len(train_imgs), "val_images": len(val_imgs),
@@ -420,12 +511,12 @@ def _detector_cell(ctx: Context, cell: Cell, unit_dir: Path, pool_dir: Path, val
     job = {"kind": "detector", "pool_dir": str(pool_dir), "val_ids": sorted(val_ids), "detector": det,
            "synthetic_dirs": [str(gen_dir)] if gen_dir is not None and cell.count else [],
            "limit": cell.count or None, "seed": cell.seed, "work_dir": str(unit_dir / "det" / cell.name),
-           "evals": ctx.eval_detection()}
+           "evals": ctx.eval_detection(cell.setting)}
     result = run_job(job, unit_dir / "det" / cell.name / "job")
     return {"metrics": result["evaluations"]["all"], **result, "steps": result["iterations"]}
 
 
-def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path) -> dict:
+def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path, clean_dir: Path | None = None) -> dict:
     """Fit + generate in a child process (cached in ``unit_dir/generator.json``), then generation metrics."""
     from defectfill.benchmark.worker import run_job
 
@@ -438,6 +529,7 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path) ->
     job = {"kind": "generator", "spec": unit.spec, "model": model, "train_dir": str(train_dir),
            "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
            "count": max(_counts(unit.spec, ctx.cfg.synthetic_counts)),
+           "clean_dir": str(clean_dir) if clean_dir else None,
            "generate": ctx.cfg.generate}
     run = run_job(job, unit_dir / "generator_job")
     if _kind(unit.spec) == "defectfill":
@@ -475,7 +567,10 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
     if _kind(unit.spec) != REAL_ONLY:
         try:
             _log(f"{unit.name}: fit + generate")
-            gen_run = _generator_run(ctx, unit, unit_dir, train_dir)
+            clean_dir = None
+            if ctx.target(unit.data):  # synthesise onto the target fabric's clean images only
+                clean_dir = materialize(ctx.data, ctx.target_clean(unit.data, train_ids), base / "target_clean") / "good"
+            gen_run = _generator_run(ctx, unit, unit_dir, train_dir, clean_dir)
             gen_dir = Path(gen_run["generated_dir"])
         except Exception as exc:
             error = exc
@@ -503,7 +598,7 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
                 indent=2))
             _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
-        record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source,
+        record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source_for(cell.setting),
                   "generator_kind": _kind(unit.spec), "generator_run": gen_run,
                   "cell_seconds": time.perf_counter() - start,
                   "sidecar_example": _first_sidecar(gen_dir), **result}
@@ -525,7 +620,7 @@ def _first_sidecar(root: Path | None) -> str | None:
 
 
 GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
-             "detector", "generate", "metrics", "model", "label_noise", "leave_out")
+             "detector", "generate", "metrics", "model", "label_noise", "leave_out", "new_fabric")
 
 
 def check_grid(cfg: BenchmarkConfig, out: Path) -> None:

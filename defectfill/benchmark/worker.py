@@ -76,15 +76,16 @@ def fit_generator(spec: dict, model: str, train_dir: Path, out: Path, seed: int)
     raise ConfigError(f"generator kind {kind!r} cannot be fitted")
 
 
-def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: Path, count: int, seed: int) -> dict:
-    """Generate ``count`` samples onto ``train_dir/good`` with auto masks from ``train_dir``."""
+def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: Path, count: int, seed: int,
+                  clean_dir: Path | None = None) -> dict:
+    """Generate ``count`` samples onto ``clean_dir`` (default ``train_dir/good``) with auto masks from ``train_dir``."""
     from defectfill.config import GenerateConfig
     from defectfill.generate import run_generation
 
     kind = spec.get("kind", spec["name"])
     values = {**GENERATE_DEFAULTS, **generate, **(spec.get("generate") or {})}
     gcfg = GenerateConfig(generator=kind, checkpoint=None if kind == "defectfill" else str(ckpt),
-                          lora_dir=str(ckpt) if kind == "defectfill" else "", clean_dir=str(train_dir / "good"),
+                          lora_dir=str(ckpt) if kind == "defectfill" else "", clean_dir=str(clean_dir or train_dir / "good"),
                           masks="auto", reference_dir=str(train_dir), num_samples=count, seed=seed,
                           output_dir=str(out), **values)
     return run_generation(gcfg)
@@ -95,7 +96,7 @@ def generator_job(job: dict) -> dict:
     ckpt = fit_generator(job["spec"], job["model"], Path(job["train_dir"]), Path(job["fit_dir"]), job["seed"])
     t1 = time.perf_counter()
     summary = generate_with(job["spec"], job["generate"], Path(ckpt), Path(job["train_dir"]), Path(job["gen_dir"]),
-                            job["count"], job["seed"])
+                            job["count"], job["seed"], Path(job["clean_dir"]) if job.get("clean_dir") else None)
     t2 = time.perf_counter()
     return {"checkpoint": str(ckpt), "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
             "rejected_samples": summary.get("rejected"), "inspection": summary.get("inspection"),

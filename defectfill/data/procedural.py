@@ -13,7 +13,7 @@ from defectfill.errors import DataError
 
 DEFECT_KINDS = ("broken_yarn", "hole", "stain", "fuzzyball")
 MANIFEST_COLUMNS = (
-    "id", "defect_type", "kind", "width", "height", "defect_pixels", "image_path", "mask_path"
+    "id", "defect_type", "fabric_type", "kind", "width", "height", "defect_pixels", "image_path", "mask_path"
 )
 _README = """Procedurally generated woven-fabric images (synthetic, not real photographs).
 Written by defectfill.data.procedural.make_woven_dataset(seed={seed}) for demos and tests.
@@ -93,12 +93,17 @@ def make_woven_dataset(
     height: int = 256,
     width: int = 1024,
     seed: int = 0,
+    fabrics: int = 1,
 ) -> Path:
     """Write a procedural grayscale woven-fabric dataset to ``out_dir`` and return it.
 
     Layout matches :func:`load_reference_dataset` (images/, masks/, good/, manifest.csv,
-    plus README.txt). Defect types cycle through :data:`DEFECT_KINDS`. Deterministic per seed.
+    plus README.txt). Defect types cycle through :data:`DEFECT_KINDS`; the manifest's
+    ``fabric_type`` cycles through ``woven_00`` .. ``woven_<fabrics-1>`` (defect and good images
+    alike). Deterministic per seed.
     """
+    if fabrics < 1:
+        raise ValueError(f"fabrics must be >= 1, got {fabrics}")
     if min(height, width) < 32:
         raise ValueError(f"height and width must be >= 32, got {height}x{width}")
     out = Path(out_dir)
@@ -115,12 +120,13 @@ def make_woven_dataset(
         _save(img, out / "images" / f"{sid}.png")
         _save(mask * 255.0, out / "masks" / f"{sid}.png")
         rows.append(
-            (sid, kind, "defect", width, height, int(mask.sum()), f"images/{sid}.png", f"masks/{sid}.png")
+            (sid, kind, f"woven_{i % fabrics:02d}", "defect", width, height, int(mask.sum()), f"images/{sid}.png",
+             f"masks/{sid}.png")
         )
     for i in range(n_good):
         sid = f"woven_good_{i:03d}"
         _save(_woven_texture(height, width, np.random.default_rng([seed, 1, i])), out / "good" / f"{sid}.png")
-        rows.append((sid, "good", "good", width, height, 0, f"good/{sid}.png", ""))
+        rows.append((sid, "good", f"woven_{i % fabrics:02d}", "good", width, height, 0, f"good/{sid}.png", ""))
     with (out / "manifest.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)

@@ -1,8 +1,11 @@
-"""Downstream task for the benchmark: a U-Net defect segmenter trained on real and/or synthetic tiles."""
+"""Downstream task for the benchmark: a defect segmenter (pretrained EfficientNet-Lite0 encoder + light decoder,
+or a plain U-Net) trained on real and/or synthetic tiles."""
 
 from defectfill.downstream.segmenter import (
+    PretrainedSegmenter,
     SegmenterConfig,
     UNet,
+    ap_by_group,
     auroc,
     average_precision,
     best_f1,
@@ -20,6 +23,7 @@ from defectfill.downstream.tiles import (
     EvalTiles,
     SourceImage,
     TileSet,
+    fabric_regions,
     images_from_reference,
     images_from_synthetic,
     load_images,
@@ -29,14 +33,17 @@ from defectfill.downstream.tiles import (
 
 __all__ = [
     "EvalTiles",
+    "PretrainedSegmenter",
     "SegmenterConfig",
     "SourceImage",
     "TileSet",
     "UNet",
+    "ap_by_group",
     "auroc",
     "average_precision",
     "best_f1",
     "build_model",
+    "fabric_regions",
     "eval_tiles_for",
     "evaluate_segmenter",
     "f1_at",

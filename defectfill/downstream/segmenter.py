@@ -35,21 +35,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectfill.downstream.tiles import EvalTiles, SourceImage, TileSet
+from defectfill.downstream.tiles import EvalTiles, SourceImage, TileSet, fabric_regions
 from defectfill.errors import ConfigError
 from defectfill.runinfo import atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "segmenter.json"
 FORMAT = "defectfill-segmenter/1"
+ARCHS = ("unet_lite0", "fpn_lite0", "deeplabv3plus_lite0", "unet")
 
 
 @dataclass
 class SegmenterConfig:
     """Segmenter and training settings (defaults: the CPU-scale setting measured on AITEX)."""
 
-    base_channels: int = 16
-    depth: int = 4  # number of 2x downsamplings; encoder widths base * 2**i, i = 0..depth
+    # "unet_lite0" / "fpn_lite0" / "deeplabv3plus_lite0": segmentation-models-pytorch decoders on
+    # the EfficientNet-Lite0 encoder (defectfill.backbones); "unet": the plain U-Net from scratch
+    arch: str = "unet_lite0"
+    encoder_weights: str = "imagenet"  # "imagenet" (the packaged weights) or "random" (explicit only)
+    trainable_stages: int = 0  # last encoder stages trained (0: frozen encoder, 7: all)
+    decoder_channels: int = 32  # width of the smp decoder's first stage (halved per stage, at least 8)
+    base_channels: int = 16  # plain "unet" only
+    depth: int = 4  # plain "unet" only: number of 2x downsamplings; widths base * 2**i, i = 0..depth
     in_channels: int = 1  # 1 grey, 3 RGB (must match the tiles)
     pos_weight: float = 20.0  # BCE weight of defect pixels
     lr: float = 1e-3
@@ -68,11 +75,14 @@ class SegmenterConfig:
     seed: int = 0
     log_every: int = 25
     eval_batch_size: int = 16
+    eval_on_fabric: bool = True  # pixel metrics over fabric + defect pixels (all-pixel figures beside them)
     device: str = "cpu"
 
     def validate(self) -> SegmenterConfig:
         """Raise ConfigError naming the first bad value; return self."""
         checks = [
+            ("arch", self.arch in ARCHS), ("encoder_weights", self.encoder_weights in ("imagenet", "random")),
+            ("trainable_stages", 0 <= self.trainable_stages <= 7), ("decoder_channels", self.decoder_channels >= 8),
             ("base_channels", self.base_channels >= 1), ("depth", self.depth >= 1),
             ("in_channels", self.in_channels in (1, 3)), ("pos_weight", self.pos_weight > 0),
             ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0),
@@ -143,11 +153,68 @@ class UNet(nn.Module):
         return self.head(x)[..., :h, :w]
 
 
-def build_model(cfg: SegmenterConfig) -> UNet:
-    """A U-Net initialised from ``cfg.seed`` only (the global RNG state is left untouched)."""
+class PretrainedSegmenter(nn.Module):
+    """A segmentation-models-pytorch decoder on the EfficientNet-Lite0 encoder (``tu-tf_efficientnet_lite0``).
+
+    Inputs: float (B, 1 or 3, H, W) in [0, 1]; grey is replicated to RGB and normalised as the
+    backbone was trained (:data:`defectfill.backbones.MEAN`/``STD``); H, W are replicate-padded to a
+    multiple of 32. Only the last ``trainable_stages`` of the encoder's 7 block stages train; the
+    rest (stem included) keep gradients off and BatchNorm in eval mode in ``train()``, so a frozen
+    encoder stays exactly the ImageNet one. Returns logits (B, 1, H, W).
+    """
+
+    def __init__(self, arch: str = "unet_lite0", pretrained: bool = True, trainable_stages: int = 0,
+                 decoder_channels: int = 32) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        from defectfill.backbones import MEAN, STD, TIMM_NAME, load_pretrained_into
+
+        kind = arch.removesuffix("_lite0")
+        widths = tuple(max(decoder_channels // 2**i, 8) for i in range(5))
+        kw = {"unet": {"decoder_channels": widths},
+              "fpn": {"decoder_pyramid_channels": 2 * decoder_channels, "decoder_segmentation_channels": decoder_channels},
+              "deeplabv3plus": {"decoder_channels": 2 * decoder_channels}}[kind]
+        cls = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}[kind]
+        self.net = cls(encoder_name=f"tu-{TIMM_NAME}", encoder_weights=None, in_channels=3, classes=1, **kw)
+        if pretrained:
+            load_pretrained_into(self.net.encoder.model)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        encoder = self.net.encoder.model  # timm EfficientNetFeatures: conv_stem, bn1, blocks (7 stages)
+        stages = list(encoder.blocks)
+        self.frozen = [encoder.conv_stem, encoder.bn1, *stages[:len(stages) - trainable_stages]]
+        for m in self.frozen:
+            m.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> PretrainedSegmenter:
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        ph, pw = (-h) % 32, (-w) % 32
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return self.net(x)[..., :h, :w]
+
+
+def build_model(cfg: SegmenterConfig, load_weights: bool = True) -> nn.Module:
+    """The segmenter ``cfg.arch`` describes; its random parts are drawn from ``cfg.seed`` only (the
+    global RNG state is left untouched). ``load_weights=False`` skips loading the ImageNet encoder
+    (for :func:`load_segmenter`, which loads the saved weights over it)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+        if cfg.arch == "unet":
+            return UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+        return PretrainedSegmenter(cfg.arch, load_weights and cfg.encoder_weights == "imagenet",
+                                   cfg.trainable_stages, cfg.decoder_channels)
 
 
 # ----------------------------------------------------------------------------- metrics (pure)
@@ -252,54 +319,90 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, size: int | No
     return torch.sigmoid(logits[:, 0].float()).cpu()
 
 
+def _pixel_metrics(pos_s: torch.Tensor, neg_s: torch.Tensor, threshold: float | None) -> dict:
+    """Pixel AP, F1 @0.5, best F1 (optimistic) and, with ``threshold``, F1/precision/recall at it."""
+    at_half, best = f1_at(pos_s, neg_s, 0.5), best_f1(pos_s, neg_s)
+    n_pix = pos_s.numel() + neg_s.numel()
+    out = {"pixel_ap": average_precision_split(pos_s, neg_s),
+           "pixel_f1@0.5": at_half["f1"], "pixel_precision@0.5": at_half["precision"],
+           "pixel_recall@0.5": at_half["recall"],
+           "pixel_f1_best": best["f1"], "pixel_f1_best_threshold": best["threshold"],
+           "pixel_f1_best_optimistic": True,  # threshold chosen on the evaluation data itself
+           "pixels": n_pix, "positive_pixels": pos_s.numel(),
+           "pixel_positive_rate": pos_s.numel() / n_pix if n_pix else float("nan")}
+    if threshold is not None:
+        at_t = f1_at(pos_s, neg_s, threshold)
+        out.update({"threshold": float(threshold), "pixel_f1@threshold": at_t["f1"],
+                    "pixel_precision@threshold": at_t["precision"], "pixel_recall@threshold": at_t["recall"]})
+    return out
+
+
+def ap_by_group(pos_by_group: dict[str, torch.Tensor], neg_scores: torch.Tensor) -> dict:
+    """Per group (defect type): AP of its defect pixels against ALL negative pixels, and the macro mean.
+
+    ``{"by_group": {g: {"ap", "positive_pixels"}}, "macro": mean AP over groups with positives}``;
+    one type's pixels cannot dominate the macro figure as they dominate pooled pixel AP.
+    """
+    by = {g: {"ap": average_precision_split(p, neg_scores), "positive_pixels": p.numel()}
+          for g, p in sorted(pos_by_group.items()) if p.numel()}
+    aps = [v["ap"] for v in by.values()]
+    return {"by_group": by, "macro": float(np.mean(aps)) if aps else float("nan")}
+
+
 def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float | None = None,
                        batch_size: int = 16, groups: Sequence[str] | None = None) -> dict:
     """Pixel AP, pixel F1 (@0.5, best = optimistic, and @``threshold`` when given), tile AUROC, counts.
 
-    Pixel metrics use every pixel of every image exactly once (the tiles' owned regions); tile
-    metrics use every tile (score = max probability inside the tile, label = any defect pixel).
-    With ``threshold``: F1/precision/recall at it and tile recall (defect tiles scoring >= it);
-    with ``groups`` too (one label per evaluation image), tile recall per group.
-    The model is put in eval mode and restored afterwards.
+    Pixel metrics use every counted pixel of every image exactly once (the tiles' owned regions;
+    with ``eval_tiles.regions``, e.g. :func:`~defectfill.downstream.tiles.fabric_regions`, only the
+    pixels inside them: ``pixel_region`` says which); ``all_pixels`` repeats them over every pixel.
+    Tile metrics use every tile with a counted pixel (score = max probability over its counted
+    pixels, label = any defect pixel). With ``threshold``: F1/precision/recall at it and tile
+    recall (defect tiles scoring >= it). With ``groups`` (one label per evaluation image, e.g. the
+    defect type): per-group pixel AP against all negatives, their macro mean (``pixel_ap_macro``)
+    and, with ``threshold``, tile recall per group. The model is put in eval mode and restored.
     """
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    pos, neg, tile_scores, tile_labels = [], [], [], []
+    pos, neg, pos_all, neg_all, tile_scores, tile_labels, tile_groups = [], [], [], [], [], [], []
+    pos_by_group: dict[str, list[torch.Tensor]] = {}
     try:
-        for _tiles, images, masks, owns, insides in eval_tiles.batches(batch_size):
+        for tiles, images, masks, owns, insides, regions in eval_tiles.batches(batch_size):
             probs = predict_probabilities(model, images, eval_tiles.size).numpy()
-            pos.append(torch.from_numpy(probs[owns & masks]))
-            neg.append(torch.from_numpy(probs[owns & ~masks]))
-            tile_scores += [float(p[i].max()) for p, i in zip(probs, insides)]
-            tile_labels += [bool(m.any()) for m in masks]
+            counted = owns & regions
+            pos.append(torch.from_numpy(probs[counted & masks]))
+            neg.append(torch.from_numpy(probs[counted & ~masks]))
+            if eval_tiles.regions is not None:
+                pos_all.append(torch.from_numpy(probs[owns & masks]))
+                neg_all.append(torch.from_numpy(probs[owns & ~masks]))
+            for t, p, r, m, own_pos in zip(tiles, probs, regions, masks, counted & masks):
+                if groups is not None and own_pos.any():
+                    pos_by_group.setdefault(groups[t.image_index], []).append(torch.from_numpy(p[own_pos]))
+                if r.any():
+                    tile_scores.append(float(p[r].max()))
+                    tile_labels.append(bool(m.any()))
+                    tile_groups.append(groups[t.image_index] if groups is not None else None)
     finally:
         model.train(was_training)
     pos_s, neg_s = torch.cat(pos), torch.cat(neg)
-    at_half, best = f1_at(pos_s, neg_s, 0.5), best_f1(pos_s, neg_s)
-    n_pix = pos_s.numel() + neg_s.numel()
-    out = {
-        "pixel_ap": average_precision_split(pos_s, neg_s),
-        "pixel_f1@0.5": at_half["f1"], "pixel_precision@0.5": at_half["precision"],
-        "pixel_recall@0.5": at_half["recall"],
-        "pixel_f1_best": best["f1"], "pixel_f1_best_threshold": best["threshold"],
-        "pixel_f1_best_optimistic": True,  # threshold chosen on the evaluation data itself
-        "tile_auroc": auroc(torch.tensor(tile_scores), torch.tensor(tile_labels)),
-        "images": len(eval_tiles.images), "tiles": len(eval_tiles), "positive_tiles": int(sum(tile_labels)),
-        "pixels": n_pix, "positive_pixels": pos_s.numel(),
-        "pixel_positive_rate": pos_s.numel() / n_pix if n_pix else float("nan"),
-        "seconds": time.perf_counter() - start,
-    }
+    out = {**_pixel_metrics(pos_s, neg_s, threshold),
+           "pixel_region": "all" if eval_tiles.regions is None else "fabric",
+           "tile_auroc": auroc(torch.tensor(tile_scores), torch.tensor(tile_labels)),
+           "images": len(eval_tiles.images), "tiles": len(tile_scores), "positive_tiles": int(sum(tile_labels))}
+    if eval_tiles.regions is not None:
+        out["all_pixels"] = _pixel_metrics(torch.cat(pos_all), torch.cat(neg_all), threshold)
+    if groups is not None:
+        per = ap_by_group({g: torch.cat(v) for g, v in pos_by_group.items()}, neg_s)
+        out["pixel_ap_by_type"], out["pixel_ap_macro"] = per["by_group"], per["macro"]
     if threshold is not None:
-        at_t = f1_at(pos_s, neg_s, threshold)
         positive = [s for s, y in zip(tile_scores, tile_labels) if y]
-        out.update({"threshold": float(threshold), "pixel_f1@threshold": at_t["f1"],
-                    "pixel_precision@threshold": at_t["precision"], "pixel_recall@threshold": at_t["recall"],
-                    "tile_recall@threshold": (sum(s >= threshold for s in positive) / len(positive)
-                                              if positive else float("nan"))})
+        out["tile_recall@threshold"] = (sum(s >= threshold for s in positive) / len(positive)
+                                        if positive else float("nan"))
         if groups is not None:
-            out["tile_recall@threshold_by_group"] = tile_recall_by_group(
-                tile_scores, tile_labels, [groups[t.image_index] for t in eval_tiles.tiles], threshold)
+            out["tile_recall@threshold_by_group"] = tile_recall_by_group(tile_scores, tile_labels, tile_groups,
+                                                                         threshold)
+    out["seconds"] = time.perf_counter() - start
     return out
 
 
@@ -324,8 +427,10 @@ def train_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> Tile
 
 
 def eval_tiles_for(cfg: SegmenterConfig, images: Sequence[SourceImage]) -> EvalTiles:
-    """Evaluation tiles of side ``cfg.crop``, fed to the network at ``cfg.size`` (the training scale)."""
-    return EvalTiles(images, tile=cfg.crop, size=cfg.size)
+    """Evaluation tiles of side ``cfg.crop``, fed to the network at ``cfg.size`` (the training scale);
+    with ``cfg.eval_on_fabric`` pixel metrics count fabric and defect pixels only (``fabric_regions``)."""
+    return EvalTiles(images, tile=cfg.crop, size=cfg.size,
+                     regions=fabric_regions(images) if cfg.eval_on_fabric else None)
 
 
 def _check_tiles(cfg: SegmenterConfig, tiles: TileSet) -> None:
@@ -358,7 +463,8 @@ def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[Source
     _check_tiles(cfg, tiles)
     device = torch.device(cfg.device)
     model = build_model(cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
     pos_weight = torch.tensor([cfg.pos_weight], device=device)
     history, window, start = [], [], time.perf_counter()
     positives = synthetic_positives = 0
@@ -419,6 +525,6 @@ def load_segmenter(directory: str | os.PathLike, device: str | None = None) -> t
     if record.get("format") != FORMAT:
         raise ConfigError(f"{directory / CONFIG_NAME}: format {record.get('format')!r}, expected {FORMAT!r}")
     cfg = SegmenterConfig.from_dict(record["config"])
-    model = UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+    model = build_model(cfg, load_weights=False)
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
     return model.to(device or cfg.device).eval(), cfg

@@ -367,6 +367,16 @@ class TileSet:
 # ----------------------------------------------------------------------------- evaluation tiles
 
 
+def fabric_regions(images: Sequence[SourceImage]) -> list[np.ndarray]:
+    """Per image, the pixels an on-fabric evaluation counts: fabric (``fabric_mask`` without its
+    placement margin) or annotated defect. Off-fabric background (white borders, flat areas) is left
+    out as negatives; no defect pixel is ever dropped."""
+    from defectfill.data.fabric import fabric_mask
+
+    return [fabric_mask(im.image, margin=0) | im.mask for im in images]
+
+
+
 @dataclass(frozen=True)
 class Tile:
     """One evaluation tile: image index, top-left, and the owned region (absolute, end-exclusive)."""
@@ -385,10 +395,15 @@ class EvalTiles:
     are symmetric-padded and never counted.
     """
 
-    def __init__(self, images: Sequence[SourceImage], tile: int, size: int | None = None) -> None:
+    def __init__(self, images: Sequence[SourceImage], tile: int, size: int | None = None,
+                 regions: Sequence[np.ndarray] | None = None) -> None:
         self.images = list(images)
         if not self.images:
             raise DataError("no evaluation images")
+        if regions is not None and (len(regions) != len(self.images) or any(
+                r.shape != im.mask.shape for r, im in zip(regions, self.images))):
+            raise ValueError("regions must be one HxW map per evaluation image")
+        self.regions = None if regions is None else [np.asarray(r, bool) for r in regions]
         self.tile, self.size = tile, size or tile
         self.tiles = [Tile(k, ys, xs, (yf, yt, xf, xt))
                       for k, im in enumerate(self.images)
@@ -406,14 +421,16 @@ class EvalTiles:
         return own
 
     def batches(self, batch_size: int):
-        """Yield ``(tiles, images (B,C,tile,tile), masks (B,tile,tile) bool, own (B,tile,tile) bool, inside)``.
+        """Yield ``(tiles, images (B,C,tile,tile), masks (B,tile,tile) bool, own (B,tile,tile) bool, inside,
+        region)``.
 
         ``inside`` marks tile pixels that lie inside the image (all of them unless the image is
-        smaller than the tile); a tile's label and score use only those pixels.
+        smaller than the tile); a tile's label and score use only those pixels. ``region`` marks the
+        pixels metrics count (``inside`` and, with ``regions``, inside the image's region map).
         """
         for i in range(0, len(self.tiles), batch_size):
             chunk = self.tiles[i:i + batch_size]
-            crops, masks, owns, insides = [], [], [], []
+            crops, masks, owns, insides, regions = [], [], [], [], []
             for t in chunk:
                 im = self.images[t.image_index]
                 crops.append(crop_padded(im.image, t.y0, t.x0, self.tile))
@@ -423,4 +440,6 @@ class EvalTiles:
                 masks.append(crop_padded(im.mask, t.y0, t.x0, self.tile) & inside)
                 owns.append(self.own_mask(t))
                 insides.append(inside)
-            yield chunk, to_tensor(crops), np.stack(masks), np.stack(owns), np.stack(insides)
+                regions.append(inside if self.regions is None else
+                               crop_padded(self.regions[t.image_index], t.y0, t.x0, self.tile) & inside)
+            yield chunk, to_tensor(crops), np.stack(masks), np.stack(owns), np.stack(insides), np.stack(regions)
