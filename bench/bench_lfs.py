@@ -96,7 +96,8 @@ def summarize(times: dict[str, list[float]], meta: dict) -> tuple[dict, str]:
           + f"\nratio (K candidates + selection + composite) / (plain batched sampling of {meta['candidates']}), "
           f"fastest runs: **{result['ratio_lfs_over_plain']:.3f}** (target ≤ 1.10); per repeat: "
           f"{', '.join(f'{r:.3f}' for r in pairs)}; ratio of medians {result['ratio_of_medians']:.3f}. "
-          f"Selection: {meta['selection']} ({meta['lpips'] or 'no LPIPS'}). CPU threads: {meta['threads']}.\n")
+          f"Selection: {meta['selection']} ({meta['lpips'] or 'no perceptual network'}). "
+          f"CPU threads: {meta['threads']}.\n")
     atomic_write_text(stem.with_suffix(".md"), md)
     return result, md
 
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--selection", default="lpips")
+    p.add_argument("--selection", default="lpips-lite0",
+                   help="Low-Fidelity Selection measure: lpips-lite0 (default, pretrained EfficientNet-Lite0) | "
+                        "lpips (RANDOM AlexNet offline) | l1 | l2 | ssim")
     p.add_argument("--report-only", metavar="JSON", help="re-render a saved result's report, no timing")
     args = p.parse_args(argv)
     if args.report_only:

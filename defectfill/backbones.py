@@ -80,7 +80,9 @@ def _pretrained_state(path: str) -> dict[str, torch.Tensor]:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one clear error
         raise ModelError(f"{path}: cannot read EfficientNet-Lite0 weights ({err})".splitlines()[0]) from err
-    return map_lite0_state_dict(source, _skeleton().state_dict())
+    with torch.random.fork_rng(devices=[]):
+        target = _skeleton().state_dict()
+    return map_lite0_state_dict(source, target)
 
 
 def _skeleton() -> nn.Module:

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, help="K candidates per slot for Low-Fidelity Selection (default 8)")
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--selection", help="lpips (default) | l1 | l2 | ssim")
+    p.add_argument("--selection", help="lpips-lite0 (default: pretrained EfficientNet-Lite0 features) | lpips | l1 | l2 | ssim")
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -218,9 +218,11 @@ class GenerateConfig:
     crop_size: int | None = None
     resolution: int | None = None
     dilation: int = 8  # composite band around the mask (source pixels); outside it: clean, bit for bit
-    selection: str = "lpips"  # lpips | l1 | l2 | ssim
-    lpips_net: str = "alex"
-    lpips_weights: str | None = None  # local torchvision backbone weights for LPIPS
+    # Low-Fidelity Selection measure: lpips-lite0 (LPIPS-style, pretrained EfficientNet-Lite0) | lpips (the
+    # paper's; its AlexNet is RANDOM unless lpips_weights) | l1 | l2 | ssim
+    selection: str = "lpips-lite0"
+    lpips_net: str = "alex"  # selection: lpips only
+    lpips_weights: str | None = None  # selection: lpips only: local torchvision backbone weights (the paper's LPIPS)
     min_change: float = 2.0  # quality gate: mean |result − clean| inside the mask, 0..255
     # Truthful samples: masks placed on fabric only, labels = the requested pixels that visibly changed.
     fabric_only: bool = True  # auto masks avoid off-fabric (saturated / flat) regions
@@ -245,8 +247,11 @@ class GenerateConfig:
         for name in ("num_samples", "candidates", "num_inference_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.selection not in ("lpips", "l1", "l2", "ssim"):
-            raise ConfigError(f"selection must be lpips, l1, l2 or ssim, got {self.selection!r}")
+        if self.selection not in ("lpips-lite0", "lpips", "l1", "l2", "ssim"):
+            raise ConfigError(f"selection must be lpips-lite0, lpips, l1, l2 or ssim, got {self.selection!r}")
+        if self.lpips_weights and self.selection != "lpips":
+            raise ConfigError(f"lpips_weights is for selection: lpips (the paper's LPIPS); selection is "
+                              f"{self.selection!r}: set selection: lpips or drop lpips_weights")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.dilation < 0:

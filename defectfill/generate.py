@@ -88,11 +88,10 @@ class DefectFillSynthesizer(Generator):
         self.pipe.set_progress_bar_config(disable=True)
         weights = Path(cfg.lora_dir) / "pytorch_lora_weights.safetensors"
         self.lora_hash = file_sha256(weights) + "+" + file_sha256(Path(cfg.lora_dir) / EMBEDS_NAME)
-        self.lpips_model, self.lpips_desc = None, None
-        if cfg.selection == "lpips":
-            from defectfill.selection import load_lpips
+        from defectfill.selection import load_perceptual  # the LFS measure's network (None for pixel measures)
 
-            self.lpips_model, self.lpips_desc = load_lpips(cfg.lpips_net, cfg.lpips_weights, device=device)
+        self.lpips_model, self.lpips_desc = load_perceptual(cfg.selection, cfg.lpips_net, cfg.lpips_weights,
+                                                            device=device)
 
     def metadata(self) -> dict:
         return {"generator": self.name, "base_model": self.model, "lora_dir": str(self.cfg.lora_dir),

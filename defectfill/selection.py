@@ -2,12 +2,21 @@
 
 DefectFill inpaints K candidates for one (clean image, mask) pair and keeps the one that
 is *least* like the clean image inside the mask: the candidate whose defect is the most
-visible. The paper measures this with LPIPS restricted to the mask (the default here,
-``measure="lpips"``); ``"l1"``, ``"l2"`` and ``"ssim"`` are cheap alternatives for
-ablations and tests. Every measure is a distance: larger means less like the clean image.
+visible. The paper measures this with LPIPS restricted to the mask. Measures:
 
-Everything here is pure: no global state, no downloads. The LPIPS network is built once
-with :func:`load_lpips` and passed in.
+* ``"lpips-lite0"`` (the default, :data:`DEFAULT_MEASURE`): the LPIPS-style distance of
+  Zhang et al. 2018 eq. 1 with unit weights on the pretrained ImageNet EfficientNet-Lite0
+  backbone (:class:`defectfill.metrics.perceptual.BackbonePerceptual`), inside the mask —
+  pretrained and available offline.
+* ``"lpips"`` (:data:`PAPER_MEASURE`): the lpips package's network (AlexNet by default). It is
+  the paper's measure only with real ImageNet backbone weights from a local file
+  (``load_lpips(backbone_weights=...)``); without them its backbone is RANDOM (an explicit
+  option, and its description says so).
+* ``"l1"``, ``"l2"`` and ``"ssim"``: cheap pixel measures for ablations and tests.
+
+Every measure is a distance: larger means less like the clean image. Everything here is pure:
+no global state, no downloads. The perceptual network is built once with
+:func:`load_perceptual` (or :func:`load_lpips`) and passed in.
 
 Tensor conventions: candidates ``(K, C, H, W)``, clean ``(C, H, W)`` or ``(1, C, H, W)``,
 values in [0, 1], ``C`` 3 or 1 (grayscale is repeated to 3 channels); mask ``(H, W)``,
@@ -24,11 +33,16 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from defectfill.metrics.perceptual import MEASURE_NAME as LITE0_MEASURE
+from defectfill.metrics.perceptual import BackbonePerceptual
+
 if TYPE_CHECKING:
     import lpips
 
-MEASURES = ("lpips", "l1", "l2", "ssim")
-PAPER_MEASURE = "lpips"  # DefectFill Sec. 3.3: LPIPS inside the mask
+MEASURES = (LITE0_MEASURE, "lpips", "l1", "l2", "ssim")
+PERCEPTUAL_MEASURES = (LITE0_MEASURE, "lpips")  # need a network (load_perceptual)
+DEFAULT_MEASURE = LITE0_MEASURE  # LPIPS-style on the pretrained EfficientNet-Lite0: never random by default
+PAPER_MEASURE = "lpips"  # DefectFill Sec. 3.3: LPIPS inside the mask (with real AlexNet weights)
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 _RANGE_TOL = 1e-3  # tolerated overshoot of [0, 1] (resampling, fp rounding)
 _FALLBACK_SEED = 0  # the random LPIPS backbone is seeded so scores reproduce across runs
@@ -180,22 +194,27 @@ def masked_lpips_distance(
     mask: torch.Tensor,
     model: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
-    """LPIPS between each candidate and the clean image, inside the mask: (K,) — the paper default.
+    """LPIPS(-style) distance of each candidate to the clean image, inside the mask: (K,) (Sec. 3.3).
 
     DefectFill Sec. 3.3 (Low-Fidelity Selection) scores candidates by LPIPS restricted to
-    the mask. ``model`` must give a per-pixel map (``lpips.LPIPS(..., spatial=True)``, as
-    built by :func:`load_lpips`); the map (K, 1, h, w) is averaged over the mask pixels
-    (the mask is resampled to the map size if they differ). Inputs in [0, 1].
+    the mask. ``model`` must give a per-pixel map: ``lpips.LPIPS(..., spatial=True)`` from
+    :func:`load_lpips`, or the LPIPS-style :class:`~defectfill.metrics.perceptual.BackbonePerceptual`
+    from :func:`load_perceptual` (which computes the clean image's features once); the map
+    (K, 1, h, w) is averaged over the mask pixels (the mask is resampled to the map size if
+    they differ). Inputs in [0, 1].
     """
     if model is None:
-        raise ValueError("masked_lpips_distance needs an LPIPS model; build one with load_lpips()")
+        raise ValueError("masked_lpips_distance needs a perceptual model; build one with load_perceptual() "
+                         "or load_lpips()")
     if getattr(model, "spatial", True) is False:
         raise ValueError("the LPIPS model must be built with spatial=True (a per-pixel map is needed)")
     cand, ref, m = _prepare(candidates, clean, mask)
     params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = params.device if params is not None else cand.device
     cand, ref = cand.to(device), ref.to(device)
-    dmap = model(cand, ref.expand(cand.shape[0], -1, -1, -1), normalize=True)
+    if not isinstance(model, BackbonePerceptual):  # it broadcasts a single clean image itself
+        ref = ref.expand(cand.shape[0], -1, -1, -1)
+    dmap = model(cand, ref, normalize=True)
     if dmap.ndim != 4 or dmap.shape[0] != cand.shape[0] or dmap.shape[1] != 1:
         raise ValueError(f"LPIPS model returned shape {tuple(dmap.shape)}, expected (K, 1, h, w)")
     return masked_mean(dmap.float(), m.to(device)).cpu()
@@ -206,22 +225,27 @@ def masked_distance(
     candidates: torch.Tensor,
     clean: torch.Tensor,
     mask: torch.Tensor,
-    measure: str = PAPER_MEASURE,
+    measure: str = DEFAULT_MEASURE,
     lpips_model: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Distance of each of K candidates to the clean image inside the mask, (K,) (Sec. 3.3).
 
-    ``measure``: ``"lpips"`` (paper default; needs ``lpips_model``), ``"l1"`` (mean absolute
-    difference), ``"l2"`` (mean squared difference) or ``"ssim"`` (1 - SSIM); each per-pixel
-    map is averaged over the mask pixels. Larger = less like the clean image.
+    ``measure``: ``"lpips-lite0"`` (default; ``lpips_model`` a
+    :class:`~defectfill.metrics.perceptual.BackbonePerceptual`), ``"lpips"`` (the paper's LPIPS;
+    ``lpips_model`` a spatial lpips network), ``"l1"`` (mean absolute difference), ``"l2"``
+    (mean squared difference) or ``"ssim"`` (1 - SSIM); each per-pixel map is averaged over the
+    mask pixels. :func:`load_perceptual` builds the right ``lpips_model`` for a measure.
+    Larger = less like the clean image.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
-    if measure == "lpips":
+    if measure in PERCEPTUAL_MEASURES:
         if lpips_model is None:
-            raise ValueError(
-                "measure='lpips' needs lpips_model (build it with defectfill.selection.load_lpips)"
-            )
+            raise ValueError(f"measure={measure!r} needs lpips_model (build it with "
+                             f"defectfill.selection.load_perceptual({measure!r}))")
+        if (measure == LITE0_MEASURE) != isinstance(lpips_model, BackbonePerceptual):
+            raise ValueError(f"measure={measure!r} got a {type(lpips_model).__name__} model; build it with "
+                             f"defectfill.selection.load_perceptual({measure!r})")
         return masked_lpips_distance(candidates, clean, mask, lpips_model)
     cand, ref, m = _prepare(candidates, clean, mask)
     if measure == "l1":
@@ -239,14 +263,15 @@ def low_fidelity_selection(
     candidates: torch.Tensor,
     clean: torch.Tensor,
     mask: torch.Tensor,
-    measure: str = PAPER_MEASURE,
+    measure: str = DEFAULT_MEASURE,
     lpips_model: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[int, list[float]]:
     """Low-Fidelity Selection (DefectFill Sec. 3.3): pick the candidate least like the clean image.
 
-    Scores the K candidates with :func:`masked_distance` inside the mask (paper default:
-    LPIPS, ``measure="lpips"`` with ``lpips_model`` from :func:`load_lpips`) and returns
-    ``(index of the highest score, all K scores)``. Ties go to the lowest index.
+    Scores the K candidates with :func:`masked_distance` inside the mask (default: the
+    LPIPS-style distance on the pretrained EfficientNet-Lite0, ``measure="lpips-lite0"`` with
+    ``lpips_model`` from :func:`load_perceptual`) and returns ``(index of the highest score,
+    all K scores)``. Ties go to the lowest index.
     """
     scores = masked_distance(candidates, clean, mask, measure, lpips_model)
     values = [float(s) for s in scores]
@@ -344,3 +369,32 @@ def load_lpips(
         description = f"lpips-{net} with a RANDOM backbone (offline fallback; not the standard LPIPS)"
     model = model.to(device).eval().requires_grad_(False)
     return model, description
+
+
+def load_perceptual(
+    measure: str = DEFAULT_MEASURE,
+    lpips_net: str = "alex",
+    lpips_weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module | None, str | None]:
+    """The network a Low-Fidelity Selection ``measure`` needs, and its description, built once.
+
+    * ``"lpips-lite0"`` (default): :class:`~defectfill.metrics.perceptual.BackbonePerceptual` on
+      the pretrained EfficientNet-Lite0 (ModelError naming the package when it is missing).
+      ``lpips_net`` does not apply; ``lpips_weights`` (AlexNet/VGG/SqueezeNet weights) is refused,
+      since they would silently go unused: use ``measure="lpips"`` for them.
+    * ``"lpips"``: :func:`load_lpips` ``(lpips_net, lpips_weights)`` — the paper's LPIPS with
+      local ImageNet weights, else an explicitly chosen RANDOM backbone.
+    * ``"l1"``, ``"l2"``, ``"ssim"``: ``(None, None)`` (no network).
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    if measure == "lpips":
+        return load_lpips(lpips_net, lpips_weights, device=device)
+    if lpips_weights is not None:
+        raise ValueError(f"lpips_weights ({lpips_weights}) are torchvision {lpips_net} weights for the 'lpips' "
+                         f"measure; {measure!r} does not use them: choose 'lpips' or drop lpips_weights")
+    if measure != LITE0_MEASURE:
+        return None, None
+    model = BackbonePerceptual(pretrained=True).to(device)
+    return model, model.description

@@ -146,7 +146,8 @@ def test_generators_report_cost_and_generation_metrics(bench):
     assert set(gens) == {"copy_paste", "defectfill"}
     for g in gens.values():
         assert g["peak_rss_mib"]["mean"] > 50 and g["fit_generate_seconds"]["mean"] > 0
-        assert math.isfinite(g["fid"]["mean"]) and g["standard"] is False and "RANDOM" in g["extractor"]
+        assert math.isfinite(g["frechet_distance"]["mean"]) and g["standard"] is False
+        assert g["frechet_name"] == "Fréchet distance (EfficientNet-Lite0 features)" and "RANDOM" not in g["extractor"]
     assert "tiny RANDOM" in gens["defectfill"]["base_model"]["note"]
     with Image.open(out / "gallery_s0.png") as im:  # clean | mask | copy_paste | defectfill
         assert im.width > im.height

@@ -1,4 +1,4 @@
-"""Side-by-side generator sheet and per-generator FID/KID/IC-LPIPS (defectfill.benchmark.gallery)."""
+"""Side-by-side generator sheet and per-generator Fréchet distance/KID/IC-LPIPS (defectfill.benchmark.gallery)."""
 
 import logging
 import math
@@ -148,29 +148,49 @@ def write_from_reference(root, reference, transform=lambda a, k: a, limit=None, 
     return root
 
 
-def test_generation_metrics_identical_near_zero_and_random_fallback_visible(small_reference, tmp_path):
+def test_generation_metrics_default_to_the_pretrained_backbone_and_say_so(small_reference, tmp_path):
+    from defectfill.backbones import PRETRAINED_NAME
+
     same = write_from_reference(tmp_path / "same", small_reference)
     other = write_from_reference(tmp_path / "other", small_reference, copies=2,
                                  transform=lambda a, k: (a // (k + 2)).astype(np.uint8))
     m = generation_metrics(same, small_reference, crop=32)
     assert m["skipped"] is None
     assert (m["n_generated"], m["n_real"], m["crop"]) == (6, 6, 32)
-    assert abs(m["fid"]) < 1e-3
+    assert not any("fid" in key for key in m)  # not the FID network: never keyed FID ...
+    assert m["frechet_name"] == "Fréchet distance (EfficientNet-Lite0 features)"  # ... nor called FID
+    assert m["kid_name"] == "KID (EfficientNet-Lite0 features)"
+    assert abs(m["frechet_distance"]) < 1e-3
     assert math.isfinite(m["kid_mean"]) and math.isfinite(m["kid_std"])
-    assert m["standard"] is False and "random" in m["extractor"].lower()
-    assert "random" in m["lpips"].lower() and m["ic_lpips_detail"]["lpips"] == m["lpips"]
+    assert m["standard"] is False and m["extractor"].startswith(PRETRAINED_NAME) and "RANDOM" not in m["extractor"]
+    assert m["lpips"].startswith("lpips-lite0") and PRETRAINED_NAME in m["lpips"] and "RANDOM" not in m["lpips"]
+    assert m["ic_lpips_detail"]["lpips"] == m["lpips"]
     # every generated crop is its own real crop's only cluster member: no cluster of 2, no value
     assert m["ic_lpips"] is None and m["ic_lpips_detail"]["clusters_used"] == 0
     d = generation_metrics(other, small_reference, crop=32)
-    assert math.isfinite(d["fid"]) and d["fid"] > m["fid"] + 1e-3
+    assert math.isfinite(d["frechet_distance"]) and d["frechet_distance"] > m["frechet_distance"] + 1e-3
     assert math.isfinite(d["kid_mean"]) and d["kid_subset_size"] == 6 and d["n_generated"] == 12
     assert d["ic_lpips"] is not None and math.isfinite(d["ic_lpips"]) and d["ic_lpips"] > 0
     assert d["ic_lpips_detail"]["clusters_used"] >= 1
+
+
+def test_generation_metrics_random_networks_only_when_asked(small_reference, tmp_path):
+    other = write_from_reference(tmp_path / "other", small_reference, copies=2,
+                                 transform=lambda a, k: (a // (k + 2)).astype(np.uint8))
+    r = generation_metrics(other, small_reference, crop=32, features="random", perceptual="lpips")
+    assert "RANDOM" in r["extractor"] and r["frechet_name"] == "Fréchet distance (seed-0 RANDOM conv features)"
+    assert "RANDOM" in r["lpips"] and r["lpips"].startswith("lpips-alex")
+    assert math.isfinite(r["frechet_distance"]) and r["ic_lpips"] is not None
+    with pytest.raises(ValueError, match="lpips_weights"):  # AlexNet weights would go unused by the default
+        generation_metrics(other, small_reference, crop=32, lpips_weights="alexnet.pth")
+    with pytest.raises(ValueError, match="perceptual must be one of"):
+        generation_metrics(other, small_reference, crop=32, perceptual="l1")
 
 
 def test_generation_metrics_skips_with_one_sample(small_reference, tmp_path):
     one = write_from_reference(tmp_path / "one", small_reference, limit=1)
     m = generation_metrics(one, small_reference, crop=32)
     assert m["n_generated"] == 1 and m["n_real"] == 6
-    assert m["fid"] is None and m["kid_mean"] is None and m["ic_lpips"] is None
+    assert m["frechet_distance"] is None and m["kid_mean"] is None and m["ic_lpips"] is None
+    assert m["frechet_name"] is None and m["extractor"] is None
     assert isinstance(m["skipped"], str) and "2" in m["skipped"]

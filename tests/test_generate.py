@@ -133,7 +133,8 @@ def test_generated_dataset_is_complete_and_labelled(generated, clean_dir):
         assert side["visible_fraction"] == pytest.approx(label.sum() / mask.sum())
         sel = side["selection"]
         assert len(sel["scores"]) == 3 and sel["chosen"] == int(np.argmax(sel["scores"]))
-        assert "RANDOM backbone" in sel["lpips"]  # offline fallback is said, not hidden
+        assert sel["measure"] == "lpips-lite0" and sel["lpips"].startswith("lpips-lite0")
+        assert "RANDOM" not in sel["lpips"]  # the pretrained backbone is the default, and says so
         assert side["mask_source"].startswith("auto:") and side["lora_hash"]
         lines = (out / "labels" / f"{name}.txt").read_text().splitlines()
         assert len(lines) == len(side["boxes"]) >= 1

@@ -1,4 +1,5 @@
-"""Generator metrics: FID/KID (torchmetrics) vs numpy/scipy, offline feature extractors, masked IC-LPIPS, crops."""
+"""Generator metrics: Fréchet distance/KID (torchmetrics) vs numpy/scipy, offline feature extractors (default: the
+pretrained EfficientNet-Lite0), masked IC-LPIPS, crops."""
 
 import importlib.util
 
@@ -16,17 +17,20 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from netguard import refuse_network
 from defectfill.errors import DataError, ModelError
 from defectfill.metrics import (
+    DEFAULT_KIND,
+    BackboneFeatures,
     FeatureExtractor,
     RandomConvFeatures,
     crop_around_masks,
-    fid_kid,
+    frechet_kid,
     ic_lpips,
     load_dataset_crops,
     load_features,
     load_reference_crops,
+    metric_names,
 )
 from defectfill.samples import Sample, SampleWriter
-from defectfill.selection import load_lpips
+from defectfill.selection import load_perceptual
 
 
 # ---------------------------------------------------------------------------- FID / KID
@@ -74,22 +78,27 @@ def _np_kid(fx, fy):
 def test_fid_matches_numpy_scipy():
     real, fake = _colour_set(20, seed=1), _colour_set(24, seed=2, offset=25)
     expected = _np_fid(_np_features(real), _np_features(fake))
-    out = fid_kid(real, fake, MeanColourFeatures(), size=16)
+    out = frechet_kid(real, fake, MeanColourFeatures(), size=16)
     assert expected > 1e-3
-    assert out["fid"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert out["frechet_distance"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
     assert (out["n_real"], out["n_fake"], out["size"]) == (20, 24, 16)
     assert out["extractor"] == "mean-colour projection (test)" and out["standard"] is False
+    # a non-standard extractor's numbers are never keyed or named FID
+    assert not any("fid" in key for key in out)
+    assert out["frechet_name"] == "Fréchet distance (mean-colour projection (test) features)"
+    assert out["kid_name"] == "KID (mean-colour projection (test) features)"
 
 
 def test_fid_of_identical_sets_is_zero():
     images = _colour_set(15, seed=3)
-    assert fid_kid(images, images, MeanColourFeatures(), size=16)["fid"] == pytest.approx(0.0, abs=1e-8)
+    out = frechet_kid(images, images, MeanColourFeatures(), size=16)
+    assert out["frechet_distance"] == pytest.approx(0.0, abs=1e-8)
 
 
 def test_kid_matches_unbiased_polynomial_mmd_by_hand():
     real, fake = _colour_set(16, seed=4), _colour_set(16, seed=5, offset=-20)
     expected = _np_kid(_np_features(real), _np_features(fake))
-    out = fid_kid(real, fake, MeanColourFeatures(), kid_subset_size=16, kid_subsets=5, size=16)
+    out = frechet_kid(real, fake, MeanColourFeatures(), kid_subset_size=16, kid_subsets=5, size=16)
     assert out["kid_mean"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert out["kid_std"] == pytest.approx(0.0, abs=1e-12)  # every subset is the whole set
     assert out["kid_subset_size"] == 16
@@ -111,17 +120,18 @@ def test_extractor_plugs_into_torchmetrics_directly_and_grey_is_repeated():
     grey_real, grey_fake = [im[:, :, 0] for im in real], [im[:, :, 1] for im in fake]
     rgb = lambda ims: [np.repeat(g[:, :, None], 3, axis=2) for g in ims]  # noqa: E731
     expected = _np_fid(_np_features(rgb(grey_real)), _np_features(rgb(grey_fake)))
-    assert fid_kid(grey_real, grey_fake, MeanColourFeatures(), size=16)["fid"] == pytest.approx(expected, rel=1e-6)
+    out = frechet_kid(grey_real, grey_fake, MeanColourFeatures(), size=16)
+    assert out["frechet_distance"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_fid_kid_rejects_bad_input():
+def test_frechet_kid_rejects_bad_input():
     images = _colour_set(4, seed=8)
     with pytest.raises(ValueError, match="at least 2"):
-        fid_kid(images[:1], images, MeanColourFeatures(), size=16)
+        frechet_kid(images[:1], images, MeanColourFeatures(), size=16)
     with pytest.raises(ValueError, match="kid_subset_size"):
-        fid_kid(images, images[:3], MeanColourFeatures(), kid_subset_size=4, size=16)
+        frechet_kid(images, images[:3], MeanColourFeatures(), kid_subset_size=4, size=16)
     with pytest.raises(ValueError, match="uint8"):
-        fid_kid([im.astype(np.float32) for im in images], images, MeanColourFeatures(), size=16)
+        frechet_kid([im.astype(np.float32) for im in images], images, MeanColourFeatures(), size=16)
 
 
 # ---------------------------------------------------------------------------- feature extractors
@@ -140,8 +150,85 @@ def test_random_conv_features_are_deterministic_and_offline(monkeypatch):
     assert not torch.allclose(fa, RandomConvFeatures(seed=1)(images))
     assert a.standard is False and "RANDOM" in a.name and "NOT FID/KID" in a.name
     assert a.num_features == 256 and not a.training
-    out = fid_kid(_colour_set(6, 9), _colour_set(6, 10, offset=40), a)
-    assert out["fid"] > 0 and out["standard"] is False and "RANDOM" in out["extractor"]
+    out = frechet_kid(_colour_set(6, 9), _colour_set(6, 10, offset=40), a)
+    assert out["frechet_distance"] > 0 and out["standard"] is False and "RANDOM" in out["extractor"]
+    assert out["frechet_name"] == "Fréchet distance (seed-0 RANDOM conv features)"
+
+
+def test_metric_names_call_only_the_standard_network_fid():
+    class Standard(MeanColourFeatures):
+        standard = True
+        label = "TF-FID Inception-v3"
+
+    class Other(MeanColourFeatures):
+        label = "EfficientNet-Lite0"
+
+    assert metric_names(Standard()) == {"frechet": "FID", "kid": "KID"}
+    assert metric_names(Other()) == {"frechet": "Fréchet distance (EfficientNet-Lite0 features)",
+                                     "kid": "KID (EfficientNet-Lite0 features)"}
+    images = _colour_set(6, seed=11)
+    assert frechet_kid(images, images, Standard(), size=16)["frechet_name"] == "FID"
+
+
+# ---------------------------------------------------------------------------- pretrained backbone features
+
+
+def _smooth_set(n, seed, size=64):
+    """n smooth images: a random colour plus a gentle random gradient (no high frequencies)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    out = []
+    for _ in range(n):
+        colour = rng.uniform(60, 190, 3)
+        slope = rng.uniform(-40, 40, (2, 3))
+        out.append(np.clip(colour + yy[..., None] * slope[0] + xx[..., None] * slope[1], 0, 255).astype(np.uint8))
+    return out
+
+
+def _noise_set(n, seed, size=64):
+    return list(np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def lite0_features():
+    mp = pytest.MonkeyPatch()
+    refuse_network(mp)
+    try:
+        return load_features()  # the default kind
+    finally:
+        mp.undo()
+
+
+def test_default_features_are_the_pretrained_backbone(lite0_features):
+    from defectfill.backbones import PRETRAINED_NAME
+
+    assert DEFAULT_KIND == "efficientnet-lite0" and isinstance(lite0_features, BackboneFeatures)
+    assert lite0_features.name.startswith(PRETRAINED_NAME) and "RANDOM" not in lite0_features.name
+    assert lite0_features.num_features == 1280 and lite0_features.standard is False
+    assert lite0_features.label == "EfficientNet-Lite0" and not lite0_features.training
+    assert metric_names(lite0_features)["frechet"] == "Fréchet distance (EfficientNet-Lite0 features)"
+    # the features are the backbone's pooled head at 224 px, with images scaled to [0, 1]
+    images = torch.from_numpy(np.stack(_noise_set(2, seed=1, size=224))).permute(0, 3, 1, 2).contiguous()
+    from defectfill.backbones import Backbone
+
+    with torch.no_grad():
+        expected = Backbone(pretrained=True).pooled(images.float() / 255)
+    torch.testing.assert_close(lite0_features(images), expected)
+    random = BackboneFeatures(pretrained=False)
+    assert "RANDOM" in random.name and "RANDOM" in metric_names(random)["frechet"]
+
+
+def test_backbone_frechet_kid_separate_noise_from_smooth_images(lite0_features):
+    smooth = _smooth_set(16, seed=2)
+    half_a, half_b, noise = smooth[:8], smooth[8:], _noise_set(8, seed=3)
+    same = frechet_kid(half_a, half_a, lite0_features, kid_subsets=10)
+    within = frechet_kid(half_a, half_b, lite0_features, kid_subsets=10)
+    across = frechet_kid(half_a, noise, lite0_features, kid_subsets=10)
+    assert same["size"] == 224 and same["frechet_name"] == "Fréchet distance (EfficientNet-Lite0 features)"
+    assert abs(same["frechet_distance"]) < 1e-3 * across["frechet_distance"]
+    assert across["frechet_distance"] > 2 * within["frechet_distance"] > 0
+    # (the unbiased KID of a set against itself is not exactly 0 at 8 images: only the ordering is asserted)
+    assert across["kid_mean"] > 2 * max(within["kid_mean"], same["kid_mean"], 0)
 
 
 def test_inception_features_load_a_local_state_dict(tmp_path, monkeypatch):
@@ -233,12 +320,13 @@ def _np_ic_l1(gen, gmask, real, rmask):
     return float(np.mean(values)), len(values)
 
 
-@pytest.fixture(scope="module")
-def lpips_fallback():
+@pytest.fixture(scope="module", params=["lpips-lite0", "lpips"])
+def perceptual(request):
+    """The default LPIPS-style network (pretrained EfficientNet-Lite0) and the explicit random-AlexNet LPIPS."""
     mp = pytest.MonkeyPatch()
     refuse_network(mp)
     try:
-        return load_lpips("alex")
+        return load_perceptual(request.param)
     finally:
         mp.undo()
 
@@ -267,8 +355,8 @@ def test_ic_lpips_clustering_matches_hand_computation():
     assert out["region"] == "union of the two defect masks" and out["lpips"] == "L1 stand-in"
 
 
-def test_ic_lpips_identical_samples_zero_and_more_varied_larger(lpips_fallback):
-    model, description = lpips_fallback
+def test_ic_lpips_identical_samples_zero_and_more_varied_larger(perceptual):
+    model, description = perceptual
     rng = np.random.default_rng(3)
     base = rng.integers(60, 190, size=(48, 48, 3))
     real = np.stack([base, 255 - base]).astype(np.uint8)
@@ -279,7 +367,8 @@ def test_ic_lpips_identical_samples_zero_and_more_varied_larger(lpips_fallback):
     same = np.repeat(base[None].astype(np.uint8), 6, axis=0)
     out = ic_lpips(same, real, model, description, gmasks, rmasks)
     assert out["value"] == pytest.approx(0.0, abs=1e-7) and out["clusters_used"] == 1
-    assert "RANDOM" in out["lpips"]
+    assert out["lpips"] == description
+    assert ("RANDOM" in description) == description.startswith("lpips-alex")  # only the explicit option is random
 
     def varied(amplitude):
         noise = rng.integers(-amplitude, amplitude + 1, size=(6, 48, 48, 3))
@@ -290,8 +379,8 @@ def test_ic_lpips_identical_samples_zero_and_more_varied_larger(lpips_fallback):
     assert 0 < low < high
 
 
-def test_ic_lpips_mask_restriction_ignores_outside_differences(lpips_fallback):
-    model, description = lpips_fallback
+def test_ic_lpips_mask_restriction_ignores_outside_differences(perceptual):
+    model, description = perceptual
     rng = np.random.default_rng(4)
     h, w = 48, 320
     base = rng.integers(60, 190, size=(h, w, 3))
@@ -302,12 +391,13 @@ def test_ic_lpips_mask_restriction_ignores_outside_differences(lpips_fallback):
     gen = gen.astype(np.uint8)
     real = base[None].astype(np.uint8)
     gmasks, rmasks = np.repeat(mask[None], 4, 0), mask[None]
-    assert ic_lpips(gen, real, model, description, gmasks, rmasks)["value"] == pytest.approx(0.0, abs=1e-6)
+    outside = ic_lpips(gen, real, model, description, gmasks, rmasks)["value"]
     assert ic_lpips(gen, real, model, description)["value"] > 1e-3  # unmasked: the differences count
 
     inside = gen.copy()
     inside[:, 16:32, 8:40] = rng.integers(0, 256, size=(4, 16, 32, 3))
-    assert ic_lpips(inside, real, model, description, gmasks, rmasks)["value"] > 1e-3
+    value = ic_lpips(inside, real, model, description, gmasks, rmasks)["value"]
+    assert value > 1e-3 and outside == pytest.approx(0.0, abs=1e-4 * value)
 
 
 def test_ic_lpips_rejects_bad_input():

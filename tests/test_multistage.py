@@ -1,7 +1,8 @@
 """Tests for the Multistage GAN baseline (gan_baselines/multistage), offline and on CPU.
 
-Expectations are computed independently: Gram matrices with numpy, VGG weights straight from a
-seeded torchvision vgg19, background fidelity from a distance transform, resume against an
+Expectations are computed independently: Gram matrices by hand and with numpy, the default
+style encoder's Grams from a separately built pretrained EfficientNet-Lite0, VGG weights straight
+from a seeded torchvision vgg19, background fidelity from a distance transform, resume against an
 uninterrupted run.
 """
 
@@ -28,7 +29,7 @@ from gan_baselines.multistage import (
     train,
     upper_triangle,
 )
-from gan_baselines.multistage.model import VGG_RANDOM_SEED
+from gan_baselines.multistage.model import VGG_RANDOM_SEED, StyleProjection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def blob_root(tmp_path_factory) -> Path:
 
 def tiny_config(data_dir: Path, output_dir: Path, **kw) -> MultistageConfig:
     values = dict(data_dir=str(data_dir), output_dir=str(output_dir), crop_size=32, resolution=32, patch_size=16,
-                  batch_size=4, z_dim=16, style_dim=16, style_layers=["relu1_1"], width_g=8, width_d=8,
+                  batch_size=4, z_dim=16, style_dim=16, style_layers=["stride4"], width_g=8, width_d=8,
                   lr_g=1e-3, lr_d=1e-3, max_steps=30, log_every=1, sample_every=10, checkpointing_steps=10)
     values.update(kw)
     return MultistageConfig(**values)
@@ -119,6 +120,87 @@ def bce_run(blob_root, tmp_path_factory) -> Path:
 
 # ---- texture condition ----
 
+def test_gram_matrix_of_known_features_by_hand():
+    feats = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # C=2, H=1, W=2: channel rows (1, 2) and (3, 4)
+    expected = torch.tensor([[[1 + 4, 3 + 8], [3 + 8, 9 + 16]]]) / (2 * 1 * 2)  # F Fᵀ / (C·H·W)
+    torch.testing.assert_close(gram_matrix(feats), expected)
+    torch.testing.assert_close(upper_triangle(expected), torch.tensor([[5.0, 11.0, 25.0]]) / 4)
+
+
+def test_style_projection_keeps_the_sign_of_gram_entries():
+    proj = StyleProjection([2], out_dim=3)  # one layer of C = 2 channels: 3 entries, scale C = 2
+    with torch.no_grad():
+        proj.linear.weight.copy_(torch.eye(3))
+        proj.linear.bias.zero_()
+    out = proj(torch.tensor([[-0.5, 0.0, 2.0]]))  # sign(G)·log(1 + C·|G|)
+    torch.testing.assert_close(out, torch.tensor([[-np.log(2.0), 0.0, np.log(5.0)]], dtype=torch.float32))
+
+
+def test_style_encoder_default_is_the_pretrained_lite0():
+    from defectfill.backbones import PRETRAINED_NAME, Backbone
+
+    enc = StyleEncoder()
+    assert enc.backbone == "efficientnet-lite0" and enc.layers == ("stride4", "stride8", "stride16")
+    assert enc.description.startswith(PRETRAINED_NAME) and "RANDOM" not in enc.description
+    assert enc.layer_channels == [24, 40, 112] and enc.gram_dim == 300 + 820 + 6328
+    assert all(not p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training
+
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():  # independent: a separately built pretrained backbone on [0, 1] RGB
+        feats = Backbone(pretrained=True, levels=(1, 2, 3))((x.expand(-1, 3, -1, -1) + 1) / 2)
+    expected = []
+    for f in feats:
+        flat = f.double().reshape(2, f.shape[1], -1).numpy()
+        grams = flat @ flat.transpose(0, 2, 1) / flat.shape[1] / flat.shape[2]
+        r, c = np.triu_indices(f.shape[1])
+        expected.append(grams[:, r, c])
+    np.testing.assert_allclose(enc.gram_vector(x).numpy(), np.concatenate(expected, 1), rtol=1e-4, atol=1e-6)
+    reordered = StyleEncoder(["stride8", "stride4"])  # any order of layers; the vector follows it
+    assert reordered.layer_channels == [40, 24]
+    np.testing.assert_allclose(reordered.gram_vector(x).numpy(), np.concatenate([expected[1], expected[0]], 1),
+                               rtol=1e-4, atol=1e-6)
+    random = Backbone(pretrained=False, levels=(1,))
+    assert not torch.allclose(enc.net.net.conv_stem.weight, random.net.conv_stem.weight)
+
+
+def test_lite0_style_encoder_saves_truncated_and_loads_back(tmp_path):
+    enc = StyleEncoder(["stride4", "stride8"])
+    path = tmp_path / "style_encoder.safetensors"
+    enc.save(path)
+    saved = load_file(str(path))
+    assert "conv_stem.weight" in saved
+    assert not any(k.startswith(("conv_head", "classifier", "blocks.3.")) for k in saved)  # truncated at stride 8
+    again = StyleEncoder.load(path)
+    assert (again.backbone, again.layers, again.description) == (enc.backbone, enc.layers, enc.description)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    torch.testing.assert_close(again.gram_vector(x), enc.gram_vector(x), rtol=0, atol=0)
+    save_file({k: v for k, v in saved.items() if k != "conv_stem.weight"}, str(tmp_path / "cut.safetensors"),
+              metadata={"backbone": "efficientnet-lite0", "layers": "stride4,stride8", "description": "x"})
+    with pytest.raises(ConfigError, match=r"cut\.safetensors.*conv_stem"):
+        StyleEncoder.load(tmp_path / "cut.safetensors")
+
+
+def test_style_backbone_options_are_explicit(tmp_path):
+    with pytest.raises(ConfigError, match="stride4"):  # VGG layer names do not fit the Lite0 default
+        StyleEncoder(["relu1_1"])
+    with pytest.raises(ConfigError, match="vgg19-random"):  # no silent random VGG: it must be asked for
+        StyleEncoder(["relu1_1"], backbone="vgg19")
+    with pytest.raises(ConfigError, match="vgg_weights.*vgg19"):
+        StyleEncoder(vgg_weights=tmp_path / "vgg.safetensors")
+    with pytest.raises(ConfigError, match="style_backbone must be one of"):
+        StyleEncoder(backbone="resnet")
+    with pytest.raises(ConfigError, match="repeated"):
+        StyleEncoder(["stride4", "stride4"])
+    for kw, match in [({"style_backbone": "vgg19", "style_layers": ["relu1_1"]}, "vgg19-random"),
+                      ({"vgg_weights": "vgg.pth"}, "vgg_weights is for style_backbone vgg19"),
+                      ({"style_layers": ["relu1_1"]}, "stride4")]:
+        with pytest.raises(ConfigError, match=match):
+            tiny_config(tmp_path, tmp_path / "run", **kw).validate()
+    tiny_config(tmp_path, tmp_path / "run", style_backbone="vgg19-random", style_layers=None).validate()
+
+
 def test_gram_matrix_matches_numpy_and_is_symmetric():
     feats = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     g = gram_matrix(feats)
@@ -131,13 +213,13 @@ def test_gram_matrix_matches_numpy_and_is_symmetric():
     np.testing.assert_allclose(upper_triangle(g).numpy(), g.numpy()[:, rows, cols])
 
 
-def test_style_encoder_random_init_is_frozen_truncated_deterministic():
+def test_style_encoder_random_vgg_is_explicit_frozen_truncated_deterministic():
     from torchvision.models import vgg19
 
     state_before = torch.get_rng_state()
-    enc = StyleEncoder(["relu1_1", "relu2_1"])
+    enc = StyleEncoder(["relu1_1", "relu2_1"], backbone="vgg19-random")
     assert torch.equal(torch.get_rng_state(), state_before)  # the global RNG is untouched
-    assert enc.description == "vgg19 RANDOM init (offline fallback)"
+    assert enc.description == "vgg19 RANDOM init (explicit style_backbone: vgg19-random)"
     assert len(enc.features) == 7  # conv1_1 relu conv1_2 relu pool conv2_1 relu2_1
     assert all(not p.requires_grad for p in enc.parameters())
     enc.train()
@@ -149,7 +231,7 @@ def test_style_encoder_random_init_is_frozen_truncated_deterministic():
         assert torch.equal(enc.features.state_dict()[key], value), key
 
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    again = StyleEncoder(["relu1_1", "relu2_1"])
+    again = StyleEncoder(["relu1_1", "relu2_1"], backbone="vgg19-random")
     torch.testing.assert_close(enc.gram_vector(x), again.gram_vector(x), rtol=0, atol=0)
     # independent pipeline: ImageNet-normalised RGB through torchvision's layers, Gram, triu
     rgb = (x.expand(-1, 3, -1, -1) + 1) / 2
@@ -179,21 +261,26 @@ def test_style_encoder_loads_local_vgg_weights(tmp_path):
     pth_path = tmp_path / "vgg19.pth"
     torch.save({k: v for k, v in state.items() if int(k.split(".")[1]) < 7}, pth_path)
     for path in (st_path, pth_path):
-        enc = StyleEncoder(["relu1_1", "relu2_1"], vgg_weights=path)
+        enc = StyleEncoder(["relu1_1", "relu2_1"], vgg_weights=path, backbone="vgg19")
         assert enc.description == f"vgg19 ImageNet from {path}"
         loaded = enc.features.state_dict()
         assert set(loaded) == {"0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias"}
         for key, value in loaded.items():
             assert torch.equal(value, features.state_dict()[key]), key
+    enc.save(tmp_path / "enc.safetensors")  # round trip of a VGG encoder
+    assert StyleEncoder.load(tmp_path / "enc.safetensors").description == enc.description
+    old = tmp_path / "old.safetensors"  # written before the backbone key existed: a VGG19 encoder
+    save_file(load_file(str(tmp_path / "enc.safetensors")), str(old), metadata={"layers": "relu1_1,relu2_1"})
+    assert StyleEncoder.load(old).backbone == "vgg19"
 
     with pytest.raises(ConfigError, match="missing.safetensors"):
-        StyleEncoder(["relu1_1"], vgg_weights=tmp_path / "missing.safetensors")
+        StyleEncoder(["relu1_1"], vgg_weights=tmp_path / "missing.safetensors", backbone="vgg19")
     partial = tmp_path / "partial.safetensors"
     save_file({"features.0.weight": state["features.0.weight"]}, str(partial))
     with pytest.raises(ConfigError, match=r"partial\.safetensors.*features\.0\.bias"):
-        StyleEncoder(["relu1_1"], vgg_weights=partial)
+        StyleEncoder(["relu1_1"], vgg_weights=partial, backbone="vgg19")
     with pytest.raises(ConfigError, match="relu9_9"):
-        StyleEncoder(["relu9_9"])
+        StyleEncoder(["relu9_9"], backbone="vgg19-random")
 
 
 def test_style_patches_come_from_the_defects_fabric(blob_root):
@@ -282,7 +369,7 @@ def test_stage1_only_steps_leave_the_fusion_network_untouched(blob_root, tmp_pat
     from gan_baselines.multistage.model import build_generators
 
     cfg = tiny_config(blob_root, tmp_path / "x", max_steps=3, stage1_steps=3)
-    fresh = build_generators(cfg, [64], 1)["T"].state_dict()
+    fresh = build_generators(cfg, [24], 1)["T"].state_dict()  # stride4 of the Lite0: 24 channels
     weights = load_file(str(final / "weights.safetensors"))
     assert all(torch.equal(weights[f"T.{k}"], v) for k, v in fresh.items())
 
@@ -292,7 +379,8 @@ def test_stage1_only_steps_leave_the_fusion_network_untouched(blob_root, tmp_pat
 def test_generator_synthesize_background_fidelity_and_seeds(bce_run):
     gen = MultistageGANGenerator.from_checkpoint(bce_run / "final", device="cpu", dilation=3)
     assert gen.name == "multistage_gan" and gen.preserves_background and gen.dilation == 3
-    assert gen.metadata()["style_encoder"] == "vgg19 RANDOM init (offline fallback)"
+    assert gen.metadata()["style_encoder"].startswith("efficientnet-lite0 (ImageNet")
+    assert gen.encoder.backbone == "efficientnet-lite0" and gen.encoder.layers == ("stride4",)
     rng = np.random.default_rng(5)
     clean = np.clip(120 + 15 * np.sin(np.arange(512) / 2.0)[None] + rng.normal(0, 4, (128, 512)), 0, 255)
     clean = clean.astype(np.uint8)
@@ -326,7 +414,8 @@ def test_run_generation_end_to_end(bce_run, blob_root, tmp_path):
         assert (out / name).is_file(), name
     sidecar = json.loads((out / "sidecars" / "000000.json").read_text())
     assert sidecar["generator"] == "multistage_gan"
-    assert sidecar["style_encoder"] == "vgg19 RANDOM init (offline fallback)"
+    assert sidecar["style_encoder"].startswith("efficientnet-lite0 (ImageNet")
+    assert "RANDOM" not in sidecar["style_encoder"]
 
 
 # ---- the launcher and real data ----
@@ -340,7 +429,8 @@ def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys):
     assert main(parse_args(["--config", config, "--set", "patch_size=12"])) == 2
     assert "patch_size must be a power of two" in capsys.readouterr().err
     missing = tmp_path / "vgg.safetensors"
-    args = ["--config", config, "--output_dir", str(tmp_path / "run"), "--set", f"vgg_weights={missing}"]
+    args = ["--config", config, "--output_dir", str(tmp_path / "run"), "--set", "style_backbone=vgg19",
+            "--set", "style_layers=[relu1_1]", "--set", f"vgg_weights={missing}"]
     assert main(parse_args(args)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {missing}: VGG19 weights file not found"
@@ -352,9 +442,18 @@ def test_short_run_on_real_aitex_crops(aitex_root, tmp_path, capsys):
     config = str(REPO_ROOT / "configs" / "gan" / "multistage_small.yaml")
     run = tmp_path / "aitex"
     args = ["--config", config, "--data_dir", str(aitex_root), "--output_dir", str(run), "--max_steps", "20",
-            "--set", "resolution=32", "--set", "patch_size=16", "--set", "style_layers=[relu1_1]",
+            "--set", "resolution=32", "--set", "patch_size=16", "--set", "style_layers=[stride4]",
             "--set", "width_g=8", "--set", "width_d=8", "--set", "batch_size=4", "--set", "sample_every=20"]
     assert main(parse_args(args)) == 0
     assert (run / "samples" / "samples-000020.png").is_file()
     assert (run / "final" / "weights.safetensors").is_file()
     assert len(metrics(run)) == 2  # log_every 10 in the shipped config
+
+
+def test_shipped_config_names_the_pretrained_style_backbone():
+    import yaml
+
+    values = yaml.safe_load((REPO_ROOT / "configs" / "gan" / "multistage_small.yaml").read_text())
+    assert values["style_backbone"] == "efficientnet-lite0" and values["vgg_weights"] is None
+    assert values["style_layers"] == ["stride4", "stride8", "stride16"]
+    assert MultistageConfig().style_backbone == values["style_backbone"]  # the dataclass default agrees

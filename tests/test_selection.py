@@ -1,4 +1,5 @@
-"""Low-Fidelity Selection (DefectFill Sec. 3.3): masked distances, selection, offline LPIPS."""
+"""Low-Fidelity Selection (DefectFill Sec. 3.3): masked distances, selection, offline perceptual networks
+(default: LPIPS-style on the pretrained EfficientNet-Lite0; the lpips package's AlexNet as an explicit option)."""
 
 import socket
 import warnings
@@ -9,10 +10,13 @@ import torchvision
 from safetensors.torch import save_file
 
 from netguard import refuse_network
+from defectfill.metrics import BackbonePerceptual
 from defectfill.selection import (
+    DEFAULT_MEASURE,
     MEASURES,
     PAPER_MEASURE,
     load_lpips,
+    load_perceptual,
     low_fidelity_selection,
     masked_distance,
     masked_lpips_distance,
@@ -22,14 +26,19 @@ from defectfill.selection import (
 
 
 @pytest.fixture(scope="module")
-def lpips_model():
+def models():
+    """The network of every measure (None for the pixel measures), built offline once."""
     mp = pytest.MonkeyPatch()
     refuse_network(mp)
     try:
-        model, _ = load_lpips("alex")
+        return {m: load_perceptual(m)[0] for m in MEASURES}
     finally:
         mp.undo()
-    return model
+
+
+@pytest.fixture(scope="module")
+def lpips_model(models):
+    return models["lpips"]
 
 
 def _scene(size=64, seed=0):
@@ -53,21 +62,41 @@ def _candidates(clean, pattern, region, amplitudes=AMPLITUDES):
 
 
 @pytest.mark.parametrize("measure", MEASURES)
-def test_picks_strongest_in_mask_perturbation(measure, lpips_model):
+def test_picks_strongest_in_mask_perturbation(measure, models):
     clean, noise, mask = _scene()
     cands = _candidates(clean, noise, mask)
-    best, scores = low_fidelity_selection(cands, clean, mask, measure, lpips_model)
+    best, scores = low_fidelity_selection(cands, clean, mask, measure, models[measure])
     assert best == 1
     assert len(scores) == len(AMPLITUDES) and all(isinstance(s, float) for s in scores)
     # scores rank the candidates by perturbation amplitude
     assert sorted(range(4), key=scores.__getitem__) == sorted(range(4), key=AMPLITUDES.__getitem__)
 
 
-def test_paper_default_is_lpips():
-    assert PAPER_MEASURE == "lpips"
+def test_default_is_the_pretrained_lite0_and_the_paper_measure_is_lpips(models):
+    assert DEFAULT_MEASURE == "lpips-lite0" and PAPER_MEASURE == "lpips"
     clean, noise, mask = _scene()
-    with pytest.raises(ValueError, match="lpips_model"):
-        low_fidelity_selection(_candidates(clean, noise, mask), clean, mask)  # default needs a model
+    cands = _candidates(clean, noise, mask)
+    with pytest.raises(ValueError, match=r"load_perceptual\('lpips-lite0'\)"):
+        low_fidelity_selection(cands, clean, mask)  # the default needs its model
+    assert low_fidelity_selection(cands, clean, mask, lpips_model=models["lpips-lite0"])[0] == 1
+    with pytest.raises(ValueError, match="got a LPIPS model"):  # a model of the other measure is refused
+        low_fidelity_selection(cands, clean, mask, "lpips-lite0", models["lpips"])
+    with pytest.raises(ValueError, match="got a BackbonePerceptual model"):
+        low_fidelity_selection(cands, clean, mask, "lpips", models["lpips-lite0"])
+
+
+def test_load_perceptual_builds_each_measures_network_offline(monkeypatch, models):
+    refuse_network(monkeypatch)
+    model, desc = load_perceptual()
+    assert isinstance(model, BackbonePerceptual) and model.spatial and not model.training
+    assert "efficientnet-lite0 (ImageNet" in desc and "RANDOM" not in desc
+    _, lpips_desc = load_perceptual("lpips")
+    assert lpips_desc == load_lpips("alex")[1] and "RANDOM" in lpips_desc  # explicit option, says so
+    assert load_perceptual("ssim") == (None, None)
+    with pytest.raises(ValueError, match="choose 'lpips' or drop lpips_weights"):
+        load_perceptual("lpips-lite0", lpips_weights="alexnet.pth")  # would silently go unused
+    with pytest.raises(ValueError, match="unknown measure"):
+        load_perceptual("dists")
 
 
 def test_l1_l2_equal_offset_inside_mask():
@@ -81,9 +110,9 @@ def test_l1_l2_equal_offset_inside_mask():
 
 
 @pytest.mark.parametrize("measure", MEASURES)
-def test_clean_vs_itself_is_zero(measure, lpips_model):
+def test_clean_vs_itself_is_zero(measure, models):
     clean, _, mask = _scene()
-    scores = masked_distance(clean[None].repeat(2, 1, 1, 1), clean, mask, measure, lpips_model)
+    scores = masked_distance(clean[None].repeat(2, 1, 1, 1), clean, mask, measure, models[measure])
     assert scores.shape == (2,)
     assert scores.abs().max() < 1e-6
 
@@ -102,16 +131,27 @@ def test_pixel_measures_ignore_changes_outside_mask(measure):
     assert scores[1] > 0.05
 
 
-def test_lpips_far_outside_change_scores_much_less_than_inside(lpips_model):
-    size = 128
+@pytest.mark.parametrize("measure,size,ratio", [("lpips", 128, 0.05), ("lpips-lite0", 256, 0.001)])
+def test_perceptual_far_outside_change_scores_much_less_than_inside(measure, size, ratio, models):
     clean, noise, _ = _scene(size)
     corner = torch.zeros(size, size, dtype=torch.bool)
     corner[4:36, 4:36] = True  # mask in the top-left corner
     opposite = corner.flip(0).flip(1)  # the same change in the bottom-right corner
     cands = torch.stack([(clean + 0.4 * noise * region).clamp(0, 1) for region in (opposite, corner)])
-    outside, inside = masked_lpips_distance(cands, clean, corner, lpips_model).tolist()
+    outside, inside = masked_lpips_distance(cands, clean, corner, models[measure]).tolist()
     assert inside > 0
-    assert outside < 0.05 * inside
+    assert outside < ratio * inside
+    best, _ = low_fidelity_selection(cands, clean, corner, measure, models[measure])
+    assert best == 1  # the candidate whose change is inside the mask
+
+
+def test_lite0_score_is_eq1_restricted_to_the_mask(models):
+    model = models["lpips-lite0"]
+    clean, noise, mask = _scene(64)
+    cands = _candidates(clean, noise, mask, [0.1, 0.3])
+    full_map = model(cands, clean[None])  # (K, 1, H, W); the mask's pixels averaged by hand
+    expected = full_map[:, 0][:, mask].mean(dim=1)
+    torch.testing.assert_close(masked_lpips_distance(cands, clean, mask, model), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_ssim_crop_matches_full_image_and_torchmetrics():
@@ -164,7 +204,8 @@ def test_tie_break_is_lowest_index():
 
 
 @pytest.mark.parametrize("measure", MEASURES)
-def test_input_layouts_and_grayscale_agree(measure, lpips_model):
+def test_input_layouts_and_grayscale_agree(measure, models):
+    lpips_model = models[measure]
     clean, noise, mask = _scene()
     cands = _candidates(clean, noise, mask)
     ref = masked_distance(cands, clean, mask, measure, lpips_model)
@@ -189,7 +230,7 @@ def test_errors(lpips_model):
         masked_lpips_distance(cands, clean, torch.zeros_like(mask), lpips_model)
     with pytest.raises(ValueError, match="unknown measure 'psnr'"):
         low_fidelity_selection(cands, clean, mask, "psnr")
-    with pytest.raises(ValueError, match="load_lpips"):
+    with pytest.raises(ValueError, match=r"load_perceptual\('lpips'\)"):
         low_fidelity_selection(cands, clean, mask, "lpips", None)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         low_fidelity_selection(cands * 2 - 1, clean, mask, "l1")

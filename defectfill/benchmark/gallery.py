@@ -1,4 +1,4 @@
-"""Side-by-side comparison of generators and per-generator FID / KID / IC-LPIPS.
+"""Side-by-side comparison of generators and per-generator Fréchet distance / KID / IC-LPIPS.
 
 Generators run with the same seed on the same clean images write the same sample names with
 the same masks (``defectfill.samples`` layout), so one name is one like-for-like comparison:
@@ -6,10 +6,12 @@ the same masks (``defectfill.samples`` layout), so one name is one like-for-like
 * :func:`side_by_side_sheet` — a PNG contact sheet, one row per common sample name,
   columns ``clean | mask | <generator 1> | <generator 2> | ...``, all cropped to the SAME
   window around the mask's first connected component.
-* :func:`generation_metrics` — FID / KID (:func:`defectfill.metrics.fid_kid`) and masked
-  IC-LPIPS (:func:`defectfill.metrics.ic_lpips`) of one generated dataset's defect-centred
-  crops against the real reference crops; the result names the feature extractor and the LPIPS
-  network, so an offline random fallback is never mistaken for the standard metrics.
+* :func:`generation_metrics` — Fréchet distance / KID (:func:`defectfill.metrics.frechet_kid`)
+  and masked IC-LPIPS (:func:`defectfill.metrics.ic_lpips`) of one generated dataset's
+  defect-centred crops against the real reference crops, by default all on the pretrained
+  EfficientNet-Lite0 backbone; the result names the metrics ("FID" only for the standard
+  TF-FID Inception) and the networks, so a random network (only when asked for) is never
+  mistaken for the standard metrics.
 """
 
 from __future__ import annotations
@@ -222,33 +224,44 @@ def side_by_side_sheet(datasets: dict[str, str | os.PathLike], out_path: str | o
 
 
 def generation_metrics(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike, crop: int = 64,
-                       features: str = "random", features_weights: str | None = None,
+                       features: str = "efficientnet-lite0", features_weights: str | None = None,
                        lpips_weights: str | None = None, seed: int = 0,
                        defect_types: Sequence[str] | None = None, device: str = "cpu",
-                       max_pairs_per_cluster: int | None = None) -> dict:
-    """FID / KID and masked IC-LPIPS of a generated dataset's defect crops against real defect crops.
+                       max_pairs_per_cluster: int | None = None, perceptual: str = "lpips-lite0",
+                       lpips_net: str = "alex") -> dict:
+    """Fréchet distance / KID and masked IC-LPIPS of a generated dataset's defect crops against real ones.
 
     Generated crops: :func:`~defectfill.metrics.load_dataset_crops` (accepted samples, all
     classes); real crops: :func:`~defectfill.metrics.load_reference_crops` of ``reference_dir``
     (``images/`` + ``masks/``) limited to ``defect_types`` when given; both ``crop`` px square,
-    centred on the defect. FID/KID use ``load_features(features, features_weights, seed=seed)``
-    with ``kid_subset_size = min(n_real, n_generated, 1000)``; IC-LPIPS (Ojha et al. 2021, over
-    the union of the defect masks) uses ``load_lpips(backbone_weights=lpips_weights)``.
+    centred on the defect. The Fréchet distance and KID use ``load_features(features,
+    features_weights, seed=seed)`` (default: the pretrained EfficientNet-Lite0's pooled features;
+    ``"fid-inception"`` with the TF-FID weights gives the standard FID/KID; ``"random"`` only when
+    asked) with ``kid_subset_size = min(n_real, n_generated, 1000)``. IC-LPIPS (Ojha et al. 2021,
+    over the union of the defect masks) uses ``load_perceptual(perceptual, lpips_net,
+    lpips_weights)``: by default the LPIPS-style distance on the pretrained EfficientNet-Lite0;
+    ``perceptual="lpips"`` for the lpips package's network (with ``lpips_weights``: the standard
+    LPIPS; without: a RANDOM backbone, asked for explicitly).
 
-    Returns ``{fid, kid_mean, kid_std, kid_subset_size, ic_lpips, n_generated, n_real, crop,
-    extractor, standard, lpips, ic_lpips_detail, skipped, generated_dir, reference_dir}``.
-    ``extractor``/``lpips`` name the networks (a random offline fallback says so; ``standard``
-    is False then). With fewer than 2 generated or 2 real crops nothing is computed: the
-    metric values (and network fields) are None and ``skipped`` says why. ``ic_lpips`` is None
-    when no cluster has 2 members (see ``ic_lpips_detail``).
+    Returns ``{frechet_distance, kid_mean, kid_std, kid_subset_size, ic_lpips, frechet_name,
+    kid_name, n_generated, n_real, crop, extractor, standard, lpips, ic_lpips_detail, skipped,
+    generated_dir, reference_dir}``. ``frechet_name``/``kid_name`` are what the numbers are
+    called ("FID"/"KID" only when ``standard``, else "Fréchet distance (EfficientNet-Lite0
+    features)" ...); ``extractor``/``lpips`` name the networks. With fewer than 2 generated or 2
+    real crops nothing is computed: the metric values (and network fields) are None and
+    ``skipped`` says why. ``ic_lpips`` is None when no cluster has 2 members (see
+    ``ic_lpips_detail``).
     """
-    from defectfill.metrics import fid_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
+    from defectfill.metrics import frechet_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
     from defectfill.metrics.distribution import MAX_KID_SUBSET
-    from defectfill.selection import load_lpips
+    from defectfill.selection import PERCEPTUAL_MEASURES, load_perceptual
 
+    if perceptual not in PERCEPTUAL_MEASURES:
+        raise ValueError(f"perceptual must be one of {', '.join(PERCEPTUAL_MEASURES)}, got {perceptual!r}")
     gen = load_dataset_crops(generated_dir, crop)
     real = load_reference_crops(reference_dir, crop, defect_types)
-    out = {"fid": None, "kid_mean": None, "kid_std": None, "kid_subset_size": None, "ic_lpips": None,
+    out = {"frechet_distance": None, "kid_mean": None, "kid_std": None, "kid_subset_size": None,
+           "ic_lpips": None, "frechet_name": None, "kid_name": None,
            "n_generated": len(gen), "n_real": len(real), "crop": int(crop), "extractor": None,
            "standard": None, "lpips": None, "ic_lpips_detail": None, "skipped": None,
            "generated_dir": str(generated_dir), "reference_dir": str(reference_dir)}
@@ -258,16 +271,15 @@ def generation_metrics(generated_dir: str | os.PathLike, reference_dir: str | os
         log.warning("generation metrics for %s skipped: %s", generated_dir, out["skipped"])
         return out
 
+    model, description = load_perceptual(perceptual, lpips_net, lpips_weights, device=device)
     extractor = load_features(features, features_weights, device=device, seed=seed)
-    dist = fid_kid(real.images, gen.images, extractor,
-                   kid_subset_size=min(len(real), len(gen), MAX_KID_SUBSET), seed=seed)
-    model, description = load_lpips(backbone_weights=lpips_weights, device=device)
+    dist = frechet_kid(real.images, gen.images, extractor,
+                       kid_subset_size=min(len(real), len(gen), MAX_KID_SUBSET), seed=seed)
     detail = ic_lpips(gen.images, real.images, model, description, generated_masks=gen.masks,
                       real_masks=real.masks, max_pairs_per_cluster=max_pairs_per_cluster, seed=seed)
     value = detail["value"] if math.isfinite(detail["value"]) else None  # NaN is not JSON
     detail = {**detail, "value": value}
-    out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"],
-               kid_subset_size=dist["kid_subset_size"], extractor=dist["extractor"],
-               standard=dist["standard"], lpips=description, ic_lpips_detail=detail,
-               ic_lpips=value)
+    out.update({key: dist[key] for key in ("frechet_distance", "kid_mean", "kid_std", "kid_subset_size",
+                                           "extractor", "standard", "frechet_name", "kid_name")})
+    out.update(lpips=description, ic_lpips_detail=detail, ic_lpips=value)
     return out

@@ -1,8 +1,12 @@
-"""Generator benchmark metrics: FID / KID (distribution) and masked IC-LPIPS (diversity), offline.
+"""Generator benchmark metrics, offline: Fréchet distance / KID (distribution) and masked IC-LPIPS (diversity).
 
-Every result states which network produced it (``extractor`` / ``standard`` for FID/KID,
-``lpips`` for IC-LPIPS), so offline fallbacks (random conv features, random LPIPS backbone)
-are never mistaken for the standard metrics.
+By default every perceptual network is the pretrained ImageNet EfficientNet-Lite0 backbone
+(:mod:`defectfill.backbones`): pooled features for the Fréchet distance and KID
+(:class:`BackboneFeatures`), multi-layer features for the LPIPS-style distance of IC-LPIPS
+(:class:`BackbonePerceptual`). Every result states which network produced it (``extractor`` /
+``standard`` / ``frechet_name`` / ``kid_name`` for the distribution metrics, ``lpips`` for
+IC-LPIPS); only the standard TF-FID Inception's numbers are called FID/KID, and random networks
+(random conv features, a random LPIPS backbone) are used only when asked for and say so.
 """
 
 from defectfill.metrics.distribution import (
@@ -10,23 +14,30 @@ from defectfill.metrics.distribution import (
     crop_around_masks,
     crop_window_around_mask,
     extract_features,
-    fid_kid,
+    frechet_kid,
     load_dataset_crops,
     load_reference_crops,
     to_uint8_batch,
 )
 from defectfill.metrics.diversity import ic_lpips, masked_lpips_pairs
 from defectfill.metrics.features import (
+    DEFAULT_KIND,
     KINDS,
+    BackboneFeatures,
     FeatureExtractor,
     FIDInceptionFeatures,
     InceptionFeatures,
     RandomConvFeatures,
     load_features,
+    metric_names,
 )
+from defectfill.metrics.perceptual import BackbonePerceptual, layer_distance_map, unit_normalize
 
 __all__ = [
+    "DEFAULT_KIND",
     "KINDS",
+    "BackboneFeatures",
+    "BackbonePerceptual",
     "DefectCrops",
     "FIDInceptionFeatures",
     "FeatureExtractor",
@@ -35,11 +46,14 @@ __all__ = [
     "crop_around_masks",
     "crop_window_around_mask",
     "extract_features",
-    "fid_kid",
+    "frechet_kid",
     "ic_lpips",
+    "layer_distance_map",
     "load_dataset_crops",
     "load_features",
     "load_reference_crops",
     "masked_lpips_pairs",
+    "metric_names",
     "to_uint8_batch",
+    "unit_normalize",
 ]

@@ -1,15 +1,18 @@
-"""Distribution metrics between real and generated defect images: FID and KID (via torchmetrics).
+"""Distribution metrics between real and generated defect images: Fréchet distance and KID (torchmetrics).
 
-* FID — Fréchet Inception Distance, Heusel et al., NeurIPS 2017: ``|mu_r - mu_f|^2 +
+* Fréchet distance — the FID formula of Heusel et al., NeurIPS 2017: ``|mu_r - mu_f|^2 +
   Tr(S_r + S_f - 2 (S_r S_f)^(1/2))`` of Gaussians fitted to the two feature sets.
-* KID — Kernel Inception Distance, Binkowski et al., ICLR 2018: unbiased MMD^2 with the cubic
-  polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets.
+* KID — Binkowski et al., ICLR 2018: unbiased MMD^2 with the cubic polynomial kernel
+  ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets.
 
 Both come from ``torchmetrics`` (``FrechetInceptionDistance`` / ``KernelInceptionDistance``)
-fed with features of a :class:`~defectfill.metrics.features.FeatureExtractor`; the numbers are
-only the standard FID/KID when ``extractor.standard`` is True, and every result says which
-extractor made it. Both are biased or noisy for small sets (FID strongly so: compare FIDs
-only at equal set sizes; prefer KID for a few hundred images).
+fed with features of a :class:`~defectfill.metrics.features.FeatureExtractor` — by default the
+pretrained EfficientNet-Lite0 backbone's pooled features. Results are keyed ``frechet_distance``
+/ ``kid_mean`` and carry their names (``frechet_name`` / ``kid_name``, from
+:func:`~defectfill.metrics.features.metric_names`): "FID"/"KID" only when ``extractor.standard``
+(the TF-FID Inception), else e.g. "Fréchet distance (EfficientNet-Lite0 features)". Both are
+biased or noisy for small sets (the Fréchet distance strongly so: compare only at equal set
+sizes; prefer KID for a few hundred images).
 
 Line scans are 4096x256 with a small defect, so metrics are computed on defect-centred crops
 (:func:`crop_around_masks`), not on mostly-clean full images.
@@ -28,7 +31,7 @@ import torch
 from PIL import Image
 
 from defectfill.errors import DataError
-from defectfill.metrics.features import FeatureExtractor
+from defectfill.metrics.features import FeatureExtractor, metric_names
 
 DEFAULT_SIZE = 128  # common side for extractors without a fixed input size
 DEFAULT_KID_SUBSETS = 100
@@ -85,10 +88,10 @@ class _PassThrough(torch.nn.Module):
         return features
 
 
-# ---------------------------------------------------------------------------- FID / KID
+# ---------------------------------------------------------------------------- Fréchet distance / KID
 
 
-def fid_kid(
+def frechet_kid(
     real_images: Sequence[np.ndarray] | np.ndarray,
     fake_images: Sequence[np.ndarray] | np.ndarray,
     extractor: FeatureExtractor,
@@ -98,15 +101,16 @@ def fid_kid(
     batch_size: int = 32,
     seed: int = 0,
 ) -> dict:
-    """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of fake vs real images, via torchmetrics.
+    """Fréchet distance (Heusel et al. 2017) and KID (Binkowski et al. 2018) of fake vs real, via torchmetrics.
 
     Images are uint8 (H, W) or (H, W, 3) arrays, resized to ``size`` (default: the extractor's
     ``input_size``, else 128). Features are extracted once per image, in float64, and given to
     ``FrechetInceptionDistance`` and ``KernelInceptionDistance``. KID uses ``kid_subsets`` random
     subsets of ``kid_subset_size`` (default ``min(n_real, n_fake, 1000)``) per set, drawn with
-    ``seed`` (the global RNG is left untouched). Returns ``{fid, kid_mean, kid_std, kid_subset_size,
-    kid_subsets, n_real, n_fake, size, extractor, standard}``; ``standard`` is the extractor's
-    flag: False means the numbers are not comparable with published FID/KID.
+    ``seed`` (the global RNG is left untouched). Returns ``{frechet_distance, kid_mean, kid_std,
+    kid_subset_size, kid_subsets, n_real, n_fake, size, extractor, standard, frechet_name,
+    kid_name}``; ``standard`` is the extractor's flag (False: not comparable with published
+    FID/KID) and the names say so (:func:`~defectfill.metrics.features.metric_names`).
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -117,7 +121,8 @@ def fid_kid(
     fake = to_uint8_batch(fake_images, size)
     n_real, n_fake = real.shape[0], fake.shape[0]
     if min(n_real, n_fake) < 2:
-        raise ValueError(f"FID/KID need at least 2 real and 2 fake images, got {n_real} real and {n_fake} fake")
+        raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
+                         f"{n_fake} fake")
     if kid_subset_size is None:
         kid_subset_size = min(n_real, n_fake, MAX_KID_SUBSET)
     if not 2 <= kid_subset_size <= min(n_real, n_fake):
@@ -138,8 +143,9 @@ def fid_kid(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
+    names = metric_names(extractor)
     return {
-        "fid": float(fid.compute()),
+        "frechet_distance": float(fid.compute()),
         "kid_mean": float(kid_mean),
         "kid_std": float(kid_std),
         "kid_subset_size": int(kid_subset_size),
@@ -149,6 +155,8 @@ def fid_kid(
         "size": int(size),
         "extractor": extractor.name,
         "standard": bool(extractor.standard),
+        "frechet_name": names["frechet"],
+        "kid_name": names["kid"],
     }
 
 

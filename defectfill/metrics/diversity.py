@@ -6,13 +6,16 @@ LPIPS) of the k real training images; the LPIPS distances between pairs of gener
 of a cluster are averaged, and these per-cluster averages are averaged over clusters. A
 generator that copies its k training images scores ~0; more varied outputs score higher.
 
-Defect variant used here: every LPIPS distance is the spatial LPIPS map (``lpips.LPIPS(spatial=
-True)``, built by :func:`defectfill.selection.load_lpips`) averaged over the UNION of the two
-images' defect masks (both the generated-to-real distances of the assignment and the
+Defect variant used here: every LPIPS distance is a spatial LPIPS map averaged over the UNION of
+the two images' defect masks (both the generated-to-real distances of the assignment and the
 generated-to-generated distances within a cluster), so the clean fabric around a defect does
 not dominate and the distance stays symmetric. Without masks the whole image is used. Clusters
-with fewer than 2 members are skipped and counted. The result carries the LPIPS description so
-a RANDOM-backbone fallback is never passed off as the standard LPIPS.
+with fewer than 2 members are skipped and counted. The map comes from
+:func:`defectfill.selection.load_perceptual`: by default the LPIPS-style distance on the
+pretrained EfficientNet-Lite0 (:class:`~defectfill.metrics.perceptual.BackbonePerceptual`,
+Zhang et al. 2018 eq. 1 with unit weights), or ``lpips.LPIPS(spatial=True)`` (the standard LPIPS
+with local AlexNet weights; a RANDOM backbone only when asked for). The result carries the
+network's description, so a random backbone is never passed off as the standard LPIPS.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def masked_lpips_pairs(
     """LPIPS between ``x[i]`` and ``y[j]`` for each row ``(i, j)`` of ``pairs``, over the union of their masks.
 
     ``x``, ``y``: float (N, 3, H, W) in [0, 1]; masks float (N, 1, H, W) or both None (whole
-    image). ``model`` is a spatial LPIPS (``load_lpips``) called as ``model(a, b, normalize=True)``
-    -> (B, 1, h, w). Returns float64 (P,).
+    image). ``model`` is a spatial LPIPS(-style) network (``load_perceptual`` / ``load_lpips``)
+    called as ``model(a, b, normalize=True)`` -> (B, 1, h, w). Returns float64 (P,).
     """
     if getattr(model, "spatial", True) is False:
         raise ValueError("the LPIPS model must be built with spatial=True (a per-pixel map is needed)")
@@ -141,13 +144,13 @@ def ic_lpips(
     distance within each cluster of >= 2 members is averaged over those clusters.
     ``max_pairs_per_cluster`` caps the pairs per cluster (seeded random subset) for large n.
 
-    ``lpips_model``/``lpips_description`` are what :func:`defectfill.selection.load_lpips` returns;
-    the description is reported so a random-backbone fallback is visible. Returns ``{value,
+    ``lpips_model``/``lpips_description`` are what :func:`defectfill.selection.load_perceptual`
+    (or ``load_lpips``) returns; the description is reported so the network is visible. Returns ``{value,
     clusters_used, clusters_skipped, cluster_sizes, cluster_values, k, n_generated, region, lpips,
     metric}``; ``value`` is NaN when no cluster has 2 members.
     """
     if not isinstance(lpips_description, str) or not lpips_description:
-        raise ValueError("lpips_description is required (the string load_lpips returns with the model)")
+        raise ValueError("lpips_description is required (the string load_perceptual returns with the model)")
     if max_pairs_per_cluster is not None and max_pairs_per_cluster < 1:
         raise ValueError(f"max_pairs_per_cluster must be >= 1 or None, got {max_pairs_per_cluster}")
     gen, ref = images_to_float(generated, "generated"), images_to_float(real, "real")

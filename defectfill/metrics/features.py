@@ -1,19 +1,24 @@
-"""Pluggable image feature extractors for FID / KID (offline: nothing is ever downloaded).
+"""Pluggable image feature extractors for the generation metrics (offline: nothing is ever downloaded).
 
 FID (Heusel et al., NeurIPS 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to
 a Local Nash Equilibrium") and KID (Binkowski et al., ICLR 2018, "Demystifying MMD GANs")
 compare two sets of images through the 2048-d pool3 features of the TensorFlow Inception-v3
 network (``pt_inception-2015-12-05``). Only that network with those weights gives numbers
-comparable with published FID/KID; every extractor says whether it is that one through its
-``standard`` flag and its ``name``:
+comparable with published FID/KID, and only its numbers are *called* FID/KID; on any other
+features the same formulas are a "Fréchet distance (<network> features)" and a "KID (<network>
+features)" (:func:`metric_names`). Every extractor says which one it is through its ``standard``
+flag, its ``name`` and its short ``label``:
 
+* :class:`BackboneFeatures` — the DEFAULT (``kind="efficientnet-lite0"``): 1280-d pooled head
+  features of the toolkit's one pretrained backbone, ImageNet EfficientNet-Lite0
+  (:mod:`defectfill.backbones`, a registry package: available offline). ``standard=False``.
 * :class:`FIDInceptionFeatures` — torch-fidelity's port of the TF-FID network, from a local
   weights file (needs the optional ``torch-fidelity`` package). ``standard`` is True only when
   the file's SHA-256 matches the published FID weights.
 * :class:`InceptionFeatures` — torchvision Inception-v3 with a local ImageNet state dict: close
   to, but not, the TF-FID network (different weights and pooling details). ``standard=False``.
-* :class:`RandomConvFeatures` — a seeded random conv net: the offline fallback when no weights
-  are at hand. Good for relative comparisons in tests, NOT FID/KID. ``standard=False``.
+* :class:`RandomConvFeatures` — a seeded RANDOM conv net, only when asked for (``kind="random"``):
+  good for relative comparisons in tests, NOT FID/KID. ``standard=False``.
 
 Every extractor is a ``torch.nn.Module`` usable directly as the ``feature`` argument of
 ``torchmetrics`` ``FrechetInceptionDistance`` / ``KernelInceptionDistance``: it has an int
@@ -31,8 +36,10 @@ import torch.nn.functional as F
 
 from defectfill.errors import ModelError
 
-KINDS = ("fid-inception", "inception", "random")
+KINDS = ("efficientnet-lite0", "fid-inception", "inception", "random")
+DEFAULT_KIND = "efficientnet-lite0"  # the pretrained backbone: never a random network unless asked
 INCEPTION_SIZE = 299  # Inception-v3 input side
+LITE0_SIZE = 224  # EfficientNet-Lite0's ImageNet training side
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # pt_inception-2015-12-05-6726825d.pth (torch.hub name = sha256 prefix)
 _TF_FID_CLASSES = 1008  # the TF-FID Inception has a 1008-way fc; torchvision's ImageNet one has 1000
 
@@ -52,13 +59,15 @@ def check_uint8_images(images: torch.Tensor) -> torch.Tensor:
 class FeatureExtractor(torch.nn.Module):
     """Interface: uint8 ``(N, 3, H, W)`` images -> ``(N, num_features)`` float features.
 
-    Attributes: ``name`` (says which network and weights), ``num_features`` (D),
-    ``standard`` (True only for the standard FID/KID network with its standard weights) and
-    ``input_size`` (the side images are resized to inside ``forward``; ``None`` = any size).
+    Attributes: ``name`` (says which network and weights), ``label`` (the short network name
+    used in metric names, e.g. "EfficientNet-Lite0"), ``num_features`` (D), ``standard`` (True
+    only for the standard FID/KID network with its standard weights) and ``input_size`` (the
+    side images are resized to inside ``forward``; ``None`` = any size).
     Subclasses implement :meth:`features`; the module never leaves eval mode.
     """
 
     name: str = "abstract feature extractor"
+    label: str = ""
     num_features: int = 0
     standard: bool = False
     input_size: int | None = None
@@ -176,6 +185,7 @@ class InceptionFeatures(FeatureExtractor):
         self.net = net.eval().requires_grad_(False)
         self.weights_path = str(path)
         self.name = "torchvision Inception-v3 (ImageNet, local weights) — close to but not the TF-FID network"
+        self.label = "torchvision Inception-v3"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
@@ -221,16 +231,53 @@ class FIDInceptionFeatures(FeatureExtractor):
         self.weights_path = str(path)
         verdict = "standard FID weights" if self.standard else "UNRECOGNISED weights: not the standard FID network"
         self.name = f"torch-fidelity TF-FID Inception-v3 pool3 ({path.name}; {verdict})"
+        self.label = "TF-FID Inception-v3" if self.standard else "TF-FID Inception-v3 with unrecognised weights"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).reshape(images.shape[0], -1)
 
 
-# ---------------------------------------------------------------------------- random fallback
+# ---------------------------------------------------------------------------- pretrained backbone (default)
+
+
+class BackboneFeatures(FeatureExtractor):
+    """Pooled 1280-d head features of ImageNet EfficientNet-Lite0 (:class:`defectfill.backbones.Backbone`).
+
+    The default extractor of the generation metrics: the toolkit's one pretrained backbone
+    (Tan & Le, ICML 2019, EfficientNet; the Lite variant, ReLU6 and no squeeze-excitation), its
+    global-average-pooled ``conv_head`` output, i.e. the input of its ImageNet classifier — the
+    same role pool3 plays in Inception-v3 for FID. Images are resized bilinearly (antialiased)
+    to 224x224, its training side, and scaled to [0, 1] (the backbone normalises them).
+    Not the FID network: ``standard=False``; metric names say "EfficientNet-Lite0 features".
+    ``pretrained=False`` gives the seeded RANDOM backbone (an explicit option; the name says so).
+    """
+
+    input_size = LITE0_SIZE
+    standard = False
+
+    def __init__(self, pretrained: bool = True, seed: int = 0, weights: str | Path | None = None):
+        super().__init__()
+        from defectfill.backbones import NUM_FEATURES, Backbone
+
+        self.backbone = Backbone(pretrained=pretrained, frozen=True, seed=seed, weights=weights)
+        self.num_features = NUM_FEATURES
+        self.pretrained = bool(pretrained)
+        self.name = f"{self.backbone.name}, pooled {NUM_FEATURES}-d head features (not the FID Inception network)"
+        self.label = "EfficientNet-Lite0" if pretrained else f"seed-{seed} RANDOM EfficientNet-Lite0"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        if x.shape[-2:] != (LITE0_SIZE, LITE0_SIZE):
+            x = F.interpolate(x, size=(LITE0_SIZE, LITE0_SIZE), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return self.backbone.pooled(x)
+
+
+# ---------------------------------------------------------------------------- random conv features (explicit)
 
 
 class RandomConvFeatures(FeatureExtractor):
-    """Seeded RANDOM conv features (offline fallback; NOT FID/KID): 4 conv layers + global average pool.
+    """Seeded RANDOM conv features (explicit option; NOT FID/KID): 4 conv layers + global average pool.
 
     Random conv nets are a known weak-but-nonzero perceptual prior (cf. "random features" baselines
     in Naeem et al., ICML 2020, "Reliable Fidelity and Diversity Metrics"); scores are comparable
@@ -259,29 +306,47 @@ class RandomConvFeatures(FeatureExtractor):
                 layers.append(torch.nn.ReLU())
         self.net = torch.nn.Sequential(*layers).eval().requires_grad_(False)
         self.seed, self.num_features = int(seed), int(dim)
-        self.name = f"RANDOM conv features (seed={self.seed}, {self.num_features}-d; offline fallback; NOT FID/KID)"
+        self.name = f"RANDOM conv features (seed={self.seed}, {self.num_features}-d; explicit option; NOT FID/KID)"
+        self.label = f"seed-{self.seed} RANDOM conv"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 127.5 - 1.0
         return self.net(x).mean(dim=(2, 3))
 
 
-# ---------------------------------------------------------------------------- factory
+# ---------------------------------------------------------------------------- names and factory
 
 
-def load_features(kind: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+def metric_names(extractor: FeatureExtractor) -> dict[str, str]:
+    """What the Fréchet distance and KID on ``extractor``'s features are called in results and reports.
+
+    ``{"frechet": "FID", "kid": "KID"}`` only for the standard network (``extractor.standard``);
+    otherwise ``"Fréchet distance (<label> features)"`` and ``"KID (<label> features)"``, so a
+    distance on other features is never passed off as FID.
+    """
+    if extractor.standard:
+        return {"frechet": "FID", "kid": "KID"}
+    label = extractor.label or extractor.name
+    return {"frechet": f"Fréchet distance ({label} features)", "kid": f"KID ({label} features)"}
+
+
+def load_features(kind: str = DEFAULT_KIND, weights: str | Path | None = None, device: str | torch.device = "cpu",
                   seed: int = 0, dim: int = 256) -> FeatureExtractor:
-    """Build a feature extractor by kind: ``"fid-inception"``, ``"inception"`` or ``"random"``.
+    """Build a feature extractor by kind (default ``"efficientnet-lite0"``, the pretrained backbone).
 
-    ``"fid-inception"`` and ``"inception"`` need ``weights`` (a local file; ModelError naming it
-    when missing or unusable). ``"random"`` takes no weights (``seed`` and ``dim`` apply).
+    ``"efficientnet-lite0"``: :class:`BackboneFeatures`, packaged ImageNet weights (``weights``
+    may name another local Lite0 state dict in the same layout). ``"fid-inception"`` and
+    ``"inception"`` need ``weights`` (a local file; ModelError naming it when missing or
+    unusable). ``"random"`` (explicit only) takes no weights (``seed`` and ``dim`` apply).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown feature extractor {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind == "random":
+    if kind == "efficientnet-lite0":
+        extractor: FeatureExtractor = BackboneFeatures(pretrained=True, weights=weights)
+    elif kind == "random":
         if weights is not None:
             raise ValueError(f"feature extractor 'random' takes no weights (got {weights})")
-        extractor: FeatureExtractor = RandomConvFeatures(seed=seed, dim=dim)
+        extractor = RandomConvFeatures(seed=seed, dim=dim)
     elif kind == "inception":
         extractor = InceptionFeatures(weights)
     else:

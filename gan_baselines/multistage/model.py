@@ -1,9 +1,12 @@
 """Networks of the Multistage GAN (J. Liu, C. Wang, H. Su, B. Du, D. Tao, "Multistage GAN for
 Fabric Defect Detection", IEEE TIP 2020) and the glue between its two stages.
 
-- Texture condition: Gram matrices G = F Fᵀ / (C·H·W) of frozen VGG19 features (`StyleEncoder`)
-  of a defect-free patch; their upper-triangular entries, log-compressed, go through a small
-  learned linear layer (`StyleProjection`) to a style vector.
+- Texture condition: Gram matrices G = F Fᵀ / (C·H·W) (Gatys et al., CVPR 2016, eq. 3, as the
+  paper's texture descriptor) of a defect-free patch's features from a frozen ImageNet network
+  (`StyleEncoder`): by default the toolkit's pretrained EfficientNet-Lite0 at strides 4, 8 and 16
+  (the paper uses VGG19; a local VGG19 weights file, or an explicitly chosen RANDOM VGG19, are
+  options). Their upper-triangular entries, log-compressed, go through a small learned linear
+  layer (`StyleProjection`) to a style vector.
 - Stage 1, texture-conditioned defect GAN: `DefectPatchGenerator` G1(z, style) → a P×P defect
   patch; `PatchDiscriminator` D1(patch, style) is a projection discriminator.
 - Stage 2, defect fusion: the patch is resized to the mask's bounding box and pasted into the
@@ -27,16 +30,25 @@ from torch import nn
 from defectfill.errors import ConfigError
 from defectfill.generators import Generator
 
-VGG_RANDOM_SEED = 0  # offline fallback: torchvision's VGG19 init drawn from this seed
+VGG_RANDOM_SEED = 0  # style_backbone vgg19-random: torchvision's VGG19 init drawn from this seed
 STYLE_ENCODER_NAME = "style_encoder.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0 = "efficientnet-lite0"
+STYLE_BACKBONES = (LITE0, "vgg19", "vgg19-random")  # pretrained Lite0 | VGG19 from a local file | RANDOM VGG19
+DEFAULT_STYLE_BACKBONE = LITE0
+LITE0_LAYERS = {"stride2": 0, "stride4": 1, "stride8": 2, "stride16": 3, "stride32": 4}  # -> Backbone level
+DEFAULT_STYLE_LAYERS = {LITE0: ("stride4", "stride8", "stride16"), "vgg19": ("relu1_1", "relu2_1"),
+                        "vgg19-random": ("relu1_1", "relu2_1")}
 
 
-# ---- texture condition: VGG19 Gram matrices ----
+# ---- texture condition: Gram matrices of frozen ImageNet features ----
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Normalised Gram matrix G = F Fᵀ / (C·H·W) per sample: (B, C, H, W) → (B, C, C)."""
+    """Normalised Gram matrix G = F Fᵀ / (C·H·W) per sample: (B, C, H, W) → (B, C, C).
+
+    Gatys et al., CVPR 2016, eq. 3 (G_ij = Σ_k F_ik F_jk over the H·W positions), divided by C·H·W
+    so its scale does not depend on the layer's size."""
     b, c, h, w = features.shape
     flat = features.reshape(b, c, h * w)
     return flat @ flat.transpose(1, 2) / (c * h * w)
@@ -127,30 +139,93 @@ def vgg19_state_from_file(path: str | os.PathLike, upto: int) -> dict[str, torch
     return out
 
 
-class StyleEncoder(nn.Module):
-    """Frozen VGG19, truncated after the deepest chosen layer; `gram_vector(x)` is the texture
-    condition: concatenated upper-triangular Gram entries of the chosen layers.
+def style_layer_names(backbone: str) -> list[str]:
+    """The layer names `style_layers` may use with `backbone`: Lite0 strides or VGG19 ReLUs."""
+    if backbone not in STYLE_BACKBONES:
+        raise ConfigError(f"style_backbone must be one of {', '.join(STYLE_BACKBONES)}, got {backbone!r}")
+    if backbone == LITE0:
+        return list(LITE0_LAYERS)
+    return [n for n in vgg19_layer_names() if n.startswith("relu")]
 
-    `vgg_weights`: a local torchvision vgg19 state dict (.safetensors / .pth) with ImageNet
-    weights; None: torchvision's random init from VGG_RANDOM_SEED (offline fallback). Nothing is
-    downloaded. `description` names which one was used.
+
+def check_style_layers(backbone: str, layers) -> tuple[str, ...]:
+    """`layers` (None: the backbone's default) as a tuple of known, distinct layer names; else ConfigError."""
+    names = style_layer_names(backbone)
+    layers = tuple(DEFAULT_STYLE_LAYERS[backbone] if layers is None else layers)
+    unknown = [n for n in layers if n not in names]
+    if not layers or unknown or len(set(layers)) != len(layers):
+        what = f"unknown {backbone} layer(s) {unknown}" if unknown else \
+            ("(none given)" if not layers else f"repeated layer(s) in {list(layers)}")
+        raise ConfigError(f"style_layers: {what}; choose from {', '.join(names)}")
+    return layers
+
+
+def lite0_needed_keys(state_keys, levels: tuple[int, ...]) -> list[str]:
+    """Keys of a timm Lite0 state dict that the feature levels up to max(levels) use (stem, bn1, early blocks)."""
+    from defectfill.backbones import STAGE_ENDS
+
+    last = STAGE_ENDS[max(levels)]
+    return [k for k in state_keys if k.startswith(("conv_stem.", "bn1."))
+            or k.startswith("blocks.") and int(k.split(".")[1]) <= last]
+
+
+class StyleEncoder(nn.Module):
+    """A frozen ImageNet network, truncated after the deepest chosen layer; `gram_vector(x)` is the
+    texture condition: concatenated upper-triangular Gram entries of the chosen layers.
+
+    `backbone` (MultistageConfig.style_backbone):
+    - "efficientnet-lite0" (default): the toolkit's pretrained backbone
+      (`defectfill.backbones.Backbone`), layers "stride2" ... "stride32" (default stride4, 8, 16);
+    - "vgg19": torchvision VGG19 with ImageNet weights from the local file `vgg_weights`
+      (.safetensors / .pth; required), layers "relu1_1" ... "relu5_4" (default relu1_1, relu2_1);
+    - "vgg19-random": torchvision's random VGG19 init from VGG_RANDOM_SEED (explicit option only).
+    Nothing is downloaded. `description` names the network and weights used.
     """
 
-    def __init__(self, layers=("relu1_1", "relu2_1"), vgg_weights: str | os.PathLike | None = None, *,
-                 state: dict[str, torch.Tensor] | None = None, description: str | None = None):
+    def __init__(self, layers=None, vgg_weights: str | os.PathLike | None = None, *,
+                 backbone: str = DEFAULT_STYLE_BACKBONE, state: dict[str, torch.Tensor] | None = None,
+                 description: str | None = None):
         super().__init__()
+        self.layers = check_style_layers(backbone, layers)
+        self.backbone = backbone
+        if vgg_weights is not None and backbone != "vgg19":
+            raise ConfigError(f"vgg_weights ({vgg_weights}) is for style_backbone vgg19; style_backbone is "
+                              f"{backbone!r}")
+        if backbone == LITE0:
+            self._init_lite0(state, description)
+        else:
+            self._init_vgg(vgg_weights, state, description)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _init_lite0(self, state: dict[str, torch.Tensor] | None, description: str | None) -> None:
+        from defectfill.backbones import Backbone
+
+        self.levels = sorted(LITE0_LAYERS[n] for n in self.layers)
+        self.net = Backbone(pretrained=state is None, levels=tuple(self.levels), frozen=True)
+        by_level = dict(zip(self.levels, self.net.channels))
+        self.layer_channels = [by_level[LITE0_LAYERS[n]] for n in self.layers]
+        if state is not None:
+            needed = lite0_needed_keys(self.net.net.state_dict(), tuple(self.levels))
+            missing = sorted(set(needed) - set(state))
+            if missing or set(state) - set(needed):
+                raise RuntimeError(f"EfficientNet-Lite0 state does not fit layers {list(self.layers)}: "
+                                   f"missing {missing[:3]}, unexpected {sorted(set(state) - set(needed))[:3]}")
+            self.net.net.load_state_dict(state, strict=False)
+        self.description = description or f"{self.net.name}, Gram matrices at {', '.join(self.layers)}"
+
+    def _init_vgg(self, vgg_weights, state: dict[str, torch.Tensor] | None, description: str | None) -> None:
         names = vgg19_layer_names()
-        unknown = [n for n in layers if not n.startswith("relu") or n not in names]
-        if not layers or unknown:
-            raise ConfigError(f"style_layers: unknown VGG19 ReLU layer(s) {unknown or '(none given)'}; "
-                              f"choose from {', '.join(n for n in names if n.startswith('relu'))}")
-        self.layers = tuple(layers)
         self.indices = [names[n][0] for n in self.layers]
         self.layer_channels = [names[n][1] for n in self.layers]
         upto = max(self.indices) + 1
         if state is None:
-            if vgg_weights is None:
-                state, description = random_vgg19_state(upto), "vgg19 RANDOM init (offline fallback)"
+            if self.backbone == "vgg19-random":
+                state = random_vgg19_state(upto)
+                description = "vgg19 RANDOM init (explicit style_backbone: vgg19-random)"
+            elif vgg_weights is None:
+                raise ConfigError("style_backbone vgg19 needs vgg_weights (a local torchvision vgg19 ImageNet state "
+                                  "dict); for torchvision's random init say style_backbone: vgg19-random")
             else:
                 state, description = vgg19_state_from_file(vgg_weights, upto), f"vgg19 ImageNet from {vgg_weights}"
         self.features = vgg19_skeleton(upto)
@@ -158,8 +233,6 @@ class StyleEncoder(nn.Module):
         self.description = description or "vgg19 (unknown init)"
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
 
     def train(self, mode: bool = True) -> "StyleEncoder":
         """Always in eval mode: the encoder is frozen."""
@@ -170,8 +243,11 @@ class StyleEncoder(nn.Module):
         return sum(c * (c + 1) // 2 for c in self.layer_channels)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of the chosen layers for images in [-1, 1] (1 or 3 channels)."""
+        """Feature maps of the chosen layers, in `layers` order, for images in [-1, 1] (1 or 3 channels)."""
         x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        if self.backbone == LITE0:
+            feats = dict(zip(self.levels, self.net((x + 1) / 2)))  # the Backbone takes [0, 1]
+            return [feats[LITE0_LAYERS[n]] for n in self.layers]
         x = ((x + 1) / 2 - self.mean) / self.std
         out, wanted = [], set(self.indices)
         for i, layer in enumerate(self.features):
@@ -184,16 +260,25 @@ class StyleEncoder(nn.Module):
         """(B, gram_dim): the upper-triangular Gram entries of every chosen layer, concatenated."""
         return torch.cat([upper_triangle(gram_matrix(f.float())) for f in self(images)], dim=1)
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors the chosen layers use (truncated network), CPU and contiguous, for `save`."""
+        if self.backbone == LITE0:
+            state = self.net.net.state_dict()
+            state = {k: state[k] for k in lite0_needed_keys(state, tuple(self.levels))}
+        else:
+            state = self.features.state_dict()
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
     def save(self, path: str | os.PathLike) -> None:
-        """The truncated VGG19 as safetensors, with its layers and description as metadata."""
+        """The truncated network as safetensors, with its backbone, layers and description as metadata."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.features.state_dict().items()}
-        save_file(state, str(path), metadata={"layers": ",".join(self.layers), "description": self.description})
+        save_file(self.weights(), str(path), metadata={"backbone": self.backbone, "layers": ",".join(self.layers),
+                                                       "description": self.description})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StyleEncoder":
-        """A style encoder that `save` wrote; errors name the file."""
+        """A style encoder that `save` wrote (runs from before `backbone` metadata are VGG19); errors name the file."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -205,14 +290,17 @@ class StyleEncoder(nn.Module):
         if "layers" not in meta:
             raise ConfigError(f"{path}: not a Multistage GAN style encoder (no 'layers' metadata)")
         try:
-            return cls(meta["layers"].split(","), state=load_file(str(path)), description=meta.get("description"))
-        except RuntimeError as exc:
+            return cls(meta["layers"].split(","), backbone=meta.get("backbone", "vgg19"), state=load_file(str(path)),
+                       description=meta.get("description"))
+        except (RuntimeError, ConfigError) as exc:
             raise ConfigError(f"{path}: style encoder does not fit its layers ({exc})".splitlines()[0]) from exc
 
 
 class StyleProjection(nn.Module):
-    """Gram entries → style vector: log(1 + C·G) (the position-averaged Gram, log-compressed so
-    ImageNet and random VGG features both stay O(1)), then a learned linear layer."""
+    """Gram entries → style vector: sign(G)·log(1 + C·|G|) (the position-averaged Gram, log-compressed
+    so features of any scale stay O(1); the sign keeps the negative entries of non-ReLU features such
+    as EfficientNet-Lite0's, and for non-negative VGG ReLU Grams it is log(1 + C·G)), then a learned
+    linear layer."""
 
     def __init__(self, layer_channels: list[int], out_dim: int):
         super().__init__()
@@ -221,7 +309,7 @@ class StyleProjection(nn.Module):
         self.linear = nn.Linear(len(scale), out_dim)
 
     def forward(self, gram: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.log1p(gram.clamp_min(0) * self.scale))
+        return self.linear(torch.sign(gram) * torch.log1p(gram.abs() * self.scale))
 
 
 # ---- building blocks ----

@@ -4,7 +4,10 @@ Data per step (all stateless by step, like the samplers): B real defect crops an
 (`DefectCropSampler`) and B defect-free crops (`CleanCropSampler` over `good/`), each paired
 with a defect crop of the same fabric when the manifest has a `fabric_type` column.
 
-- Stage 1 (texture-conditioned defect GAN): the style s = Gram vector of the clean crop; real
+- Stage 1 (texture-conditioned defect GAN): the style s = Gram vector of the clean crop (Gram
+  matrices of `style_backbone` features at `style_layers`: by default the pretrained
+  EfficientNet-Lite0 at strides 4, 8 and 16; VGG19 as in the paper from a local weights file,
+  or a RANDOM VGG19 only when asked for); real
   pairs (the defect crop's mask bounding box resized to P×P, s), fake pairs (G1(z, s), s).
 - Stage 2 (defect fusion): the G1 patch (detached) is pasted into the defect mask of the clean
   crop; T fuses it; D2 judges fused windows against the real defect crops (same masks).
@@ -18,7 +21,7 @@ trains both stages jointly from the start, `stage1_steps: N` gives N stage-1-onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,13 +32,14 @@ from gan_baselines.harness import GANHarness, GANTrainConfig
 from gan_baselines.multistage.model import (
     STYLE_ENCODER_NAME,
     MultistageGANGenerator,
+    STYLE_BACKBONES,
     StyleEncoder,
     build_discriminators,
     build_generators,
+    check_style_layers,
     crop_patches,
     paste_patches,
     to_channels,
-    vgg19_layer_names,
 )
 
 
@@ -47,8 +51,10 @@ class MultistageConfig(GANTrainConfig):
     patch_size: int = 32  # P: stage-1 defect patches are P×P
     z_dim: int = 64
     style_dim: int = 64  # the learned projection of the Gram entries
-    style_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu2_1"])
-    vgg_weights: str | None = None  # local torchvision vgg19 ImageNet weights; None: random init
+    # texture features: efficientnet-lite0 (pretrained, default) | vgg19 (needs vgg_weights) | vgg19-random
+    style_backbone: str = "efficientnet-lite0"
+    style_layers: list[str] | None = None  # None: the backbone's default (stride4/8/16; vgg19: relu1_1, relu2_1)
+    vgg_weights: str | None = None  # style_backbone vgg19: local torchvision vgg19 ImageNet weights (required)
     width_g: int = 32  # base channels of G1 and T
     width_d: int = 32  # base channels of D1 and D2
     lambda_rec: float = 10.0  # T: L1 on identity inputs (real crop → itself)
@@ -69,11 +75,15 @@ class MultistageConfig(GANTrainConfig):
         for name in ("lambda_rec", "lambda_bg", "stage1_steps", "dilation"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        relus = [n for n in vgg19_layer_names() if n.startswith("relu")]
-        bad = [n for n in self.style_layers if n not in relus]
-        if not self.style_layers or bad:
-            raise ConfigError(f"style_layers: unknown VGG19 ReLU layer(s) {bad or '(none given)'}; "
-                              f"choose from {', '.join(relus)}")
+        if self.style_backbone not in STYLE_BACKBONES:
+            raise ConfigError(f"style_backbone must be one of {', '.join(STYLE_BACKBONES)}, got "
+                              f"{self.style_backbone!r}")
+        check_style_layers(self.style_backbone, self.style_layers)
+        if self.style_backbone == "vgg19" and not self.vgg_weights:
+            raise ConfigError("style_backbone vgg19 needs vgg_weights (a local torchvision vgg19 ImageNet state dict); "
+                              "for torchvision's random init say style_backbone: vgg19-random")
+        if self.vgg_weights and self.style_backbone != "vgg19":
+            raise ConfigError(f"vgg_weights is for style_backbone vgg19; style_backbone is {self.style_backbone!r}")
 
 
 class StylePatchSampler:
@@ -219,7 +229,7 @@ def train(cfg: MultistageConfig, resume_from_checkpoint: str | None = None) -> P
     from defectfill.data.datasets import load_reference_dataset
 
     cfg.validate()
-    encoder = StyleEncoder(cfg.style_layers, cfg.vgg_weights)  # a bad weights file fails before data loads
+    encoder = StyleEncoder(cfg.style_layers, cfg.vgg_weights, backbone=cfg.style_backbone)  # fails before data loads
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
                                      defect_types=cfg.defect_types, max_samples=cfg.max_samples)
     channels = 1 if dataset.grayscale else 3
