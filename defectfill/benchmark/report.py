@@ -208,8 +208,9 @@ def label_fill(out: Path) -> dict | None:
             f"split_long{float(split):g}": box_fill_stats(masks, tile, float(split))}
 
 
-def per_type_ap(cells: list[dict], setting: str = MAIN) -> dict:
-    """generator → defect type → mean pixel AP over seeds (segmenter, ``setting``, largest count)."""
+def _per_type(cells: list[dict], setting: str, key: str, field: str) -> dict:
+    """generator → defect type → mean over seeds of ``evaluations.all[key][type][field]`` (segmenter
+    cells of ``setting``, each generator's largest count)."""
     best: dict[str, int] = {}
     for c in cells:
         if c["task"] == "segmenter" and c["setting"] == setting:
@@ -218,26 +219,19 @@ def per_type_ap(cells: list[dict], setting: str = MAIN) -> dict:
     for c in cells:
         if c["task"] != "segmenter" or c["setting"] != setting or c["count"] != best[c["generator"]]:
             continue
-        by = ((c.get("evaluations") or {}).get("all") or {}).get("pixel_ap_by_type") or {}
-        for t, v in by.items():
-            out.setdefault(c["generator"], {}).setdefault(t, []).append(v["ap"])
+        for t, v in (((c.get("evaluations") or {}).get("all") or {}).get(key) or {}).items():
+            out.setdefault(c["generator"], {}).setdefault(t, []).append(v[field])
     return {g: {t: float(np.mean(v)) for t, v in types.items()} for g, types in out.items()}
+
+
+def per_type_ap(cells: list[dict], setting: str = MAIN) -> dict:
+    """generator → defect type → mean pixel AP over seeds (segmenter, ``setting``, largest count)."""
+    return _per_type(cells, setting, "pixel_ap_by_type", "ap")
 
 
 def per_type_recall(cells: list[dict]) -> dict:
     """generator → defect type → mean tile recall@threshold over seeds (segmenter, main, largest count)."""
-    out: dict[str, dict[str, list]] = {}
-    best = {}
-    for c in cells:
-        if c["task"] == "segmenter" and c["setting"] == MAIN:
-            best[c["generator"]] = max(best.get(c["generator"], 0), c["count"])
-    for c in cells:
-        if c["task"] != "segmenter" or c["setting"] != MAIN or c["count"] != best[c["generator"]]:
-            continue
-        groups = ((c.get("evaluations") or {}).get("all") or {}).get("tile_recall@threshold_by_group") or {}
-        for t, v in groups.items():
-            out.setdefault(c["generator"], {}).setdefault(t, []).append(v["recall"])
-    return {g: {t: float(np.mean(v)) for t, v in types.items()} for g, types in out.items()}
+    return _per_type(cells, MAIN, "tile_recall@threshold_by_group", "recall")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -403,7 +397,10 @@ def write_report(output_dir: str | Path) -> dict:
 def _markdown(report: dict) -> list[str]:
     rows, lines = report["rows"], ["# Benchmark results", ""]
     for e in report["eval_source"]:
-        if e.get("kind") == "eval_data":
+        if e.get("kind") == "new_fabric":
+            lines.append(f"New fabric `{e['target']}`: evaluated on its defect images in `{e['path']}` "
+                         "(none of them trains or fits anything).")
+        elif e.get("kind") == "eval_data":
             lines.append(f"Evaluation data: the separate folder `{e['path']}` (used only for final evaluation).")
         else:
             lines.append(f"Evaluation data: a HELD-OUT split of data_dir by source (fraction {e.get('fraction')}, "
