@@ -239,7 +239,7 @@ def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
     assert lock.read_text().startswith(f"{os.getpid()}@")
 
 
-@pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_gpu"])
+@pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_gpu", "aitex_gpu_sd2"])
 def test_profiles_load_and_every_sub_config_is_valid(profile):
     from defectfill.config import DefectFillTrainConfig, GenerateConfig
     from defectfill.detect.rtdetr import DetectorConfig

@@ -435,9 +435,9 @@ def _markdown(report: dict) -> list[str]:
     m = report["rtdetr_max_map50"]
     if isinstance(m, float) and math.isfinite(m) and m < NEAR_ZERO_MAP50:
         lines += ["", f"**RT-DETR stays near zero at this scale** (best mean mAP50 {m:.3f} < {NEAR_ZERO_MAP50}): "
-                  "trained from scratch on this little data with this budget it does not learn the defects, so its "
-                  "rows cannot rank the generators; read the segmenter's numbers above. The GPU profile "
-                  "(configs/benchmark/aitex_gpu.yaml) fine-tunes from local rtdetr-l.pt weights."]
+                  "with this little data and this budget it does not learn the defects, so its rows cannot rank the "
+                  "generators; read the segmenter's numbers above. bench/results/rtdetr_learning_curve shows the "
+                  "budget it needs (configs/benchmark/aitex_gpu.yaml runs it)."]
     # column titles name the features ("FID"/"KID" only for the standard TF-FID Inception)
     fd_names = {g.get("frechet_name") for g in report["generators"] if g.get("frechet_name")}
     kid_names = {g.get("kid_name") for g in report["generators"] if g.get("kid_name")}
