@@ -1,4 +1,5 @@
-"""Detection benchmark: tiled dataset builder, small RT-DETR config, offline training/evaluation, reports.
+"""Detection benchmark: tiled dataset builder, RT-DETR configs (pretrained EfficientNet-Lite0 backbone,
+small ResNet), offline training/evaluation, reports, the learning-curve bench's helpers.
 
 ultralytics runs only in subprocesses with a clean environment (YOLO_CONFIG_DIR in tmp_path, network
 calls blocked and recorded), so this pytest process never imports it.
@@ -29,7 +30,15 @@ from defectfill.detect.dataset import (
     tile_origins,
 )
 from defectfill.detect.report import write_report
-from defectfill.detect.rtdetr import DetectorConfig, detect_main, resolve_model, train_detector
+from defectfill.detect.rtdetr import (
+    DEFAULT_MODEL,
+    LITE0_MODEL,
+    DetectorConfig,
+    detect_main,
+    model_for_run,
+    resolve_model,
+    train_detector,
+)
 from defectfill.errors import ConfigError, DataError, ModelError
 from defectfill.samples import Sample, SampleWriter
 from netguard import SUBPROCESS_NO_NETWORK
@@ -291,6 +300,60 @@ def test_report_json_and_markdown(tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
+# ----------------------------------------------------------------------------- backbone config (no ultralytics)
+
+
+def test_default_model_is_the_pretrained_lite0_yaml_and_backbone_options(tmp_path):
+    from defectfill.detect.backbone import frozen_layers, layer_args, with_backbone
+
+    assert DetectorConfig().model == DEFAULT_MODEL == LITE0_MODEL
+    spec = yaml.safe_load((REPO / LITE0_MODEL).read_text())
+    assert layer_args(spec) == {0: [True, True]} and frozen_layers(spec) == [0]
+    assert [row[2:] for row in spec["backbone"][1:]] == [["Index", [40, 0]], ["Index", [112, 1]], ["Index", [320, 2]]]
+    assert layer_args(with_backbone(spec, False, None)) == {0: [False, True]}
+    assert frozen_layers(with_backbone(spec, None, False)) == [] and layer_args(spec) == {0: [True, True]}  # a copy
+    assert layer_args(yaml.safe_load((REPO / "configs/rtdetr/rtdetr_small.yaml").read_text())) == {}
+    # no option: the resolved YAML itself; an option: a copy with it, written into the run folder
+    assert model_for_run(DetectorConfig(), tmp_path / "a") == str(REPO / LITE0_MODEL) and not (tmp_path / "a").exists()
+    path = Path(model_for_run(DetectorConfig(backbone_pretrained=False), tmp_path / "b"))
+    assert path.parent == tmp_path / "b" and layer_args(yaml.safe_load(path.read_text())) == {0: [False, True]}
+    assert yaml.safe_load(path.read_text())["head"] == spec["head"]
+    with pytest.raises(ConfigError, match="no EfficientNetLite0 layer"):
+        model_for_run(DetectorConfig(model="configs/rtdetr/rtdetr_small.yaml", backbone_frozen=False), tmp_path)
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not the checkpoint"):
+        model_for_run(DetectorConfig(model=str(tmp_path / "w.pt"), backbone_pretrained=True), tmp_path)
+    with pytest.raises(ConfigError, match="backbone_frozen"):
+        DetectorConfig(backbone_frozen="yes").validate()
+
+
+def _curve_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rtdetr_learning_curve", REPO / "bench" / "rtdetr_learning_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_curve_schedule_and_leaves_zero():
+    curve = _curve_module()
+    args = curve.parse_args(["--eval-at", "100,25", "--eval-every", "50"])
+    assert args.eval_at == [25, 100] and args.budget_minutes == 75
+    reached = curve.eval_points_reached
+    assert not reached([], 24, args.eval_at, 50) and reached([], 30, args.eval_at, 50)  # first epoch end past 25
+    assert not reached([30], 90, args.eval_at, 50) and reached([30], 100, args.eval_at, 50)
+    assert not reached([100], 149, args.eval_at, 50) and reached([100], 150, args.eval_at, 50)  # then every 50
+    assert reached([150], 260, args.eval_at, 50) and not reached([260], 299, args.eval_at, 50)
+    points = [{"iteration": 300, "map50": 0.02}, {"iteration": 100, "map50": 0.0}, {"iteration": 200, "map50": 0.004}]
+    assert curve.first_above(points, "map50", 0.0) == 200 and curve.first_above(points, "map50", 0.01) == 300
+    assert curve.first_above(points, "map50", 0.05) is None and curve.first_above(points, "recall", 0.0) is None
+    points.append({"iteration": 150, "map50": 0.001})  # above zero at 150 and 200, zero again at 250
+    points.append({"iteration": 250, "map50": 0.0})
+    assert curve.first_above(points, "map50", 0.0) == 150 and curve.stays_above(points, "map50", 0.0) == 300
+    assert curve.stays_above(points, "map50", 0.05) is None
+
+
 # ----------------------------------------------------------------------------- ultralytics (subprocesses)
 
 
@@ -322,6 +385,53 @@ _TRAIN = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
 """)
 
 
+_BACKBONE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
+    import torch
+    from defectfill.backbones import weights_path
+    from defectfill.detect.backbone import backbone_info, find_backbone
+    from defectfill.detect.rtdetr import DetectorConfig, _import_rtdetr, model_for_run, train_detector
+    data, out = sys.argv[1], sys.argv[2]
+    # the package's own file, in its own (lukemelas) naming, paired with timm names by hand here
+    package = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    by_hand = {"conv_stem.weight": "_conv_stem.weight", "bn1.running_mean": "_bn0.running_mean",
+               "blocks.6.0.conv_dw.weight": "_blocks.15._depthwise_conv.weight",
+               "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight"}
+
+    def diff(a, b):
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
+
+    def run(name, **options):
+        seen = {}
+
+        def grab(tag):
+            def callback(trainer):
+                _, layer = find_backbone(trainer.model)
+                seen[tag] = {"backbone": {k: v.detach().clone() for k, v in layer.state_dict().items()},
+                             "head": {k: v.detach().clone() for k, v in trainer.model.model[-1].state_dict().items()},
+                             "trainable": sum(p.numel() for p in layer.parameters() if p.requires_grad)}
+            return callback
+
+        cfg = DetectorConfig(epochs=1, imgsz=64, batch=2, nbs=2, workers=0, mosaic=0, device="cpu", lr0=1e-3,
+                             output_dir=out, name=name, **options)
+        weights = train_detector(cfg, data, callbacks={"on_train_start": grab("start"), "on_train_end": grab("end")})
+        start, end = seen["start"], seen["end"]
+        net = {k[len("body.net."):]: v for k, v in start["backbone"].items()}
+        saved = find_backbone(_import_rtdetr(None)(str(weights.parent / "last.pt")).model)[1].body.net.state_dict()
+        return {"start_vs_package": max(float((net[t] - package[p]).abs().max()) for t, p in by_hand.items()),
+                "saved_vs_package_fp16": max(float((saved[t].float() - package[p].half().float()).abs().max())
+                                             for t, p in by_hand.items()),
+                "backbone_change": diff(end["backbone"], start["backbone"]),
+                "head_change": diff(end["head"], start["head"]),
+                "trainable_start": start["trainable"], "trainable_end": end["trainable"],
+                "record": json.loads((weights.parent.parent / "backbone.json").read_text())}
+
+    frozen, unfrozen = run("frozen"), run("unfrozen", backbone_frozen=False)
+    random_yaml = model_for_run(DetectorConfig(backbone_pretrained=False), __import__("pathlib").Path(out))
+    model = _import_rtdetr(None)(random_yaml)
+    print(json.dumps({"frozen": frozen, "unfrozen": unfrozen, "random": backbone_info(model.model), "calls": calls}))
+""")
+
+
 def _run_ultralytics(code: str, args: list[str], tmp_path: Path, timeout: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS"))}
     env.update(YOLO_CONFIG_DIR=str(tmp_path / "yolo-config"), MPLCONFIGDIR=str(tmp_path / "mpl"),
@@ -342,6 +452,29 @@ def test_ultralytics_accepts_dataset_and_small_model_offline(reference, tmp_path
     assert probe["calls"] == []
 
 
+def test_pretrained_backbone_survives_train_rebuild_and_stays_frozen(reference, tmp_path):
+    out = tmp_path / "det"
+    build_detection_dataset(reference, out, val_fraction=0.5, single_class=True)
+    res = _run_ultralytics(_BACKBONE, [str(out / "data.yaml"), str(tmp_path / "runs")], tmp_path, 300)
+    assert res["calls"] == []
+    frozen, unfrozen = res["frozen"], res["unfrozen"]
+    # the model ultralytics rebuilt inside train() holds the package's ImageNet weights (checked by hand-paired keys)
+    assert frozen["start_vs_package"] == 0.0 and unfrozen["start_vs_package"] == 0.0
+    assert frozen["saved_vs_package_fp16"] == 0.0  # ultralytics saves the EMA in fp16
+    # frozen: no trainable backbone parameter, weights and BN statistics bit-identical, while the head learned
+    assert frozen["trainable_start"] == frozen["trainable_end"] == 0
+    assert frozen["backbone_change"] == 0.0 and frozen["head_change"] > 0
+    # control: unfrozen, the same check sees the backbone move
+    assert unfrozen["trainable_start"] > 2_000_000 and unfrozen["backbone_change"] > 0 and unfrozen["head_change"] > 0
+    start, end = frozen["record"]["start"], frozen["record"]["end"]  # what the run records (backbone.json)
+    assert start["name"].startswith("efficientnet-lite0 (ImageNet") and start["pretrained"] and start["frozen"]
+    assert start["max_abs_diff_to_package"] == 0.0 and end["max_abs_change_in_training"] == 0.0
+    assert unfrozen["record"]["start"]["frozen"] is False
+    assert unfrozen["record"]["end"]["max_abs_change_in_training"] > 0
+    random = res["random"]  # the explicit option: a RANDOM backbone, named so
+    assert random["pretrained"] is False and "RANDOM" in random["name"] and random["max_abs_diff_to_package"] > 0.01
+
+
 def test_tiny_training_end_to_end(reference, tmp_path):
     out = tmp_path / "run"
     res = _run_ultralytics(_TRAIN, [str(reference), str(out)], tmp_path, 150)
@@ -357,6 +490,8 @@ def test_tiny_training_end_to_end(reference, tmp_path):
     assert list(metrics["per_class"]) == ["defect"]  # DetectorConfig.single_class defaults to True
     assert metrics["per_class"]["defect"]["images"] == manifest["splits"]["val"]["labelled"]
     assert results["config"]["epochs"] == 1 and results["seconds"]["train"] > 0
+    backbone = json.loads((out / "rtdetr" / "backbone.json").read_text())  # the default: pretrained, frozen
+    assert results["config"]["model"] == LITE0_MODEL and backbone["start"]["pretrained"] and backbone["start"]["frozen"]
     assert "| val |" in (out / "results.md").read_text()
     again = json.loads((out / "rtdetr" / "eval_val.json").read_text())["evaluations"]["val"]
     assert again["map50"] == metrics["map50"] and again["instances"] == metrics["instances"]

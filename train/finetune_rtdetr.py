@@ -7,7 +7,7 @@
 
 Writes under --output_dir: dataset/ (and eval_dataset/), <name>/weights/best.pt (ultralytics'
 format), results.json and results.md. Fully offline (ultralytics is kept offline by
-defectfill.detect.offline); the model is configs/rtdetr/rtdetr_small.yaml unless --model names
+defectfill.detect.offline); the model is configs/rtdetr/rtdetr_lite0.yaml (pretrained EfficientNet-Lite0) unless --model names
 another YAML or a LOCAL .pt file.
 """
 

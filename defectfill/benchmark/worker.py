@@ -112,7 +112,7 @@ def detector_job(job: dict) -> dict:
     about ``steps`` batches (whole epochs: ``round(steps / batches_per_epoch)``, at least 1), evaluate
     the LAST weights on every evaluation data.yaml."""
     from defectfill.detect.dataset import build_detection_dataset
-    from defectfill.detect.rtdetr import DetectorConfig, evaluate_detector, train_detector
+    from defectfill.detect.rtdetr import DetectorConfig, evaluate_detector, read_backbone_record, train_detector
 
     work = Path(job["work_dir"])
     values = {**DETECTOR_DEFAULTS, **job["detector"]}
@@ -145,7 +145,8 @@ def detector_job(job: dict) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"config": asdict(cfg), "epochs": cfg.epochs, "batches_per_epoch": per_epoch,
             "iterations": cfg.epochs * per_epoch, "target_iterations": steps, "train_tiles": n_train,
-            "splits": splits, "weights": str(weights), "train_seconds": t1 - t0,
+            "splits": splits, "weights": str(weights), "backbone": read_backbone_record(best.parent.parent),
+            "train_seconds": t1 - t0,
             "eval_seconds": time.perf_counter() - t1, "evaluations": evaluations}
 
 

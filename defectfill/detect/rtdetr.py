@@ -4,10 +4,14 @@ ultralytics is a third-party trainer: it saves its checkpoints (``weights/best.p
 its own pickle-based ``.pt`` format. We accept that for the detector weights only; everything this
 package writes about the detector (metrics, manifests, reports) is JSON or Markdown.
 
-Nothing is ever downloaded: ``model`` is our small YAML (``configs/rtdetr/rtdetr_small.yaml``, trained
-from scratch), an ultralytics architecture YAML such as ``rtdetr-l.yaml`` (from scratch), or a LOCAL
-``.pt`` file (e.g. ``rtdetr-l.pt`` that the user copied in). ultralytics is imported only after
-:func:`defectfill.detect.offline.prepare_ultralytics_offline`.
+Nothing is ever downloaded: ``model`` is, by default, ``configs/rtdetr/rtdetr_lite0.yaml`` (RT-DETR
+on the ImageNet-pretrained EfficientNet-Lite0 of :mod:`defectfill.backbones`, frozen, weights from a
+registry package; see :mod:`defectfill.detect.backbone`), our small ResNet YAML
+(``configs/rtdetr/rtdetr_small.yaml``, from scratch), an ultralytics architecture YAML such as
+``rtdetr-l.yaml`` (from scratch), or a LOCAL ``.pt`` file (e.g. ``rtdetr-l.pt`` that the user copied
+in). ultralytics is imported only after :func:`defectfill.detect.offline.prepare_ultralytics_offline`.
+A training run writes ``<output_dir>/<name>/backbone.json`` (which backbone, pretrained or not,
+frozen or not, checked on the model the trainer really trained) when the model has that backbone.
 
 Command line (plugged into ``defectfill detect ...`` by :func:`detect_main`)::
 
@@ -21,13 +25,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -35,6 +40,8 @@ from defectfill.errors import ConfigError, DataError, ModelError, one_line_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODEL = "configs/rtdetr/rtdetr_small.yaml"
+LITE0_MODEL = "configs/rtdetr/rtdetr_lite0.yaml"
+DEFAULT_MODEL = LITE0_MODEL
 METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1")
 
 
@@ -42,8 +49,12 @@ METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1")
 class DetectorConfig:
     """Dataset, training and evaluation knobs of one detector run (YAML keys = field names)."""
 
-    # model: our small YAML | an ultralytics YAML (rtdetr-l.yaml) | a LOCAL .pt (never downloaded)
-    model: str = SMALL_MODEL
+    # model: our YAML (pretrained-backbone default, or rtdetr_small.yaml) | an ultralytics YAML
+    # (rtdetr-l.yaml) | a LOCAL .pt (never downloaded)
+    model: str = DEFAULT_MODEL
+    # the EfficientNet-Lite0 layer of a model YAML (None: as the YAML says; an error for other models)
+    backbone_pretrained: bool | None = None  # False: a RANDOM backbone (explicit option only)
+    backbone_frozen: bool | None = None
     # dataset (used by train/finetune_rtdetr.py and `detect build`; see build_detection_dataset)
     tile: int = 256
     single_class: bool = True
@@ -106,6 +117,9 @@ class DetectorConfig:
             raise ConfigError("workers and patience must be >= 0")
         if self.lr0 <= 0:
             raise ConfigError(f"lr0 must be positive, got {self.lr0}")
+        for key in ("backbone_pretrained", "backbone_frozen"):
+            if getattr(self, key) not in (None, True, False):
+                raise ConfigError(f"{key} must be true, false or null, got {getattr(self, key)!r}")
 
     def dataset_kwargs(self) -> dict:
         """Keyword arguments for :func:`defectfill.detect.dataset.build_detection_dataset`."""
@@ -172,13 +186,38 @@ def read_data_yaml(data_yaml: str | os.PathLike) -> dict:
 
 
 def _import_rtdetr(config_dir: str | None):
-    """ultralytics' RTDETR class, imported offline (prepare_ultralytics_offline first)."""
+    """ultralytics' RTDETR class, imported offline (prepare_ultralytics_offline first), with our
+    backbone layer registered for its YAML parser."""
+    from defectfill.detect.backbone import register
     from defectfill.detect.offline import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(config_dir)
+    register()
     from ultralytics import RTDETR
 
     return RTDETR
+
+
+def model_for_run(cfg: DetectorConfig, run_dir: Path) -> str:
+    """The model ultralytics builds: ``cfg.model`` resolved, or, when ``backbone_pretrained`` /
+    ``backbone_frozen`` change its backbone layer, a copy of the YAML with them written to
+    ``run_dir/model_<stem>.yaml``. ConfigError when they are set for a model without that layer."""
+    from defectfill.detect.backbone import LAYER_NAME, layer_args, with_backbone
+
+    model = resolve_model(cfg.model)
+    options = (cfg.backbone_pretrained, cfg.backbone_frozen)
+    if options == (None, None):
+        return model
+    if Path(model).suffix == ".pt":
+        raise ConfigError(f"backbone_pretrained/backbone_frozen apply to a model YAML, not the checkpoint {model}")
+    spec = yaml.safe_load(Path(model).read_text())
+    if not layer_args(spec):
+        raise ConfigError(f"backbone_pretrained/backbone_frozen: {model} has no {LAYER_NAME} layer")
+    path = run_dir / f"model_{Path(model).stem}.yaml"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {model} with backbone options {dict(zip(('pretrained', 'frozen'), options))}\n"
+                    + yaml.safe_dump(with_backbone(spec, *options), sort_keys=False))
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -201,24 +240,49 @@ def train_args(cfg: DetectorConfig, data_yaml: str | os.PathLike) -> dict:
     return {**args, **(cfg.train_args or {})}
 
 
-def train_detector(cfg: DetectorConfig, data_yaml: str | os.PathLike) -> Path:
+def train_detector(cfg: DetectorConfig, data_yaml: str | os.PathLike,
+                   callbacks: dict[str, Callable] | None = None) -> Path:
     """Train RT-DETR on ``data_yaml``; return the best weights (``<output_dir>/<name>/weights/best.pt``).
 
     The weights are an ultralytics ``.pt`` checkpoint (its own format, see the module docstring).
     Refuses an evaluation folder (``defectfill_role: eval``). Offline; ``amp`` is forced off on CPU.
+    A frozen EfficientNet-Lite0 layer is added to ultralytics' ``freeze``; its checks write
+    ``backbone.json`` (:func:`defectfill.detect.backbone.backbone_callbacks`). ``callbacks``: more
+    ultralytics callbacks (event -> function of the trainer), e.g. to evaluate checkpoints as they come.
     """
     data = read_data_yaml(data_yaml)
     if data.get("defectfill_role") == "eval":
         raise DataError(f"{data_yaml}: is an evaluation folder (build_eval_dataset); never train on it")
-    model = resolve_model(cfg.model)
     args = train_args(cfg, data_yaml)
+    run_dir = Path(args["project"]) / cfg.name
+    model = model_for_run(cfg, run_dir)
     rtdetr = _import_rtdetr(cfg.yolo_config_dir)(model)
+    from defectfill.detect.backbone import INFO_FILE, backbone_callbacks, frozen_layers
+
+    frozen = frozen_layers(rtdetr.model.yaml)  # the trainer's `freeze` is what keeps them frozen
+    if frozen:
+        extra = args.get("freeze")
+        extra = list(range(extra)) if isinstance(extra, int) else list(extra or [])
+        args["freeze"] = sorted({*extra, *frozen})
+    (run_dir / INFO_FILE).unlink(missing_ok=True)  # never report a previous run's backbone
+    for event, fn in backbone_callbacks(from_yaml=Path(model).suffix != ".pt").items():
+        rtdetr.add_callback(event, fn)
+    for event, fn in (callbacks or {}).items():
+        rtdetr.add_callback(event, fn)
     rtdetr.train(**args)
-    weights_dir = Path(args["project"]) / cfg.name / "weights"
+    weights_dir = run_dir / "weights"
     for candidate in (weights_dir / "best.pt", weights_dir / "last.pt"):
         if candidate.is_file():
             return candidate
     raise ModelError(f"{weights_dir}: ultralytics finished without writing best.pt or last.pt")
+
+
+def read_backbone_record(run_dir: str | os.PathLike) -> dict | None:
+    """The ``backbone.json`` a training run wrote (None when its model has no EfficientNet-Lite0)."""
+    from defectfill.detect.backbone import INFO_FILE
+
+    path = Path(run_dir) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _num(value: Any) -> float | None:
@@ -315,7 +379,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     weights = train_detector(cfg, args.data)
     metrics = evaluate_detector(weights, args.data, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
                                 workers=cfg.workers, config_dir=cfg.yolo_config_dir)
-    results = {"config": dataclasses.asdict(cfg), "weights": str(weights), "evaluations": {"val": metrics}}
+    results = {"config": dataclasses.asdict(cfg), "weights": str(weights),
+               "backbone": read_backbone_record(weights.parent.parent), "evaluations": {"val": metrics}}
     paths = write_report(results, weights.parent.parent, "results")
     print(f"weights: {weights}\nresults: {paths[0]}  {paths[1]}")
 
@@ -351,7 +416,7 @@ def build_parser(prog: str = "defectfill detect") -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train RT-DETR on a built data.yaml, then evaluate on its val split")
     p.add_argument("--data", required=True, help="data.yaml written by `detect build`")
-    p.add_argument("--model", help=f"YAML or LOCAL .pt (default {SMALL_MODEL})")
+    p.add_argument("--model", help=f"YAML or LOCAL .pt (default {DEFAULT_MODEL})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device")
     p.add_argument("--output-dir")
