@@ -30,6 +30,13 @@ VARIANTS = {
     "deeplabv3plus_lite0_frozen_1000": {"arch": "deeplabv3plus_lite0", "steps": 1000},
     "unet_lite0_last2_1000": {"arch": "unet_lite0", "steps": 1000, "trainable_stages": 2},
     "unet_lite0_frozen_2000": {"arch": "unet_lite0", "steps": 2000},
+    # 2x zoom: 64 px crops fed at 128 px (finer features per source pixel, same cost per step)
+    "unet_lite0_zoom2_frozen_1000": {"arch": "unet_lite0", "steps": 1000, "crop": 64},
+    "unet_lite0_zoom2_last2_1000": {"arch": "unet_lite0", "steps": 1000, "crop": 64, "trainable_stages": 2},
+    "unet_lite0_dec64_frozen_1000": {"arch": "unet_lite0", "steps": 1000, "decoder_channels": 64},
+    "unet_lite0_lr3e-3_frozen_1000": {"arch": "unet_lite0", "steps": 1000, "lr": 3e-3},
+    "unet_lite0_pw5_last2_1000": {"arch": "unet_lite0", "steps": 1000, "pos_weight": 5.0, "trainable_stages": 2},
+    "unet_lite0_last4_1000": {"arch": "unet_lite0", "steps": 1000, "trainable_stages": 4},
 }
 COMMON = {"size": 128, "crop": 128, "batch_size": 8, "log_every": 100, "synthetic_fraction": None}
 
