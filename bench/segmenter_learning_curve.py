@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step + 1 in args.checkpoints:
             train_s = time.perf_counter() - start
             held = evaluate_segmenter(model, eval_tiles, groups=eval_groups)
