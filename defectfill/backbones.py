@@ -39,6 +39,17 @@ NUM_FEATURES = 1280  # pooled head features (conv_head + bn2), before the classi
 RANDOM_SEED = 0
 
 
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float (B, 1 or 3, H, W) in [0, 1] -> the network's input: RGB (grey replicated), (x - MEAN) / STD."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def weights_path() -> Path:
     """Path of the packaged ImageNet state dict; ModelError naming the package when it is absent."""
     try:
@@ -124,8 +135,6 @@ class Backbone(nn.Module):
         self.name = PRETRAINED_NAME if pretrained else f"efficientnet-lite0 (RANDOM weights, seed {seed})"
         self.channels = tuple(CHANNELS[i] for i in self.levels)
         self.reductions = tuple(REDUCTIONS[i] for i in self.levels)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
         if frozen:
             self.requires_grad_(False)
             self.net.eval()
@@ -135,12 +144,8 @@ class Backbone(nn.Module):
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] grey or RGB -> the network's input (RGB, (x - mean) / std)."""
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        """[0, 1] grey or RGB -> the network's input (:func:`normalize`)."""
+        return normalize(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         net = self.net

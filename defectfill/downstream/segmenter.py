@@ -157,7 +157,7 @@ class PretrainedSegmenter(nn.Module):
     """A segmentation-models-pytorch decoder on the EfficientNet-Lite0 encoder (``tu-tf_efficientnet_lite0``).
 
     Inputs: float (B, 1 or 3, H, W) in [0, 1]; grey is replicated to RGB and normalised as the
-    backbone was trained (:data:`defectfill.backbones.MEAN`/``STD``); H, W are replicate-padded to a
+    backbone was trained (:func:`defectfill.backbones.normalize`); H, W are replicate-padded to a
     multiple of 32. Only the last ``trainable_stages`` of the encoder's 7 block stages train; the
     rest (stem included) keep gradients off and BatchNorm in eval mode in ``train()``, so a frozen
     encoder stays exactly the ImageNet one. Returns logits (B, 1, H, W).
@@ -168,7 +168,7 @@ class PretrainedSegmenter(nn.Module):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        from defectfill.backbones import MEAN, STD, TIMM_NAME, load_pretrained_into
+        from defectfill.backbones import TIMM_NAME, load_pretrained_into
 
         kind = arch.removesuffix("_lite0")
         widths = tuple(max(decoder_channels // 2**i, 8) for i in range(5))
@@ -179,8 +179,6 @@ class PretrainedSegmenter(nn.Module):
         self.net = cls(encoder_name=f"tu-{TIMM_NAME}", encoder_weights=None, in_channels=3, classes=1, **kw)
         if pretrained:
             load_pretrained_into(self.net.encoder.model)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
         encoder = self.net.encoder.model  # timm EfficientNetFeatures: conv_stem, bn1, blocks (7 stages)
         stages = list(encoder.blocks)
         self.frozen = [encoder.conv_stem, encoder.bn1, *stages[:len(stages) - trainable_stages]]
@@ -195,10 +193,10 @@ class PretrainedSegmenter(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from defectfill.backbones import normalize
+
         h, w = x.shape[-2:]
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x - self.mean) / self.std
+        x = normalize(x)
         ph, pw = (-h) % 32, (-w) % 32
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
