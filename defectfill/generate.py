@@ -21,8 +21,9 @@ from scipy import ndimage
 
 from defectfill.compositing import in_mask_change, resize_mask, visible_change, visible_fraction, windowed
 from defectfill.config import GenerateConfig, config_to_dict
-from defectfill.errors import ConfigError, DataError
-from defectfill.generators import Generator, PlacedMask, build_generator
+from defectfill.errors import ConfigError, DataError, check_writable, output_errors
+from defectfill.formats.images import IMAGE_EXTS, image_size, open_image, read_image, read_mask
+from defectfill.generators import Generator, PlacedMask, build_generator, import_class
 
 GENERATOR_NAME = "defectfill"
 
@@ -38,20 +39,7 @@ def file_sha256(path: Path, length: int = 16) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 HxW for grayscale files, HxWx3 otherwise; errors name the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            gray = im.mode in ("L", "LA", "I", "I;16", "1", "F")
-            return np.asarray(im.convert("L" if gray else "RGB"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})".splitlines()[0]) from exc
-
-
 def list_images(folder: str | Path, what: str) -> list[Path]:
-    from defectfill.data.datasets import IMAGE_EXTS
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} folder does not exist")
@@ -92,6 +80,15 @@ class DefectFillSynthesizer(Generator):
 
         self.lpips_model, self.lpips_desc = load_perceptual(cfg.selection, cfg.lpips_net, cfg.lpips_weights,
                                                             device=device)
+
+    @classmethod
+    def check(cls, cfg: GenerateConfig) -> None:
+        """The LoRA folder is complete and fits the base model (`--model`, else the one it was trained on)."""
+        from defectfill.models.lora import check_lora_base, read_lora_metadata
+        from defectfill.models.pipeline import resolve_model
+
+        meta = read_lora_metadata(cfg.lora_dir)
+        check_lora_base(cfg.lora_dir, resolve_model(cfg.model or meta["base_model"]), meta["base_model"])
 
     def metadata(self) -> dict:
         return {"generator": self.name, "base_model": self.model, "lora_dir": str(self.cfg.lora_dir),
@@ -215,17 +212,13 @@ class SlotPlanner:
 
     def image_size(self, path: Path) -> tuple[int, int]:
         if path not in self._sizes:
-            try:
-                with Image.open(path) as im:
-                    self._sizes[path] = (im.height, im.width)
-            except OSError as exc:
-                raise DataError(f"{path}: cannot read image ({exc})".splitlines()[0]) from exc
+            self._sizes[path] = image_size(path, "clean image")
         return self._sizes[path]
 
     def check(self) -> None:
-        """Open every clean image (and mask) header up front: bad files fail before any model loads."""
+        """Decode every clean image (and mask) up front: bad or truncated files fail before any model loads."""
         for path in self.clean_files:
-            self.image_size(path)
+            self._sizes[path] = open_image(path, "clean image").size[::-1]
         if self.reference is None:
             for i in range(min(self.cfg.num_samples, max(len(self.clean_files), len(self.mask_files)))):
                 self.slot(i, read_pixels=False)
@@ -248,19 +241,13 @@ class SlotPlanner:
         return (same, True) if same else (self.pool, False)
 
     def slot(self, index: int, read_pixels: bool = True) -> Slot:
-        from defectfill.data.masks import binarize_mask
-
         seed = derive_seed(self.cfg.seed, index, 1)
         if self.reference is not None:
             return self._auto_slot(index, seed)
         clean_path = self.clean_files[index % len(self.clean_files)]
         height, width = self.image_size(clean_path)
         mask_path = self.by_stem.get(clean_path.stem) or self.mask_files[index % len(self.mask_files)]
-        try:
-            with Image.open(mask_path) as im:
-                mask = binarize_mask(im, self.cfg.mask_threshold)
-        except OSError as exc:
-            raise DataError(f"{mask_path}: cannot read mask ({exc})".splitlines()[0]) from exc
+        mask = read_mask(mask_path, self.cfg.mask_threshold)
         if mask.shape != (height, width):
             raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                             f"clean image {clean_path.name} is {width}x{height}")
@@ -338,19 +325,29 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     with the generator `cfg.generator` names (or `synthesizer_factory(cfg, device)`)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
-    from tqdm.auto import tqdm
 
     from defectfill.models.lora import read_lora_metadata
-    from defectfill.runinfo import write_run_info
-    from defectfill.samples import Sample, SampleWriter
+    from defectfill.samples import SampleWriter
 
     cfg.validate()
+    check_writable(cfg.output_dir, "output folder")
+    if synthesizer_factory is None:
+        import_class(cfg.generator).check(cfg)
     meta = read_lora_metadata(cfg.lora_dir) if cfg.lora_dir else {}
     planner = SlotPlanner(cfg, meta)
     planner.check()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it
-    writer = SampleWriter(cfg.output_dir, planner.class_names, min_component_area=cfg.min_component_area,
-                          contact_sheet_samples=cfg.contact_sheet_samples)
+    with output_errors(cfg.output_dir):
+        writer = SampleWriter(cfg.output_dir, planner.class_names, min_component_area=cfg.min_component_area,
+                              contact_sheet_samples=cfg.contact_sheet_samples)
+        return _generate_into(cfg, planner, state, writer, synthesizer_factory)
+
+
+def _generate_into(cfg: GenerateConfig, planner: SlotPlanner, state, writer, synthesizer_factory) -> dict:
+    from tqdm.auto import tqdm
+
+    from defectfill.runinfo import write_run_info
+    from defectfill.samples import Sample
     mine = [i for i in range(cfg.num_samples)
             if i % state.num_processes == state.process_index and not writer.is_done(f"{i:06d}")]
     if mine:

@@ -53,6 +53,11 @@ class Generator(ABC):
     dilation = 0
 
     @classmethod
+    def check(cls, cfg) -> None:
+        """Cheap checks of a `GenerateConfig` for this generator (files, configs; no weights), run
+        before any heavy work; raise a DefectfillError naming the file. Default: none."""
+
+    @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", **kwargs) -> "Generator":
         """Load a fitted generator from the folder its `fit` wrote."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
@@ -89,12 +94,20 @@ class Generator(ABC):
 
 def import_class(path: str):
     """`package.module:Class` (or `package.module.Class`, or an alias) → the class."""
+    name = path
     path = ALIASES.get(path, path)
     module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(f"generator {name!r} is unknown: use one of {', '.join(ALIASES)} "
+                          "or a class path package.module:Class")
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"generator {path!r} cannot be imported ({exc})") from exc
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"generator {name!r} cannot be imported ({' '.join(str(exc).split())}); use one of "
+                          f"{', '.join(ALIASES)} or a class path package.module:Class") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise ConfigError(f"generator {name!r} is not a defectfill.generators.Generator subclass")
+    return cls
 
 
 def build_generator(cfg, device="cpu") -> Generator:

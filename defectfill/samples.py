@@ -30,6 +30,7 @@ from pycocotools import mask as mask_util
 
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.errors import DataError
+from defectfill.formats.images import read_image, read_mask
 from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 Box = tuple[int, int, int, int]
@@ -151,19 +152,11 @@ def _read_sidecar(path: Path) -> dict:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L")) >= 128
-    except OSError as e:
-        raise DataError(f"cannot read mask {path}: {e}") from e
+    return read_mask(path, 128)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise DataError(f"cannot read image {path}: {e}") from e
+    return read_image(path, "RGB")
 
 
 def _stems(folder: Path, suffix: str) -> set[str]:

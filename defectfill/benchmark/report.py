@@ -188,10 +188,8 @@ def paired_settings(cells: list[dict], task: str, setting_a: str, setting_b: str
 def label_fill(out: Path) -> dict | None:
     """Box fill of the real training labels with one box per component vs ``split_long``
     (:func:`defectfill.detect.dataset.box_fill_stats`), on the first seed's training pool."""
-    from PIL import Image
-
-    from defectfill.data.masks import binarize_mask
     from defectfill.detect.dataset import box_fill_stats
+    from defectfill.formats.images import read_mask
 
     grid_path = out / "grid.json"
     settings = json.loads(grid_path.read_text())["settings"] if grid_path.is_file() else {}
@@ -202,8 +200,7 @@ def label_fill(out: Path) -> dict | None:
     tile = int((settings.get("detector") or {}).get("tile", 256))
     masks = []
     for path in sorted(p for p in pools[0].iterdir() if p.is_file()):
-        with Image.open(path) as im:
-            masks.append(binarize_mask(im))
+        masks.append(read_mask(path))
     return {"pool": str(pools[0].parent), "tile": tile, "one_box_per_component": box_fill_stats(masks, tile),
             f"split_long{float(split):g}": box_fill_stats(masks, tile, float(split))}
 

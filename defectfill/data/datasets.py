@@ -18,9 +18,7 @@ from PIL import Image
 
 from defectfill.data.masks import binarize_mask
 from defectfill.errors import DataError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F"}
+from defectfill.formats.images import IMAGE_EXTS, is_grey, open_image, read_image, to_uint8
 
 
 @dataclass
@@ -70,15 +68,6 @@ def _list_images(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img
-    except Exception as err:  # PIL raises many types for bad files
-        raise DataError(f"{path}: cannot read image ({_one_line(err)})") from err
-
-
 def _read_manifest(path: Path) -> dict[str, dict]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -99,8 +88,10 @@ def load_reference_dataset(
 ) -> ReferenceDataset:
     """Load and validate every image/mask pair under ``root``.
 
-    Masks are converted to grey (luminance for colour, ``L*A/255`` for LA) and a pixel
-    is defect when its value is ``>= mask_threshold``. Images become uint8 RGB.
+    Masks are converted to grey (luminance for colour, ``L*A/255`` for LA) on the 0..255 scale
+    (16-bit files scaled, see ``defectfill.formats.images``) and a pixel is defect when its value
+    is ``>= mask_threshold``. Images become uint8 RGB at any bit depth. Every file (``good/``
+    included) is fully decoded, so a truncated one fails here.
     ``defect_types`` keeps only those types; ``max_samples`` keeps the first N by id.
     Raises :class:`DataError` (one line naming the file) on any problem.
     """
@@ -138,7 +129,7 @@ def load_reference_dataset(
     samples, grayscale = [], True
     for stem in sorted(images):
         image_path, mask_path = images[stem], masks[stem]
-        img, msk = _open_image(image_path), _open_image(mask_path)
+        img, msk = open_image(image_path), open_image(mask_path, "mask")
         if img.size != msk.size:
             raise DataError(
                 f"{mask_path}: mask size {msk.size[0]}x{msk.size[1]} does not match "
@@ -147,8 +138,11 @@ def load_reference_dataset(
         mask = binarize_mask(msk, mask_threshold)
         if not mask.any():
             raise DataError(f"{mask_path}: mask is empty (no pixel >= threshold {mask_threshold})")
-        grayscale &= img.mode in _GRAY_MODES
-        image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        if mask.all():
+            raise DataError(f"{mask_path}: mask covers the whole image (every pixel >= threshold {mask_threshold}); "
+                            f"a reference defect needs defect-free surroundings: check the mask or mask_threshold")
+        grayscale &= is_grey(img)
+        image = to_uint8(img, "RGB")
         samples.append(ReferenceSample(stem, image, mask, types[stem], image_path, mask_path, fabrics.get(stem)))
 
     if defect_types is not None:
@@ -164,6 +158,8 @@ def load_reference_dataset(
 
     good_dir = root / "good"
     good_paths = sorted(_list_images(good_dir).values()) if good_dir.is_dir() else []
+    for path in good_paths:  # decoded lazily later: a truncated file must fail here, not mid-run
+        open_image(path)
     return ReferenceDataset(root, samples, good_paths, grayscale, fabrics)
 
 
@@ -276,7 +272,7 @@ class CleanCropSampler:
 
     def _image(self, i: int) -> np.ndarray:
         if i not in self._cache:
-            self._cache[i] = np.asarray(_open_image(self.paths[i]).convert("RGB"))
+            self._cache[i] = read_image(self.paths[i], "RGB")
         return self._cache[i]
 
     def batch(self, step: int, process_index: int, batch_size: int) -> torch.Tensor:

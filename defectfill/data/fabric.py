@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from defectfill.errors import DataError
 
@@ -86,12 +85,10 @@ def load_roi(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
     Raises DataError naming the file when it cannot be read or is not H x W.
     """
+    from defectfill.formats.images import mask_levels, open_image
+
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            roi = np.asarray(im.convert("L")) > 0
-    except Exception as err:  # PIL raises many types for bad files
-        raise DataError(f"{path}: cannot read ROI mask ({' '.join(str(err).split())})") from err
+    roi = mask_levels(open_image(path, "ROI mask")) > 0
     if roi.shape != tuple(shape):
         raise DataError(
             f"{path}: ROI mask is {roi.shape[1]}x{roi.shape[0]} (WxH), the image is {shape[1]}x{shape[0]}"

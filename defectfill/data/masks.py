@@ -7,34 +7,23 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+from defectfill.formats.images import mask_levels
 
+def binarize_mask(array: np.ndarray | Image.Image, threshold: float = 128) -> np.ndarray:
+    """Return a bool HxW mask: grey level ``>= threshold`` on the 0..255 scale.
 
-def binarize_mask(array: np.ndarray | Image.Image, threshold: int = 128) -> np.ndarray:
-    """Return a bool HxW mask: grey value ``>= threshold``.
-
-    Accepts L (HxW), LA (HxWx2), RGB (HxWx3) and RGBA (HxWx4) arrays or PIL images.
-    Colour is reduced to luminance; an alpha channel composites grey over black
-    (``v = grey * alpha / 255``). A bool HxW array is returned as a copy.
+    Accepts L (HxW), LA (HxWx2), RGB (HxWx3) and RGBA (HxWx4) arrays or PIL images of any bit
+    depth (16-bit files and uint16 arrays are scaled to 0..255 first, so the threshold is relative
+    to the file's range). Colour is reduced to luminance; an alpha channel composites grey over
+    black (``v = grey * alpha / 255``). A bool HxW array is returned as a copy.
     """
-    if isinstance(array, Image.Image):
-        if array.mode not in ("1", "L", "LA", "RGB", "RGBA"):
-            array = array.convert("RGBA" if "transparency" in array.info else "L")
-        array = np.asarray(array)
-    a = np.asarray(array)
-    if a.dtype == bool and a.ndim == 2:
-        return a.copy()
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        return a >= threshold
-    if a.ndim != 3 or a.shape[2] not in (2, 3, 4):
-        raise ValueError(f"mask array must be HxW or HxWx{{2,3,4}}, got shape {a.shape}")
-    v = a.astype(np.float64)
-    grey = v[..., 0] if a.shape[2] == 2 else np.rint(v[..., :3] @ _LUMA)  # grey levels, as PIL
-    if a.shape[2] in (2, 4):
-        grey = grey * v[..., -1] / 255.0
-    return grey >= threshold
+    if not isinstance(array, Image.Image):
+        a = np.asarray(array)
+        if a.dtype == bool and a.ndim == 2:
+            return a.copy()
+        if a.ndim == 2 and a.dtype == np.uint8:
+            return a >= threshold
+    return mask_levels(array) >= threshold
 
 
 def random_box_mask(

@@ -41,9 +41,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from defectfill.data.datasets import IMAGE_EXTS, load_reference_dataset
-from defectfill.data.masks import binarize_mask, mask_components
+from defectfill.data.datasets import load_reference_dataset
+from defectfill.data.masks import mask_components
 from defectfill.errors import DataError
+from defectfill.formats.images import IMAGE_EXTS, read_image, read_mask
 from defectfill.runinfo import atomic_directory, atomic_write_text
 from defectfill.samples import spread_indices, yolo_lines
 
@@ -206,23 +207,13 @@ def split_by_source(groups: dict[str, Sequence[str]], val_fraction: float, seed:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """uint8 HxW (grey source) or HxWx3 array of an image file; DataError naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-            return np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8)
-    except Exception as err:  # PIL raises many types for bad files
-        raise DataError(f"{path}: cannot read image ({' '.join(str(err).split())})") from err
+    """uint8 HxW (grey source) or HxWx3 array of an image file, any bit depth; DataError naming it."""
+    return read_image(path)
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    """Bool mask (grey >= 128, alpha composited) of a mask file; DataError naming it."""
-    try:
-        with Image.open(path) as im:
-            return binarize_mask(im, 128)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read mask ({' '.join(str(err).split())})") from err
+    """Bool mask (grey >= 128 of the file's range, alpha composited); DataError naming it."""
+    return read_mask(path, 128)
 
 
 def _as_grey_if_equal(image: np.ndarray) -> np.ndarray:

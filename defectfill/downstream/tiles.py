@@ -32,10 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from defectfill.data.datasets import load_reference_dataset, random_flips
-from defectfill.data.masks import binarize_mask
 from defectfill.errors import DataError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from defectfill.formats.images import read_image, read_mask
 
 
 @dataclass
@@ -150,23 +148,11 @@ def to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def _read_image(path: Path, channels: int) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            grey = im.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F")
-            arr = np.asarray(im.convert("L" if grey else "RGB"))
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err})") from err
-    return to_channels(arr, channels)
+    return to_channels(read_image(path), channels)
 
 
 def _read_mask(path: Path, threshold: int = 128) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return binarize_mask(im, threshold)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read mask ({err})") from err
+    return read_mask(path, threshold)
 
 
 def images_from_reference(root: str | Path, channels: int = 1, include_good: bool = True,

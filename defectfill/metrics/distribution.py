@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from defectfill.errors import DataError
+from defectfill.formats.images import read_image, read_mask
 from defectfill.metrics.features import FeatureExtractor, metric_names
 
 DEFAULT_SIZE = 128  # common side for extractors without a fixed input size
@@ -237,11 +238,7 @@ def _stack(names: list[str], pairs: list[tuple[np.ndarray, np.ndarray]], root: P
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({' '.join(str(err).split())})") from err
+    return read_image(path, mode)
 
 
 def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | None = None) -> DefectCrops:
@@ -270,7 +267,7 @@ def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | N
         for p in (image_path, mask_path):
             if not p.is_file():
                 raise DataError(f"{p}: missing (sample {name} has a sidecar)")
-        image, mask = _read_png(image_path, "RGB"), _read_png(mask_path, "L") >= 128
+        image, mask = _read_png(image_path, "RGB"), read_mask(mask_path, 128)
         if image.shape[:2] != mask.shape:
             raise DataError(f"{mask_path}: size {mask.shape} differs from image {image.shape[:2]}")
         if not mask.any():

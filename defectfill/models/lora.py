@@ -116,16 +116,109 @@ def save_defectfill_lora(directory: str | os.PathLike, unet, text_encoder, token
         safe_serialization=True,
     )
     row = placeholder_vector(text_encoder, token_id).detach().float().cpu().clone()
-    save_file({token: row}, str(directory / EMBEDS_NAME))
+    save_file({token: row}, str(directory / EMBEDS_NAME))  # WEIGHTS_NAME is diffusers' default name
     (directory / META_NAME).write_text(json.dumps({"token": token, **metadata}, indent=2, default=str))
     return directory
 
 
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+_META_KEYS = {"token": str, "base_model": str, "defect_prompt": str, "resolution": int, "crop_size": int}
+
+
 def read_lora_metadata(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / META_NAME
+    """The folder's `defectfill_lora.json`, checked: valid JSON with the keys generation needs, and
+    both weight files present with readable safetensors headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: LoRA folder {'is not a directory' if directory.exists() else 'not found'}")
+    path = directory / META_NAME
     if not path.is_file():
-        raise ModelError(f"{path}: missing; {directory} is not a DefectFill LoRA folder")
-    return json.loads(path.read_text())
+        raise ModelError(f"{path}: missing; {directory} is not a DefectFill LoRA folder (use the lora/ folder "
+                         "a finished training run wrote)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({' '.join(str(exc).split())}); retrain or restore the file") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    for key, kind in _META_KEYS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ModelError(f"{path}: lacks a valid {key!r} ({kind.__name__})")
+    for name in (WEIGHTS_NAME, EMBEDS_NAME):
+        weights = directory / name
+        if not weights.is_file():
+            raise ModelError(f"{weights}: missing; the LoRA folder is incomplete (use the lora/ folder a "
+                             "finished training run wrote)")
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as exc:  # SafetensorError and friends: truncated or not a safetensors file
+            raise ModelError(f"{weights}: not a readable safetensors file ({' '.join(str(exc).split())})") from exc
+    return meta
+
+
+def lora_shapes(directory: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of a LoRA folder's weight files, from the safetensors headers only."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for name in (WEIGHTS_NAME, EMBEDS_NAME):
+        with safe_open(str(Path(directory) / name), framework="pt") as f:
+            shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+    return shapes
+
+
+def lora_base_mismatch(shapes: dict[str, tuple[int, ...]], unet_config: dict, text_hidden: int | None) -> str | None:
+    """Why LoRA tensors (``lora_shapes``) cannot apply to a base with these UNet / text-encoder
+    configs, or None. Checks the input width of every LoRA down-projection: cross-attention keys and
+    values read the text width, the other UNet projections their block's width (the first attention
+    layer of ``down_blocks.i`` / ``up_blocks.i`` / ``mid_block``), text-encoder projections and the
+    learned token embedding the text encoder's hidden size."""
+    blocks = list(unet_config.get("block_out_channels") or [])
+    cross = unet_config.get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, (list, tuple)) else cross
+    for key, shape in sorted(shapes.items()):
+        if len(shape) == 1 and "lora" not in key:  # the learned token
+            if text_hidden is not None and shape[0] != text_hidden:
+                return f"learned token has width {shape[0]}, the base text encoder {text_hidden}"
+            continue
+        if "lora_A" not in key and "lora.down" not in key or len(shape) != 2:
+            continue
+        width = shape[1]
+        if key.startswith("text_encoder."):
+            expected = text_hidden
+        elif ".attn2.to_k." in key or ".attn2.to_v." in key:
+            expected = cross
+        elif "attn" in key and (".to_q." in key or ".to_k." in key or ".to_v." in key) and blocks:
+            parts = key.split(".")
+            if "down_blocks" in parts:
+                expected = blocks[int(parts[parts.index("down_blocks") + 1])]
+            elif "up_blocks" in parts:
+                expected = blocks[::-1][int(parts[parts.index("up_blocks") + 1])]
+            elif "mid_block" in parts:
+                expected = blocks[-1]
+            else:
+                continue
+        else:
+            continue
+        if expected is not None and width != expected:
+            return f"{key} expects width {width}, the base has {expected}"
+    return None
+
+
+def check_lora_base(directory: str | os.PathLike, model: str, recorded_base: str | None = None) -> None:
+    """ModelError (one line) when the LoRA in ``directory`` was made for another architecture than
+    ``model`` (configs and safetensors headers only; no weights load)."""
+    from defectfill.models.pipeline import check_inpainting_unet, read_text_encoder_config
+
+    unet_config = check_inpainting_unet(model)
+    text_hidden = read_text_encoder_config(model).get("hidden_size")
+    why = lora_base_mismatch(lora_shapes(directory), unet_config, text_hidden)
+    if why:
+        raise ModelError(f"{directory}: this LoRA does not fit base model {model} ({why}); it was trained on "
+                         f"{recorded_base or 'another base'}: pass that model with --model")
 
 
 def load_defectfill_lora(pipe, directory: str | os.PathLike) -> dict:

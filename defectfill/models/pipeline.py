@@ -50,6 +50,19 @@ def check_inpainting_unet(model: str) -> dict:
     return config
 
 
+def read_text_encoder_config(model: str) -> dict:
+    """The text encoder's config.json (no weights); ModelError naming it when unreadable."""
+    from transformers import PretrainedConfig
+
+    where = f"{model}/text_encoder/config.json"
+    try:
+        config, _ = PretrainedConfig.get_config_dict(model, subfolder="text_encoder")
+    except Exception as exc:
+        raise ModelError(f"{where}: cannot read the text encoder config ({type(exc).__name__}: {exc})"
+                         .splitlines()[0]) from exc
+    return config
+
+
 @dataclass
 class TrainingComponents:
     tokenizer: object
