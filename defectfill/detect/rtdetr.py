@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import yaml
 
-from defectfill.errors import ConfigError, DataError, ModelError, one_line_errors
+from defectfill.errors import ConfigError, DataError, ModelError, check_writable, one_line_errors, output_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODEL = "configs/rtdetr/rtdetr_small.yaml"
@@ -360,6 +360,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
     from defectfill.detect.dataset import build_detection_dataset, build_eval_dataset
 
     cfg = _load_cfg(args)
+    check_writable(args.out, "dataset folder")
     kwargs = cfg.dataset_kwargs()
     if args.eval:
         kwargs.pop("val_fraction")
@@ -376,6 +377,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from defectfill.detect.report import write_report
 
     cfg = _load_cfg(args, model=args.model, epochs=args.epochs, device=args.device, output_dir=args.output_dir)
+    check_writable(cfg.output_dir, "output folder")
+    read_data_yaml(args.data)
     weights = train_detector(cfg, args.data)
     metrics = evaluate_detector(weights, args.data, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
                                 workers=cfg.workers, config_dir=cfg.yolo_config_dir)
@@ -388,9 +391,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from defectfill.detect.report import write_report
 
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.weights).resolve().parent.parent
+    check_writable(out_dir, "report folder")
+    if not Path(args.weights).is_file():
+        raise ModelError(f"{args.weights}: weights file not found")
+    read_data_yaml(args.data)
     metrics = evaluate_detector(args.weights, args.data, args.split, imgsz=args.imgsz, batch=args.batch,
                                 device=args.device, workers=args.workers)
-    out_dir = Path(args.output_dir) if args.output_dir else Path(args.weights).resolve().parent.parent
     paths = write_report({"weights": str(args.weights), "evaluations": {args.split: metrics}}, out_dir,
                          f"eval_{args.split}")
     print(f"mAP50 {metrics['map50']:.4f}  mAP50-95 {metrics['map50_95']:.4f}\nresults: {paths[0]}  {paths[1]}")
@@ -440,7 +447,8 @@ def build_parser(prog: str = "defectfill detect") -> argparse.ArgumentParser:
 def detect_main(argv: list[str] | None = None) -> int:
     """Entry point of ``defectfill detect``; returns the exit code (2 with a one-line error on bad input)."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    with output_errors(getattr(args, "out", None) or getattr(args, "output_dir", None) or "output"):
+        args.func(args)
     return 0
 
 
