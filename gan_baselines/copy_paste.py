@@ -44,7 +44,7 @@ import yaml
 from scipy import ndimage
 
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample, load_reference_dataset
-from defectfill.errors import ConfigError, DataError, one_line_errors
+from defectfill.errors import ConfigError, DataError, check_writable, one_line_errors, output_errors
 from defectfill.compositing import blend_weights, mask_window
 from defectfill.generators import Generator
 
@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(overrides) != len(args.overrides):
         raise ConfigError(f"--set expects KEY=VALUE, got {args.overrides}")
     generator = CopyPasteGenerator(read_config(Path(args.config), overrides))
-    print(f"copy_paste run folder: {generator.fit(None, args.output_dir)}")
+    check_writable(args.output_dir, "run folder")
+    with output_errors(args.output_dir):
+        print(f"copy_paste run folder: {generator.fit(None, args.output_dir)}")
     return 0
 
 

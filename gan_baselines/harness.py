@@ -28,7 +28,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from defectfill.errors import ConfigError, one_line_errors
+from defectfill.errors import ConfigError, check_writable, one_line_errors, output_errors
 from defectfill.runinfo import atomic_save_image
 
 WEIGHTS_NAME = "weights.safetensors"
@@ -276,6 +276,8 @@ def run_training(args, config_cls, train_fn, label: str) -> int:
 
     cfg = load_config(config_cls, args.config, args.overrides, data_dir=args.data_dir,
                       output_dir=args.output_dir, max_steps=args.max_steps)
-    final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
+    check_writable(cfg.output_dir, "run folder")
+    with output_errors(cfg.output_dir, "rerun with --resume_from_checkpoint latest"):
+        final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"{label} weights: {final}")
     return 0

@@ -1,4 +1,4 @@
-"""The bad-input matrix: train, generate and detect given bad or odd input.
+"""The bad-input matrix: train, generate, detect and the GAN launchers given bad or odd input.
 
 Every case runs the real command line in-process (`defectfill.cli.main`) and must end with exit
 code 2 and exactly one `error:` line on stderr naming the offending file or key, before any
@@ -323,6 +323,39 @@ GENERATE_CONFIG_CASES = {  # extra flags -> key named in the error
 }
 
 
+def _launcher(name: str):
+    """A train/ launcher as a module (train/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gan(c, launcher: str, config: str, *extra: str, out: Path | None = None):
+    module = _launcher(launcher)
+    argv = ["--config", str(REPO / "configs" / "gan" / config), "--data_dir", str(c.data),
+            "--output_dir", str(out or c.out), "--max_steps", "1", *extra]
+    return lambda: module.main(module.parse_args(argv))
+
+
+def _gan_multistage_truncated_image(c):
+    return _gan(c, "train_multistage_gan", "multistage_small.yaml"), truncate(c.first("images")).name
+
+
+def _gan_multistage_output_is_file(c):
+    return _gan(c, "train_multistage_gan", "multistage_small.yaml"), str(a_file(c.out))
+
+
+def _gan_dgt_corrupt_mask(c):
+    return _gan(c, "train_dgt", "dgt_small.yaml"), garble(c.first("masks")).name
+
+
+def _gan_dgt_unknown_key(c):
+    return _gan(c, "train_dgt", "dgt_small.yaml", "--set", "steps_per_epoch=3"), "steps_per_epoch"
+
+
 def _detect_build_missing_reference(c):
     return ["detect", "build", "--reference", str(c.root / "no-ref"), "--out", str(c.out)], "no-ref"
 
@@ -364,7 +397,7 @@ def _detect_eval_missing_weights(c):
 
 
 CASES = {name[1:]: fn for name, fn in sorted(globals().items())
-         if name.startswith(("_train_", "_gen_", "_detect_")) and callable(fn)}
+         if name.startswith(("_train_", "_gen_", "_detect_", "_gan_")) and callable(fn)}
 for _override, _key in TRAIN_CONFIG_CASES.items():
     CASES[f"train_config_{_override}"] = (lambda o, k: lambda c: (c.train(o), k))(_override, _key)
 for _flags, _key in GENERATE_CONFIG_CASES.items():
@@ -398,7 +431,7 @@ def no_weights(monkeypatch):
 
 def test_the_matrix_is_large_enough():
     assert len(CASES) >= 40, len(CASES)
-    assert {n.split("_")[0] for n in CASES} == {"train", "gen", "detect"}
+    assert {n.split("_")[0] for n in CASES} == {"train", "gen", "detect", "gan"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -408,7 +441,7 @@ def test_bad_input_is_one_line_before_any_weights(name, tmp_path, capsys, no_wei
     argv, named = CASES[name](case)
     before = _tree(tmp_path)
     capsys.readouterr()
-    code = main(argv)
+    code = argv() if callable(argv) else main(argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]

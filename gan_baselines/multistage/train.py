@@ -229,9 +229,9 @@ def train(cfg: MultistageConfig, resume_from_checkpoint: str | None = None) -> P
     from defectfill.data.datasets import load_reference_dataset
 
     cfg.validate()
-    encoder = StyleEncoder(cfg.style_layers, cfg.vgg_weights, backbone=cfg.style_backbone)  # fails before data loads
-    dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
+    dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,  # before any weights load
                                      defect_types=cfg.defect_types, max_samples=cfg.max_samples)
+    encoder = StyleEncoder(cfg.style_layers, cfg.vgg_weights, backbone=cfg.style_backbone)
     channels = 1 if dataset.grayscale else 3
     torch.manual_seed(cfg.seed)
     modules = {**build_generators(cfg, encoder.layer_channels, channels),
