@@ -24,7 +24,7 @@ def _train(args: argparse.Namespace) -> None:
     from defectfill.config import DefectFillTrainConfig, load_config
     from defectfill.trainer import train
 
-    cfg = load_config(DefectFillTrainConfig, args.config, args.overrides)
+    cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, overwrite=True if args.overwrite else None)
     print(f"LoRA weights: {train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)}")
 
 
@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune DefectFill (same as train/train_defectfill.py)")
     p.add_argument("--config", required=True)
-    p.add_argument("--resume_from_checkpoint")
+    p.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in output_dir (its checkpoints, logs and LoRA are removed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_train)
 

@@ -16,6 +16,35 @@ from defectfill.models.pipeline import DEFAULT_BASE_MODEL
 
 T = TypeVar("T")
 
+# The largest crop (source pixels per side) a config may ask for: a 8192² RGB crop is 200 MB in
+# uint8 before resizing, far past any real defect's context; 100000 dies of memory instead.
+MAX_CROP_SIZE = 8192
+OBJECT_LOSS_WEIGHTINGS = ("paper", "alpha")
+
+
+def check_mask_threshold(value: int) -> None:
+    """Masks are compared on the 8-bit scale (16-bit masks are scaled to 0..255 by the reader), so a
+    threshold outside 1..255 marks every pixel (0) or none (> 255) as defect."""
+    if not 1 <= value <= 255:
+        raise ConfigError(f"mask_threshold must be in 1..255 (8-bit mask scale; 16-bit masks are scaled to it), "
+                          f"got {value}")
+
+
+def check_image_sizes(crop_size: int | None, resolution: int | None) -> None:
+    """crop_size: positive and at most MAX_CROP_SIZE; resolution: positive and a multiple of 8 (the
+    VAE factor). None (GenerateConfig: take it from the LoRA) passes."""
+    if crop_size is not None:
+        if crop_size <= 0:
+            raise ConfigError(f"crop_size must be positive, got {crop_size}")
+        if crop_size > MAX_CROP_SIZE:
+            raise ConfigError(f"crop_size must be at most {MAX_CROP_SIZE} source pixels, got {crop_size}; "
+                              f"use a crop around the defect (the paper: 256..512)")
+    if resolution is not None:
+        if resolution <= 0:
+            raise ConfigError(f"resolution must be positive, got {resolution}")
+        if resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8 (the VAE factor), got {resolution}")
+
 
 @dataclass
 class DefectFillTrainConfig:
@@ -49,6 +78,9 @@ class DefectFillTrainConfig:
     lambda_obj: float = 0.2
     lambda_attn: float = 0.05
     alpha: float = 0.3
+    # L_obj = ||M' ⊙ (eps - eps_hat)||², M' = M + alpha (1 - M): "paper" weights the squared error by M'²
+    # (background alpha² = 0.09), "alpha" by M' (background alpha = 0.3, what earlier versions of this code did)
+    object_loss_weighting: str = "paper"
     num_boxes: int = 30
     box_min_frac: float = 0.03
     box_max_frac: float = 0.25
@@ -77,15 +109,30 @@ class DefectFillTrainConfig:
     checkpoints_total_limit: int | None = 3
     log_with: list[str] = field(default_factory=lambda: ["jsonl"])
     log_every: int = 1
+    overwrite: bool = False  # replace a finished (or unfinished) run already in output_dir
 
     def validate(self) -> None:
-        positive = ("resolution", "crop_size", "train_batch_size", "max_train_steps", "lora_rank",
-                    "gradient_accumulation_steps", "checkpointing_steps", "num_boxes")
+        positive = ("train_batch_size", "max_train_steps", "lora_rank", "gradient_accumulation_steps",
+                    "checkpointing_steps", "num_boxes", "log_every", "learning_rate_unet", "learning_rate_text")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.resolution % 8:
-            raise ConfigError(f"resolution must be a multiple of 8 (the VAE factor), got {self.resolution}")
+        for name in ("max_samples", "checkpoints_total_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null for no limit), got {getattr(self, name)}")
+        for name in ("learning_rate_token", "lora_alpha"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (or null for the default), got {getattr(self, name)}")
+        check_image_sizes(self.crop_size, self.resolution)
+        check_mask_threshold(self.mask_threshold)
+        for name in ("lambda_def", "lambda_obj", "lambda_attn"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 turns that loss off), got {getattr(self, name)}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha (the object loss's background weight) must be in [0, 1], got {self.alpha}")
+        if self.object_loss_weighting not in OBJECT_LOSS_WEIGHTINGS:
+            raise ConfigError(f"object_loss_weighting must be paper (squared error weighted by M'², the paper's "
+                              f"||M' ⊙ (eps - eps_hat)||²) or alpha (weighted by M'), got {self.object_loss_weighting!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if "{token}" not in self.defect_prompt or "{token}" not in self.object_prompt:
@@ -259,5 +306,7 @@ class GenerateConfig:
         for name in ("min_visible_fraction", "max_off_fabric"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check_image_sizes(self.crop_size, self.resolution)
+        check_mask_threshold(self.mask_threshold)
         if self.visible_k < 0 or self.visible_floor < 0:
             raise ConfigError(f"visible_k and visible_floor must be >= 0, got {self.visible_k}, {self.visible_floor}")

@@ -101,9 +101,10 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
     from defectfill.data.datasets import load_reference_dataset
     from defectfill.data.procedural import make_woven_dataset
     from defectfill.models.tiny import make_tiny_pipeline
+    from defectfill.errors import check_writable
     from defectfill.trainer import train
 
-    out = Path(output_dir)
+    out = check_writable(output_dir, "demo folder")
     model_dir = out / "tiny-sd2-inpainting"
     if not (model_dir / "model_index.json").is_file():
         print(f"[1/4] writing a tiny random SD-2 inpainting model to {model_dir}")
@@ -118,7 +119,7 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
         print(f"[2/4] reference defects: {data}")
     cfg = load_config(DefectFillTrainConfig, TINY_CONFIG, model=str(model_dir), data_dir=str(data),
                       output_dir=str(out / "defectfill"), max_train_steps=steps,
-                      checkpointing_steps=max(1, steps // 2))
+                      checkpointing_steps=max(1, steps // 2), overwrite=True)  # a rerun retrains the demo
     print(f"[3/4] fine-tuning DefectFill for {steps} steps (tiny model, {cfg.resolution} px)")
     lora_dir = train(cfg)
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold)

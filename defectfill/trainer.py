@@ -21,14 +21,19 @@ from safetensors.torch import load_file, save_file
 
 from defectfill import losses
 from defectfill.config import DefectFillTrainConfig, config_fingerprint, config_to_dict, dump_config
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, check_writable, output_errors
 from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _RESUMABLE_CHANGES = {"max_train_steps", "output_dir", "checkpointing_steps", "checkpoints_total_limit", "log_with",
-                      "log_every", "data_dir", "model"}
+                      "log_every", "data_dir", "model", "overwrite"}
+RESUME_HINT = "rerun with --resume_from_checkpoint latest to resume from the last complete checkpoint"
+# What a run writes into its folder; --overwrite removes exactly these (never anything else there).
+_RUN_FILES = ("DONE", "run_info.json", "config.yaml")
+_RUN_DIRS = ("lora", "logs")
+_RUN_TEMP_RE = re.compile(r"^\.(checkpoint-\d+|lora)\.tmp-\d+$")
 
 
 @dataclass
@@ -101,7 +106,7 @@ def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: 
         target = noise
     m = losses.latent_mask(mask, lat_hw)
     l_def = losses.defect_loss(pred[:b], target[:b], m)
-    l_obj = losses.object_loss(pred[b:], target[b:], m, cfg.alpha)
+    l_obj = losses.object_loss(pred[b:], target[b:], m, cfg.alpha, cfg.object_loss_weighting)
     l_attn = losses.attention_loss(attn_map, m)
     total = losses.total_loss(l_def, l_obj, l_attn, cfg.lambda_def, cfg.lambda_obj, cfg.lambda_attn)
     return {"loss": total, "loss_def": l_def, "loss_obj": l_obj, "loss_attn": l_attn}
@@ -194,6 +199,57 @@ def prune_checkpoints(output_dir: Path, limit: int | None) -> None:
         shutil.rmtree(old)
 
 
+# ---- the run folder: refuse to train over a run by accident; --overwrite clears it ----
+
+def check_run_folder(output_dir: Path, resume_from_checkpoint: str | None, overwrite: bool) -> None:
+    """Refuse (ConfigError, one line) to start from scratch in a folder that holds a run: a finished
+    one (`DONE` or a final `lora/`) or an unfinished one with checkpoints. Resuming is what
+    --resume_from_checkpoint is for; --overwrite (config `overwrite: true`) replaces the old run."""
+    if overwrite and resume_from_checkpoint:
+        raise ConfigError(f"--overwrite and --resume_from_checkpoint {resume_from_checkpoint} contradict each other: "
+                          f"--overwrite clears {output_dir}'s checkpoints; pass one of them")
+    if overwrite or resume_from_checkpoint or not output_dir.is_dir():
+        return
+    if (output_dir / "DONE").exists() or (output_dir / "lora").exists():
+        raise ConfigError(f"{output_dir}: already holds a finished run; pass --overwrite to replace it, "
+                          f"or another output_dir")
+    found = list_checkpoints(output_dir)
+    if found:
+        raise ConfigError(f"{output_dir}: holds an unfinished run ({found[-1].name}); pass "
+                          f"--resume_from_checkpoint latest to continue it, --overwrite to replace it, "
+                          f"or another output_dir")
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove an old run's checkpoints, logs, final LoRA and run records from ``output_dir`` (for
+    --overwrite), so nothing stale mixes into the new run. Other files there are left alone."""
+    if not output_dir.is_dir():
+        return
+    for path in output_dir.iterdir():
+        name = path.name
+        if path.is_dir() and (name in _RUN_DIRS or CHECKPOINT_RE.match(name) or _RUN_TEMP_RE.match(name)):
+            shutil.rmtree(path)
+        elif name in _RUN_FILES or name.startswith(tuple(f"{f}.tmp-" for f in _RUN_FILES)):
+            path.unlink()
+
+
+def check_crop_size(dataset, cfg: DefectFillTrainConfig) -> None:
+    """A crop larger than every side of every reference image would be mostly mirrored padding
+    (`sample_defect_crop` reflection-pads short axes): refuse it, naming the data and the largest
+    image. Crops longer than some images' short side are padded there: warn."""
+    if not dataset.samples:
+        return
+    largest = max(dataset.samples, key=lambda s: max(s.image.shape[:2]))
+    h, w = largest.image.shape[:2]
+    if cfg.crop_size > max(h, w):
+        raise ConfigError(f"crop_size {cfg.crop_size} is larger than every reference image in {cfg.data_dir} "
+                          f"(largest: {largest.image_path.name}, {w} wide x {h} high); set crop_size <= {max(h, w)}")
+    padded = sum(1 for s in dataset.samples if min(s.image.shape[:2]) < cfg.crop_size)
+    if padded:
+        logger.warning("crop_size %d exceeds the short side of %d of %d reference images in %s: their crops are "
+                       "reflection-padded", cfg.crop_size, padded, len(dataset.samples), cfg.data_dir)
+
+
 # ---- the run ----
 
 def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None) -> Path:
@@ -208,14 +264,18 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
 
     cfg.validate()
     output_dir = Path(cfg.output_dir)
-    # Cheap checks first: a bad model folder or data file fails before any weights load.
+    # Cheap checks first: a bad output folder, model folder, data file or crop size fails before any
+    # weights load, and before anything is written.
+    check_writable(output_dir, "run folder")
+    check_run_folder(output_dir, resume_from_checkpoint, cfg.overwrite)
     model = resolve_model(cfg.model)
     check_inpainting_unet(model)
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
                                      defect_types=cfg.defect_types, max_samples=cfg.max_samples)
+    check_crop_size(dataset, cfg)
     resume_dir = resolve_resume(output_dir, resume_from_checkpoint)
 
-    trackers = [JSONLTracker(output_dir / "logs") if name == "jsonl" else name for name in cfg.log_with]
+    trackers = [JSONLTracker(output_dir / "logs", RESUME_HINT) if name == "jsonl" else name for name in cfg.log_with]
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -240,6 +300,7 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     from defectfill.models.attention import AttentionStore, install_attention_capture
     from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
     from defectfill.models.pipeline import load_training_components
+    from defectfill.tracking import truncate_metrics
 
     output_dir = Path(cfg.output_dir)
     set_seed(cfg.seed)
@@ -310,8 +371,14 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
         accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
 
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, output_dir / "config.yaml")
+        with output_errors(output_dir, RESUME_HINT):
+            if cfg.overwrite:
+                clear_run(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, output_dir / "config.yaml")
+            # Steps after the one we start from were logged by the run that died: drop them, so
+            # the resumed run logs each step once.
+            truncate_metrics(output_dir / "logs" / "metrics.jsonl", global_step)
         accelerator.init_trackers("defectfill", config={k: v for k, v in config_to_dict(cfg).items()
                                                           if isinstance(v, (int, float, str, bool))})
 
@@ -320,45 +387,49 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     unet.train()
     text_encoder.train()
     accum = cfg.gradient_accumulation_steps
-    while global_step < cfg.max_train_steps:
-        logs: dict[str, float] = {}
-        for micro in range(accum):
-            batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
-            with accelerator.accumulate(unet, text_encoder):
-                out = compute_losses(unet, text_encoder, vae, parts.noise_scheduler, store, prompt_ids,
-                                     token_index, batch, cfg, weight_dtype)
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in out.items():
-                logs[k] = logs.get(k, 0.0) + float(v.detach()) / accum
-        if not all(math.isfinite(v) for v in logs.values()):
-            raise FloatingPointError(f"non-finite loss at step {global_step}: {logs}")
-        global_step += 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{logs['loss']:.4f}")
-        if global_step % cfg.log_every == 0:
-            logs["lr_unet"] = lr_scheduler.get_last_lr()[0]
-            accelerator.log(logs, step=global_step)
-        if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
-            if accelerator.is_main_process:
-                save_checkpoint(output_dir / f"checkpoint-{global_step}", models, optimizer, lr_scheduler,
-                                global_step, cfg, write_lora)
-                prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
-            accelerator.wait_for_everyone()
-    progress.close()
+    try:  # closing the bar ends its line, so an error line is printed on its own line
+        while global_step < cfg.max_train_steps:
+            logs: dict[str, float] = {}
+            for micro in range(accum):
+                batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
+                with accelerator.accumulate(unet, text_encoder):
+                    out = compute_losses(unet, text_encoder, vae, parts.noise_scheduler, store, prompt_ids,
+                                         token_index, batch, cfg, weight_dtype)
+                    accelerator.backward(out["loss"])
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k, v in out.items():
+                    logs[k] = logs.get(k, 0.0) + float(v.detach()) / accum
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise FloatingPointError(f"non-finite loss at step {global_step}: {logs}")
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            if global_step % cfg.log_every == 0:
+                logs["lr_unet"] = lr_scheduler.get_last_lr()[0]
+                accelerator.log(logs, step=global_step)
+            if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
+                if accelerator.is_main_process:
+                    checkpoint = output_dir / f"checkpoint-{global_step}"
+                    with output_errors(checkpoint, RESUME_HINT):  # atomic: complete or absent
+                        save_checkpoint(checkpoint, models, optimizer, lr_scheduler, global_step, cfg, write_lora)
+                        prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+    finally:
+        progress.close()
 
     accelerator.wait_for_everyone()
     final_dir = output_dir / "lora"
     if accelerator.is_main_process:
         run = {"global_step": global_step, "num_processes": accelerator.num_processes,
                "resumed_from": str(resume_dir) if resume_dir else None, "reference_samples": len(dataset)}
-        with atomic_directory(final_dir) as tmp:
-            write_lora(tmp)
-            write_run_info(tmp, config_to_dict(cfg), cfg.seed, **run)  # travels with the weights
-        write_run_info(output_dir, config_to_dict(cfg), cfg.seed, lora_dir=str(final_dir), **run)
-        atomic_write_text(final_dir.parent / "DONE", f"{global_step}\n")
+        with output_errors(final_dir, RESUME_HINT):  # atomic: the final LoRA is complete or absent
+            with atomic_directory(final_dir) as tmp:
+                write_lora(tmp)
+                write_run_info(tmp, config_to_dict(cfg), cfg.seed, **run)  # travels with the weights
+            write_run_info(output_dir, config_to_dict(cfg), cfg.seed, lora_dir=str(final_dir), **run)
+            atomic_write_text(final_dir.parent / "DONE", f"{global_step}\n")
     return final_dir

@@ -218,3 +218,68 @@ def test_text_fields_keep_digit_strings():
     cfg = load_config(DefectFillTrainConfig, None, ["revision=0123", "variant=fp16"])
     assert cfg.revision == "0123" and cfg.variant == "fp16"
     assert load_config(DefectFillTrainConfig, None, ["revision=null"]).revision is None
+
+
+# ---- range checks: one line naming the key, for both the train and the generate config ----
+
+@pytest.mark.parametrize("override", [
+    "mask_threshold=0", "mask_threshold=256", "mask_threshold=-3", "crop_size=0", "crop_size=-8",
+    "crop_size=100000", "resolution=0", "resolution=100", "alpha=1.5", "alpha=-0.1", "lambda_def=-1",
+    "lambda_obj=-0.2", "lambda_attn=-0.05", "learning_rate_unet=0", "learning_rate_text=-1e-4",
+    "learning_rate_token=0", "lora_alpha=0", "lora_alpha=-4", "log_every=0", "max_samples=0",
+    "checkpoints_total_limit=0", "object_loss_weighting=squared",
+])
+def test_train_config_range_checks_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key) as exc:
+        load_config(DefectFillTrainConfig, None, [override])
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("override", [
+    "mask_threshold=1", "mask_threshold=255", "crop_size=1", "crop_size=8192", "alpha=0", "alpha=1",
+    "lambda_def=0", "lambda_attn=0", "learning_rate_token=1e-5", "lora_alpha=16", "lora_alpha=null",
+    "checkpoints_total_limit=1", "checkpoints_total_limit=null", "object_loss_weighting=alpha",
+])
+def test_train_config_range_edges_are_accepted(override):
+    load_config(DefectFillTrainConfig, None, [override])
+
+
+def test_object_loss_weighting_defaults_to_the_paper():
+    assert DefectFillTrainConfig().object_loss_weighting == "paper"
+    assert load_config(DefectFillTrainConfig, CONFIGS / "sd2_lora.yaml").object_loss_weighting == "paper"
+    assert DefectFillTrainConfig().overwrite is False
+
+
+def _gen(**kw):
+    from defectfill.config import GenerateConfig
+
+    return GenerateConfig(lora_dir="lora", clean_dir="clean", **kw)
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"mask_threshold": 0}, "mask_threshold"), ({"mask_threshold": 256}, "mask_threshold"),
+    ({"crop_size": 0}, "crop_size"), ({"crop_size": -1}, "crop_size"), ({"crop_size": 100000}, "crop_size"),
+    ({"resolution": 0}, "resolution"), ({"resolution": 100}, "resolution"), ({"resolution": -64}, "resolution"),
+])
+def test_generate_config_range_checks_name_the_key(kw, key):
+    with pytest.raises(ConfigError, match=key) as exc:
+        _gen(**kw).validate()
+    assert "\n" not in str(exc.value)
+
+
+def test_generate_config_unset_sizes_and_edges_pass():
+    _gen().validate()  # crop_size / resolution None: taken from the LoRA folder
+    _gen(crop_size=8192, resolution=8, mask_threshold=255).validate()
+    _gen(crop_size=1, resolution=512, mask_threshold=1).validate()
+
+
+def test_train_and_generate_share_the_same_rules():
+    from defectfill.config import MAX_CROP_SIZE
+
+    for kw in ({"crop_size": 0}, {"crop_size": MAX_CROP_SIZE + 1}, {"resolution": 260}, {"mask_threshold": 0}):
+        with pytest.raises(ConfigError) as train_exc:
+            DefectFillTrainConfig(**kw).validate()
+        with pytest.raises(ConfigError) as gen_exc:
+            _gen(**kw).validate()
+        assert str(train_exc.value) == str(gen_exc.value)

@@ -298,3 +298,7 @@ def test_demo_on_procedural_data_ends_with_a_labelled_dataset(woven_root, tmp_pa
     assert (dataset / "data.yaml").is_file() and (dataset / "annotations.json").is_file()
     assert Path(summary["contact_sheet"]).is_file() and Path(summary["preview"]).is_file()
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["lora"] == summary["lora"]
+    # `make demo` twice: the second run retrains over the first (the demo passes overwrite) and ends the same
+    again = run_demo(tmp_path / "demo", data_dir=woven_root, steps=2, num_samples=2)
+    assert again["first_loss"] == summary["first_loss"] and again["last_loss"] == summary["last_loss"]
+    assert again["samples"] == summary["samples"]

@@ -105,19 +105,87 @@ def test_object_loss_weight_formula():
     assert torch.allclose(object_loss_weight(mask, alpha=0.5), t([[[[1.0, 0.5], [0.75, 0.5]]]]))
 
 
-def test_object_loss_hand_value_alpha_03():
-    # weight M' = [[1, 0.3], [0.3, 1]]; squared errors [[1, 4], [9, 16]]
+def test_object_loss_paper_hand_value_alpha_03():
+    # the paper: ||M' ⊙ (eps - eps_hat)||², M' = [[1, 0.3], [0.3, 1]] multiplies the error BEFORE squaring:
+    # (M' e)² = [[1*1, 0.3²*4], [0.3²*9, 1*16]] = [[1, 0.36], [0.81, 16]] -> sum = 18.17
+    # normalised by sum(M'²) * C = (1 + 0.09 + 0.09 + 1) * 1 = 2.18 -> 18.17 / 2.18 = 1817 / 218 = 8.334862...
+    expected = 1817 / 218
+    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.3, weighting="paper").item() == pytest.approx(expected, rel=1e-6)
+    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.3).item() == pytest.approx(expected, rel=1e-6)  # the default
+    assert object_loss(EPS_HAT, EPS, DIAG).item() == pytest.approx(expected, rel=1e-6)  # alpha 0.3 by default too
+
+
+def test_object_loss_paper_equals_weighted_mse_of_the_weighted_error():
+    # sum((M' e)²) / sum(M'²) / C, literally: weight the error first, square, then normalise
+    mask = t([[[[1.0, 0.0], [0.5, 0.0]]]])
+    eps = t([[[[0.5, -1.0], [2.0, 1.0]]]])
+    weighted_error = object_loss_weight(mask, 0.3) * (EPS_HAT - eps)
+    expected = (weighted_error ** 2).sum() / (object_loss_weight(mask, 0.3) ** 2).sum()
+    # by hand: M' = [[1, 0.3], [0.65, 0.3]], e = [[0.5, 3], [1, 3]] -> (M' e)² = [[0.25, 0.81], [0.4225, 0.81]]
+    # sum = 2.2925; sum(M'²) = 1 + 0.09 + 0.4225 + 0.09 = 1.6025 -> 2.2925 / 1.6025 = 1.430577...
+    assert expected.item() == pytest.approx(2.2925 / 1.6025, rel=1e-6)
+    assert object_loss(EPS_HAT, eps, mask, alpha=0.3).item() == pytest.approx(2.2925 / 1.6025, rel=1e-6)
+
+
+def test_object_loss_alpha_option_is_the_old_weighting():
+    # "alpha": squared errors [[1, 4], [9, 16]] weighted by M' itself (not squared):
     # numerator = 1 + 0.3*4 + 0.3*9 + 16 = 1 + 1.2 + 2.7 + 16 = 20.9; area = 2.6
     # 20.9 / 2.6 = 209 / 26 = 8.0384615...
-    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.3).item() == pytest.approx(209 / 26, rel=1e-6)
-    assert object_loss(EPS_HAT, EPS, DIAG).item() == pytest.approx(209 / 26, rel=1e-6)
+    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.3, weighting="alpha").item() == pytest.approx(209 / 26, rel=1e-6)
+    # ... bit for bit what the code computed before the paper weighting became the default
+    old = weighted_mse(EPS_HAT, EPS, DIAG + 0.3 * (1 - DIAG))
+    assert torch.equal(object_loss(EPS_HAT, EPS, DIAG, alpha=0.3, weighting="alpha"), old)
 
 
-def test_object_loss_alpha_extremes():
+def test_object_loss_paper_vs_alpha_background_weight():
+    # only background error (inside M: no error): e = [[0, 2], [3, 0]], M = diag
+    eps_hat = t([[[[0.0, 2.0], [3.0, 0.0]]]])
+    # paper: weights (M')² = [[1, 0.09], [0.09, 1]] -> (0.09*4 + 0.09*9) / 2.18 = 1.17 / 2.18 = 0.536697...
+    assert object_loss(eps_hat, EPS, DIAG, weighting="paper").item() == pytest.approx(1.17 / 2.18, rel=1e-6)
+    # alpha: weights M' = [[1, 0.3], [0.3, 1]] -> (0.3*4 + 0.3*9) / 2.6 = 3.9 / 2.6 = 1.5
+    assert object_loss(eps_hat, EPS, DIAG, weighting="alpha").item() == pytest.approx(1.5, rel=1e-6)
+
+
+def test_object_loss_two_channels_batch_of_two():
+    # B=2, C=2, 1x2: item 0 M = [1, 0], item 1 M = [0, 0]; alpha 0.5 -> M' = [1, 0.5] and [0.5, 0.5]
+    pred = t([[[[1.0, 2.0]], [[0.0, 2.0]]],
+              [[[1.0, 1.0]], [[1.0, 1.0]]]])
+    mask = t([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])
+    # item 0: (M')² = [1, 0.25]; squared errors ch0 [1, 4], ch1 [0, 4] -> 1 + 1 + 0 + 1 = 3;
+    #         denominator (1 + 0.25) * 2 = 2.5 -> 1.2
+    # item 1: (M')² = [0.25, 0.25]; squared errors all 1 -> 4 * 0.25 = 1; denominator 0.5 * 2 = 1 -> 1.0
+    # batch mean (1.2 + 1.0) / 2 = 1.1
+    assert object_loss(pred, torch.zeros_like(pred), mask, alpha=0.5).item() == pytest.approx(1.1, rel=1e-6)
+    # alpha weighting: item 0: 1 + 0.5*4 + 0 + 0.5*4 = 5 over 1.5*2 = 3 -> 5/3; item 1: 4*0.5 / (1*2) = 1
+    # batch mean (5/3 + 1) / 2 = 4/3
+    assert object_loss(pred, torch.zeros_like(pred), mask, alpha=0.5, weighting="alpha").item() == \
+        pytest.approx(4 / 3, rel=1e-6)
+
+
+def test_object_loss_paper_gradient():
+    eps_hat = EPS_HAT.clone().requires_grad_(True)
+    object_loss(eps_hat, EPS, DIAG).backward()
+    # d/d eps_hat of sum(M'² eps_hat²) / 2.18 = 2 M'² eps_hat / 2.18
+    # -> [[2/2.18, 2*0.09*2/2.18], [2*0.09*3/2.18, 2*4/2.18]]
+    expected = t([[[[2.0, 0.36], [0.54, 8.0]]]]) / 2.18
+    torch.testing.assert_close(eps_hat.grad, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("weighting", ["paper", "alpha"])
+def test_object_loss_alpha_extremes(weighting):
     # alpha = 1: uniform weight, plain MSE (1 + 4 + 9 + 16) / 4 = 7.5
-    assert object_loss(EPS_HAT, EPS, DIAG, alpha=1.0).item() == pytest.approx(7.5, abs=1e-6)
+    assert object_loss(EPS_HAT, EPS, DIAG, alpha=1.0, weighting=weighting).item() == pytest.approx(7.5, abs=1e-6)
     # alpha = 0: only the mask, = the defect loss value 8.5
-    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.0).item() == pytest.approx(8.5, abs=1e-6)
+    assert object_loss(EPS_HAT, EPS, DIAG, alpha=0.0, weighting=weighting).item() == pytest.approx(8.5, abs=1e-6)
+
+
+def test_object_loss_unknown_weighting_and_config_agree():
+    from defectfill.config import OBJECT_LOSS_WEIGHTINGS as CONFIG_WEIGHTINGS
+    from defectfill.losses import OBJECT_LOSS_WEIGHTINGS
+
+    with pytest.raises(ValueError, match="weighting"):
+        object_loss(EPS_HAT, EPS, DIAG, weighting="squared")
+    assert CONFIG_WEIGHTINGS == OBJECT_LOSS_WEIGHTINGS == ("paper", "alpha")
 
 
 # ---------------------------------------------------------------- attention / total

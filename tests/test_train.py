@@ -37,6 +37,14 @@ def run_env():
     return env
 
 
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
 def lora_tensors(lora_dir: Path) -> dict[str, torch.Tensor]:
     out = load_file(str(lora_dir / "pytorch_lora_weights.safetensors"))
     out.update(load_file(str(lora_dir / "learned_embeds.safetensors")))
@@ -112,12 +120,20 @@ def test_resume_after_checkpoint_matches_uninterrupted_run(trained_run, tiny_mod
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(ref_out / "checkpoint-3", out / "checkpoint-3")
+    # the dead run had logged steps 1..6 (4..6 after checkpoint-3) and half of a 7th line
+    (out / "logs").mkdir()
+    ref_metrics = (ref_out / "logs" / "metrics.jsonl").read_text()
+    (out / "logs" / "metrics.jsonl").write_text(ref_metrics + '{"step": 7, "loss": 0.1')
     lora = train(tiny_cfg(tiny_model_dir, reference_root, out), resume_from_checkpoint="latest")
     a, b = lora_tensors(ref_lora), lora_tensors(lora)
     assert a.keys() == b.keys()
     for k in a:  # tolerance 0: same ops, same order, same seeds on CPU
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
     assert json.loads((out / "run_info.json").read_text())["resumed_from"].endswith("checkpoint-3")
+    # each step logged once: 1..3 kept from before the checkpoint, 4..6 logged again by the resumed run
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows == [json.loads(line) for line in ref_metrics.splitlines()]  # same values as uninterrupted
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, reference_root, tmp_path):
@@ -143,6 +159,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, reference_root, 
                           "--resume_from_checkpoint", "latest"], env=run_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from" in res.stdout
+    assert [r["step"] for r in metrics(out)] == list(range(1, 25)), "every step logged once after the resume"
     a, b = lora_tensors(ref / "lora"), lora_tensors(out / "lora")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
@@ -252,3 +269,207 @@ def test_bf16_mixed_precision_runs_and_exports_fp32_lora(tiny_model_dir, referen
                           max_train_steps=2, checkpointing_steps=100))
     tensors = lora_tensors(lora)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+
+
+# ---- the run folder: no silent training over a run, one line for a write failure, resumable ----
+
+def cli_train(model, data, out, capsys, *extra):
+    """`defectfill train` in-process: (exit code, the `error:` lines, all of stderr)."""
+    from defectfill.cli import main
+
+    capsys.readouterr()
+    code = main(["train", "--config", str(TINY_YAML), "--set", f"model={model}", "--set", f"data_dir={data}",
+                 "--set", f"output_dir={out}", *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, [line for line in err.splitlines() if line.startswith("error:")], err
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading the model's weights fails the test: the case must be refused before."""
+    import defectfill.models.pipeline as pipeline
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("weights were loaded before the problem was reported")
+
+    monkeypatch.setattr(pipeline, "load_training_components", loaded)
+
+
+def test_finished_run_is_refused_then_replaced_with_overwrite(trained_run, tiny_model_dir, reference_root, tmp_path,
+                                                              capsys, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    (out / "notes.txt").write_text("the user's own file\n")
+    before = tree(out)
+    with monkeypatch.context() as m:
+        m.setattr("defectfill.models.pipeline.load_training_components",
+                  lambda *a, **k: pytest.fail("weights loaded before the refusal"))
+        code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys)
+    assert code == 2 and len(errors) == 1, err
+    assert f"{out}: already holds a finished run" in errors[0] and "--overwrite" in errors[0]
+    assert tree(out) == before, "the refused command changed the folder"
+
+    # --overwrite through the launcher script: the old checkpoints, logs and LoRA go, nothing stale mixes in
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import train_defectfill
+    finally:
+        sys.path.pop(0)
+    args = train_defectfill.parse_args(script_args(tiny_model_dir, reference_root, out, "--overwrite",
+                                                   "--max_train_steps", "2", "--set", "checkpointing_steps=100"))
+    assert train_defectfill.main(args) == 0
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob(".*tmp-*"))
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert (out / "DONE").read_text() == "2\n"
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 2
+    assert json.loads((out / "lora" / "run_info.json").read_text())["global_step"] == 2
+    assert (out / "notes.txt").read_text() == "the user's own file\n", "only the run's own files are cleared"
+
+
+def test_unfinished_run_without_resume_flag_is_refused(trained_run, tiny_model_dir, reference_root, tmp_path, capsys,
+                                                       no_weights):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(trained_run[0] / "checkpoint-3", out / "checkpoint-3")
+    before = tree(out)
+    code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys)
+    assert code == 2 and len(errors) == 1, err
+    assert str(out) in errors[0] and "checkpoint-3" in errors[0]
+    assert "--resume_from_checkpoint latest" in errors[0] and "--overwrite" in errors[0]
+    # --overwrite and a resume contradict each other
+    code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, "--overwrite",
+                                  "--resume_from_checkpoint", "latest")
+    assert code == 2 and len(errors) == 1 and "--overwrite" in errors[0] and "--resume_from_checkpoint" in errors[0]
+    assert tree(out) == before
+
+
+def test_output_dir_that_is_a_file_fails_before_weights(tiny_model_dir, woven_root, tmp_path, capsys, no_weights):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file\n")
+    for out in (blocker, blocker / "run"):
+        code, errors, err = cli_train(tiny_model_dir, woven_root, out, capsys)
+        assert code == 2 and len(errors) == 1 and str(out) in errors[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_output_parent_fails_before_weights(tiny_model_dir, woven_root, tmp_path, capsys, no_weights):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, errors, err = cli_train(tiny_model_dir, woven_root, locked / "run", capsys)
+        assert code == 2 and len(errors) == 1 and str(locked) in errors[0], err
+        assert not list(locked.iterdir())
+    finally:
+        locked.chmod(0o700)
+
+
+def test_crop_larger_than_every_reference_image_fails_before_weights(tiny_model_dir, woven_root, tmp_path, capsys,
+                                                                     no_weights):
+    # the procedural images are 512 wide x 128 high: a 600 px crop would be mostly mirrored padding
+    code, errors, err = cli_train(tiny_model_dir, woven_root, tmp_path / "out", capsys, "--set", "crop_size=600")
+    assert code == 2 and len(errors) == 1, err
+    assert "crop_size 600" in errors[0] and str(woven_root) in errors[0] and "512 wide x 128 high" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_and_resumes(trained_run, tiny_model_dir, reference_root, tmp_path,
+                                                           capsys, monkeypatch):
+    """ENOSPC while writing checkpoint-4: one error line, no half-written checkpoint, and a rerun with
+    --resume_from_checkpoint latest ends with the uninterrupted run's weights and each step logged once."""
+    import errno
+
+    import defectfill.trainer as trainer
+
+    real_save = trainer.save_file
+
+    def disk_full_at_4(tensors, filename, *args, **kwargs):
+        if "checkpoint-4" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "save_file", disk_full_at_4)
+        code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, "--set", "checkpointing_steps=2")
+    assert code == 2 and len(errors) == 1, err
+    assert "checkpoint-4" in errors[0] and "no space left on device" in errors[0]
+    assert "--resume_from_checkpoint latest" in errors[0]
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"], "nothing half-written"
+    assert {p.name for p in (out / "checkpoint-2").iterdir()} == {"trainable.safetensors", "optimizer.safetensors",
+                                                                   "trainer_state.json", "lora"}
+    assert not (out / "lora").exists() and not (out / "DONE").exists()
+
+    code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, "--set", "checkpointing_steps=2",
+                                  "--resume_from_checkpoint", "latest")
+    assert code == 0 and not errors, err
+    a, b = lora_tensors(trained_run[1]), lora_tensors(out / "lora")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_disk_full_at_the_final_lora_is_one_line_and_nothing_half_written(tiny_model_dir, reference_root, tmp_path,
+                                                                         capsys, monkeypatch):
+    import errno
+
+    import defectfill.models.lora as lora
+
+    real_save = lora.save_file
+
+    def disk_full_in_final(tensors, filename, *args, **kwargs):
+        if f"{os.sep}.lora.tmp-" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    out = tmp_path / "run"
+    steps = ("--set", "max_train_steps=2", "--set", "checkpointing_steps=100")
+    with monkeypatch.context() as m:
+        m.setattr(lora, "save_file", disk_full_in_final)
+        code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, *steps)
+    assert code == 2 and len(errors) == 1, err
+    assert str(out / "lora") in errors[0] and "no space left on device" in errors[0]
+    assert not (out / "lora").exists() and not list(out.glob(".lora*")) and not (out / "DONE").exists()
+    code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, *steps,
+                                  "--resume_from_checkpoint", "latest")
+    assert code == 0 and (out / "DONE").read_text() == "2\n", err
+    assert [r["step"] for r in metrics(out)] == [1, 2], "the restarted run does not repeat the dead run's lines"
+
+
+def test_metrics_log_write_failure_is_one_output_error(tmp_path):
+    from defectfill.errors import OutputError
+    from defectfill.tracking import JSONLTracker
+
+    (tmp_path / "logs" / "metrics.jsonl").mkdir(parents=True)  # a folder in the way of the file
+    with pytest.raises(OutputError, match="metrics.jsonl") as exc:
+        JSONLTracker(tmp_path / "logs", "rerun to resume").log({"loss": 1.0}, step=1)
+    assert "rerun to resume" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_truncate_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
+    from defectfill.tracking import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "loss": 3}\n'
+                    '{"step": 2, "loss": 4}\nnot json\n{"step": 3, "lo')
+    assert truncate_metrics(path, 2) == 3  # the step-3 line, the garbage line, the half-written line
+    assert path.read_text() == '{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 2, "loss": 4}\n'
+    assert truncate_metrics(path, 2) == 0
+    assert truncate_metrics(tmp_path / "missing.jsonl", 0) == 0 and not (tmp_path / "missing.jsonl").exists()
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_object_loss_weighting_reaches_the_loss(trained_run, tiny_model_dir, reference_root, tmp_path):
+    """Same batch, noise and weights at step 1: L_def identical, L_obj differs between the weightings."""
+    from defectfill.trainer import train
+
+    paper = metrics(trained_run[0])[0]  # the default weighting
+    out = tmp_path / "alpha"
+    train(tiny_cfg(tiny_model_dir, reference_root, out, max_train_steps=1, checkpointing_steps=100,
+                   object_loss_weighting="alpha"))
+    alpha = metrics(out)[0]
+    assert alpha["loss_def"] == pytest.approx(paper["loss_def"], rel=1e-6)
+    assert alpha["loss_attn"] == pytest.approx(paper["loss_attn"], rel=1e-6)
+    assert abs(alpha["loss_obj"] - paper["loss_obj"]) > 1e-4 * abs(paper["loss_obj"])

@@ -22,6 +22,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run already in output_dir (its checkpoints, logs and LoRA are removed)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (repeatable)")
     return parser.parse_args(input_args)
@@ -33,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, model=args.model,
                       data_dir=args.data_dir, output_dir=args.output_dir,
-                      max_train_steps=args.max_train_steps, seed=args.seed)
+                      max_train_steps=args.max_train_steps, seed=args.seed,
+                      overwrite=True if args.overwrite else None)
     lora_dir = train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"LoRA weights: {lora_dir}")
     return 0

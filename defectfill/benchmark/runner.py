@@ -22,15 +22,25 @@ Protocol per seed ``s``:
 Cells are written atomically (``cells/<cell>/result.json``) and skipped when present; a failing
 cell writes ``error.json`` instead and is retried on the next run. Work is claimed per unit
 (seed, setting, generator) with lock files, so several ``defectfill benchmark`` processes on the
-same output folder share the grid (e.g. one per CPU core with ``OMP_NUM_THREADS=1``).
+same output folder share the grid (e.g. one per CPU core with ``OMP_NUM_THREADS=1``). A process
+that has run what it could waits for the units other local processes hold; a unit whose holder
+died (even by SIGKILL) is taken over, and temp files dead processes left are removed.
+
+Everything is checked before the first cell: the config, every image and mask of ``data_dir`` and
+``eval_data`` (fully decoded), the DefectFill base model's configs (no weights) and the output
+folder; a problem is one ``error:`` line and exit code 2, with nothing written. Exit code 1: the
+run finished but some planned cells failed (listed, one line each); 0: every planned cell has its
+``result.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -39,8 +49,9 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from defectfill.benchmark.worker import STOP_ERRNOS
 from defectfill.config import load_config
-from defectfill.errors import ConfigError, DataError, one_line_errors
+from defectfill.errors import ConfigError, DataError, OutputError, check_writable, one_line_errors, output_errors
 from defectfill.runinfo import atomic_write_text, package_versions
 
 REAL_ONLY = "real_only"
@@ -48,6 +59,17 @@ NEW_FABRIC = "new_"  # setting prefix of the new-fabric protocol: new_<fabric ty
 KINDS = ("real_only", "defectfill", "copy_paste", "multistage", "dgt")
 TASKS = ("segmenter", "rtdetr")
 MAIN = "main"
+GENERATOR_KEYS = frozenset({"name", "kind", "fit", "generate", "counts"})
+
+
+def _int_list(values, key: str, minimum: int | None = 1) -> list[int]:
+    """``values`` as a list of integers (>= ``minimum``); ConfigError naming ``key`` otherwise."""
+    values = values if isinstance(values, list) else [values]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+            need = "integers" if minimum is None else ("positive integers" if minimum == 1 else f"integers >= {minimum}")
+            raise ConfigError(f"{key}: must be {need}, got {values}")
+    return values
 
 
 @dataclass
@@ -79,24 +101,42 @@ class BenchmarkConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        _int_list(self.seeds, "seeds", minimum=None)
         if len(self.seeds) < 3:
             raise ConfigError(f"seeds: need at least 3 seeds, got {self.seeds}")
-        if not self.synthetic_counts or any(int(c) < 1 for c in self.synthetic_counts):
-            raise ConfigError(f"synthetic_counts must be positive integers, got {self.synthetic_counts}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: repeated seed in {self.seeds}")
+        _int_list(self.synthetic_counts, "synthetic_counts")
+        if not self.synthetic_counts:
+            raise ConfigError("synthetic_counts: need at least one count")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ConfigError(f"tasks: unknown {bad} (choose from {', '.join(TASKS)})")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images must be >= 1 (or null for all), got {self.max_images}")
+        if not self.generators:
+            raise ConfigError("generators: need at least one generator")
         names = set()
         for g in self.generators:
-            if not isinstance(g, dict) or "name" not in g:
+            if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not g["name"]:
                 raise ConfigError(f"generators: each entry needs a name, got {g!r}")
+            unknown = sorted(set(g) - GENERATOR_KEYS)
+            if unknown:
+                raise ConfigError(f"generator {g['name']!r}: unknown key(s) {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(sorted(GENERATOR_KEYS))})")
             kind = g.get("kind", g["name"])
             if kind not in KINDS:
                 raise ConfigError(f"generator {g['name']!r}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
             if g["name"] in names:
                 raise ConfigError(f"generator name {g['name']!r} repeated")
-            if "counts" in g and (not g["counts"] or any(int(c) < 1 for c in g["counts"])):
-                raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
+            if "counts" in g:
+                counts = g["counts"] if isinstance(g["counts"], list) else [g["counts"]]
+                if not counts:
+                    raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
+                _int_list(counts, f"generator {g['name']!r}: counts")
+            for key in ("fit", "generate"):
+                if g.get(key) is not None and not isinstance(g[key], dict):
+                    raise ConfigError(f"generator {g['name']!r}: {key} must be a mapping, got {g[key]!r}")
             names.add(g["name"])
         if REAL_ONLY not in names:
             self.generators = [{"name": REAL_ONLY, "kind": REAL_ONLY}, *self.generators]
@@ -309,19 +349,22 @@ class Context:
         self.seg = load_config(SegmenterConfig, **cfg.segmenter)
         defect, good = _select_ids(self.data, cfg.max_images)
         self.types = {k: v for k, v in _defect_types(self.data).items() if k in set(defect)}
+        self._held: set[str] | None = None
         if cfg.eval_data:
-            self.eval_dir = Path(cfg.eval_data)
-            _select_ids(self.eval_dir, None)
+            self._eval_dir: Path | None = Path(cfg.eval_data)
+            _select_ids(self._eval_dir, None)
             self.pool_defect, self.pool_good = defect, good
             self.eval_source = {"kind": "eval_data", "path": str(cfg.eval_data)}
-        else:
+            self.eval_types = _defect_types(self._eval_dir)
+            eval_good = sorted(p.stem for p in (self._eval_dir / "good").glob("*") if p.is_file())
+        else:  # the held-out folder is written when a cell first needs it (nothing is written here)
             held = self._split(defect, good, cfg.eval_fraction, cfg.eval_split_seed)
             self.pool_defect = [i for i in defect if i not in held]
             self.pool_good = [i for i in good if i not in held]
-            self.eval_dir = materialize(self.data, held, out / "work" / "eval_data")
+            self._held, self._eval_dir = held, None
             self.eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction, "seed": cfg.eval_split_seed}
-        self.eval_types = _defect_types(self.eval_dir)
-        eval_good = sorted(p.stem for p in (self.eval_dir / "good").glob("*") if p.is_file())
+            self.eval_types = {i: t for i, t in self.types.items() if i in held}
+            eval_good = sorted(g for g in good if g in held)
         self.eval_source["eval_ids"] = sorted(self.eval_types) + eval_good
         self.left_out = cfg.leave_out["defect_type"] if cfg.leave_out else None
         if self.left_out:
@@ -329,7 +372,8 @@ class Context:
                 raise DataError(f"{self.data}: leave_out.defect_type {self.left_out!r} has no training images "
                                 f"(types: {', '.join(sorted(set(self.types.values())))})")
             if self.left_out not in set(self.eval_types.values()):
-                raise DataError(f"{self.eval_dir}: no evaluation image of leave_out.defect_type {self.left_out!r}")
+                where = cfg.eval_data or f"{self.data} (its held-out evaluation part, eval_fraction {cfg.eval_fraction})"
+                raise DataError(f"{where}: no evaluation image of leave_out.defect_type {self.left_out!r}")
         self.all_defect, self.all_good = defect, good
         self.fabrics = _manifest_column(self.data, "fabric_type")
         self._new_eval: dict[str, tuple[Path, list[str]]] = {}
@@ -357,6 +401,13 @@ class Context:
         if good:
             groups["good"] = list(good)
         return split_by_source(groups, fraction, seed)
+
+    @property
+    def eval_dir(self) -> Path:
+        """The main evaluation folder: ``eval_data``, or the held-out part of ``data_dir`` (written on first use)."""
+        if self._eval_dir is None:
+            self._eval_dir = materialize(self.data, self._held, self.out / "work" / "eval_data")
+        return self._eval_dir
 
     @staticmethod
     def target(data: str) -> str | None:
@@ -452,30 +503,150 @@ class Context:
 # ----------------------------------------------------------------------------- locking
 
 
-def _claim(lock: Path) -> bool:
-    """Create ``lock`` exclusively (pid@host inside); a lock of a dead local process is taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{os.getpid()}@{socket.gethostname()}"
-    for _ in range(2):
+HOST = socket.gethostname()
+TEMP_RE = re.compile(r"\.tmp-(\d+)$")  # atomic_write_text, atomic_directory, materialize: <name>.tmp-<pid>
+WAIT_POLL_S = 2.0  # how often a process that ran out of work looks at the units other processes hold
+
+
+def _start_ticks(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, ``/proc/<pid>/stat``), or None where unknown:
+    with the pid it names one process, so a reused pid is not mistaken for a lock's holder."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def _pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, e.g. a SIGKILLed child not yet reaped, is dead;
+    with ``start``, a different process that reuses the pid is dead too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        pass
+    except (OSError, OverflowError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(pid, 0) is all we know
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or fields[19] == start
+
+
+def _holder(lock: Path) -> tuple[str, str] | None:
+    """``(state, who)`` of a lock: ``state`` is ``local`` (a live process here), ``remote`` (another host: its
+    liveness is unknown, so it counts as alive) or ``dead``; None when there is no lock."""
+    try:
+        text = lock.read_text()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ("dead", "unreadable")
+    lines = text.strip().splitlines()
+    try:
+        pid, host = lines[0].strip().split("@", 1)
+        pid = int(pid)
+    except (IndexError, ValueError):  # garbage; a lock is written whole (link), but be lenient while young
+        return ("local", "unknown") if not text and age < 30 else ("dead", text.strip()[:40] or "empty")
+    start = next((x.split("=", 1)[1] for x in lines[1:] if x.startswith("start=")), None)
+    if host != HOST:
+        return ("remote", lines[0].strip())
+    return ("local" if _pid_alive(pid, start) else "dead", lines[0].strip())
+
+
+def _create_lock(lock: Path) -> bool:
+    """Create ``lock`` with its content in one step (hard link of a written temp file): a reader never
+    sees an empty lock. False when it exists."""
+    start = _start_ticks(os.getpid())
+    text = f"{os.getpid()}@{HOST}\n" + (f"start={start}\n" if start else "")
+    tmp = lock.with_name(f".{lock.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid, host = lock.read_text().strip().split("@", 1)
-                alive = host != socket.gethostname()
-                if not alive:
-                    os.kill(int(pid), 0)
-                    alive = True
-            except (OSError, ValueError):
-                alive = False
-            if alive:
-                return False
-            lock.unlink(missing_ok=True)
-            continue
+            return False
         with os.fdopen(fd, "w") as f:
-            f.write(me)
+            f.write(text)
         return True
-    return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _takeover_mutex(folder: Path):
+    """Serialise taking over dead holders' locks (``flock``, released by the kernel even on SIGKILL), so
+    two processes never both replace the same stale lock."""
+    import fcntl
+
+    with open(folder / ".takeover", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` exclusively (``pid@host`` and the process start time inside); a lock of a dead
+    local process (exited, killed, a zombie, or a reused pid) is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if _create_lock(lock):
+        return True
+    with _takeover_mutex(lock.parent):
+        held = _holder(lock)
+        if held is not None and held[0] != "dead":
+            return False
+        if held is not None:
+            _log(f"{lock.name}: holder {held[1]} is gone; taking the unit over")
+            lock.unlink(missing_ok=True)
+        return _create_lock(lock)
+
+
+def _remote_locks(out: Path) -> list[str]:
+    """Holders on other hosts of this output folder's unit locks."""
+    held = [_holder(p) for p in sorted((out / "locks").glob("*.lock"))]
+    return [h[1] for h in held if h and h[0] == "remote"]
+
+
+def sweep(out: Path) -> list[Path]:
+    """Remove what dead processes left in ``out``: ``*.tmp-<pid>`` files and folders of a pid no longer
+    alive here, and the ``error.json`` of a cell that has its ``result.json`` (a run killed between the
+    two). Temp files are kept while any lock belongs to another host (its pids cannot be checked)."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    if not _remote_locks(out):
+        for folder, dirs, files in os.walk(out):
+            for name in [*files, *dirs]:
+                m = TEMP_RE.search(name)
+                if m is None or _pid_alive(int(m.group(1))):
+                    continue
+                path = Path(folder) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirs.remove(name) if name in dirs else None
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    for result in (out / "cells").glob("*/result.json"):
+        error = result.with_name("error.json")
+        if error.exists():
+            error.unlink(missing_ok=True)
+            removed.append(error)
+    return removed
 
 
 # ----------------------------------------------------------------------------- cells
@@ -553,27 +724,36 @@ def _base_model_note(model: str) -> str:
     return f"{what} at {model}" + ("" if index.is_file() else " (missing)")
 
 
+def _stops_the_run(exc: BaseException) -> bool:
+    """A write failure of the output folder itself (disk full, read-only): every further cell would fail
+    the same way, so the run stops with one line instead (finished cells stay; a rerun resumes)."""
+    return isinstance(exc, OutputError) or (isinstance(exc, OSError) and exc.errno in STOP_ERRNOS)
+
+
 def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
-    """Fit/generate once, then run ``todo`` cells; every cell ends in result.json or error.json."""
+    """Fit/generate once, then run ``todo`` cells; every cell ends in result.json or error.json
+    (unless the output folder cannot be written: then the error propagates)."""
     from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
 
     seed = unit.seed
     base = ctx.out / "work" / f"s{seed}" / unit.data
-    train_ids, val_ids = ctx.split(seed, unit.data)
-    train_dir = materialize(ctx.data, train_ids, base / "train")
-    pool_dir = materialize(ctx.data, train_ids | val_ids, base / "pool")
     unit_dir = base / unit.spec["name"]
     gen_run, gen_dir, error = {}, None, None
-    if _kind(unit.spec) != REAL_ONLY:
-        try:
+    try:
+        train_ids, val_ids = ctx.split(seed, unit.data)
+        train_dir = materialize(ctx.data, train_ids, base / "train")
+        pool_dir = materialize(ctx.data, train_ids | val_ids, base / "pool")
+        if _kind(unit.spec) != REAL_ONLY:
             _log(f"{unit.name}: fit + generate")
             clean_dir = None
             if ctx.target(unit.data):  # synthesise onto the target fabric's clean images only
                 clean_dir = materialize(ctx.data, ctx.target_clean(unit.data, train_ids), base / "target_clean") / "good"
             gen_run = _generator_run(ctx, unit, unit_dir, train_dir, clean_dir)
             gen_dir = Path(gen_run["generated_dir"])
-        except Exception as exc:
-            error = exc
+    except Exception as exc:
+        if _stops_the_run(exc):
+            raise
+        error = exc
     train_imgs = val_imgs = synthetic_all = None
     done = 0
     for cell in todo:
@@ -592,6 +772,8 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
             else:
                 result = _detector_cell(ctx, cell, unit_dir, pool_dir, val_ids, gen_dir)
         except Exception as exc:
+            if _stops_the_run(exc):
+                raise
             tb = getattr(exc, "log_tail", "") or traceback.format_exc(limit=-6)
             atomic_write_text(cell_dir / "error.json", json.dumps(
                 {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
@@ -623,85 +805,294 @@ GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_f
              "detector", "generate", "metrics", "model", "label_noise", "leave_out", "new_fabric")
 
 
-def check_grid(cfg: BenchmarkConfig, out: Path) -> None:
+def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
     """Refuse to mix cells of different settings in one output folder (``grid.json`` keeps the first run's).
 
-    Seeds, counts and generators may be added later; a generator's spec may not change.
+    Seeds, counts and generators may be added later; a generator's spec may not change. With
+    ``write=False`` only the check runs (nothing is written).
     """
     grid = {"settings": {k: getattr(cfg, k) for k in GRID_KEYS},
             "generators": {g["name"]: g for g in cfg.generators}}
     grid = json.loads(json.dumps(grid, default=str))
     path = out / "grid.json"
     if not path.is_file():
-        atomic_write_text(path, json.dumps(grid, indent=2))
+        if write:
+            atomic_write_text(path, json.dumps(grid, indent=2))
         return
-    old = json.loads(path.read_text())
-    changed = [k for k in GRID_KEYS if old["settings"].get(k) != grid["settings"][k]]
-    changed += [f"generators.{n}" for n, g in grid["generators"].items() if n in old["generators"]
-                and old["generators"][n] != g]
+    try:
+        old = json.loads(path.read_text())
+        old_settings, old_generators = old["settings"], old["generators"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot read the grid this folder was run with ({type(exc).__name__}); "
+                          f"use a new output_dir, or delete {path} if its cells match this config") from exc
+    changed = [k for k in GRID_KEYS if old_settings.get(k) != grid["settings"][k]]
+    changed += [f"generators.{n}" for n, g in grid["generators"].items() if n in old_generators
+                and old_generators[n] != g]
     if changed:
         raise ConfigError(f"{out}: holds cells run with other settings ({', '.join(changed)} differ from "
                           f"{path}); use a new output_dir or delete it")
-    old["generators"].update(grid["generators"])
-    atomic_write_text(path, json.dumps(old, indent=2))
+    if write:
+        old_generators.update(grid["generators"])
+        atomic_write_text(path, json.dumps(old, indent=2))
 
 
-def run_benchmark(cfg: BenchmarkConfig) -> dict:
-    """Run every missing cell this process can claim, then aggregate (``report.write_report``)."""
+# ----------------------------------------------------------------------------- checks before any cell
+
+
+def _sub_config(cls, values: dict, key: str):
+    """``cls`` from a sub-mapping of the benchmark config; a ConfigError names ``key``."""
+    try:
+        return load_config(cls, **values)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(f"{key}: {msg[len('config: '):] if msg.startswith('config: ') else msg}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {' '.join(str(exc).split())}") from exc
+
+
+def check_settings(cfg: BenchmarkConfig) -> None:
+    """The sub-configs every cell uses (segmenter, detector, each generator's generation settings)."""
+    from defectfill.benchmark.worker import check_generation_settings
+    from defectfill.downstream.segmenter import SegmenterConfig
+
+    _sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
+    if "rtdetr" in cfg.tasks:
+        from defectfill.detect.rtdetr import DetectorConfig
+
+        steps = cfg.detector.get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"detector.steps: must be a positive integer, got {steps!r}")
+        eval_good = cfg.detector.get("eval_good_tiles_per_image")
+        if eval_good is not None and (isinstance(eval_good, bool) or not isinstance(eval_good, int) or eval_good < 0):
+            raise ConfigError(f"detector.eval_good_tiles_per_image: must be an integer >= 0, got {eval_good!r}")
+        det = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
+        _sub_config(DetectorConfig, {k: v for k, v in det.items() if v is not None}, "detector")
+    for spec in cfg.generators:
+        if _kind(spec) != REAL_ONLY:
+            check_generation_settings(spec, cfg.generate)
+
+
+def check_data(cfg: BenchmarkConfig) -> None:
+    """Every image and mask of ``data_dir`` and ``eval_data`` decodes, masks fit their images and are
+    neither empty nor full, the manifest has a row per image (``load_reference_dataset``)."""
+    from defectfill.data.datasets import load_reference_dataset
+
+    for key, root in (("data_dir", cfg.data_dir), ("eval_data", cfg.eval_data)):
+        if root is None:
+            continue
+        root = Path(root)
+        if not root.is_dir():
+            state = "is not a folder" if root.exists() else "not found"
+            raise DataError(f"{root}: {key} {state} (a reference folder: images/, masks/, optional good/ "
+                            f"and manifest.csv)")
+        load_reference_dataset(root).samples.clear()
+
+
+def check_model(cfg: BenchmarkConfig) -> str | None:
+    """DefectFill's base model: a hub id or folder with an inpainting (9-channel) UNet and a text
+    encoder, read from their configs only (no weights). A missing ``.../tiny-sd2-inpainting`` is
+    made on first use: only its parent folder must be writable."""
+    from defectfill.models.pipeline import check_inpainting_unet, read_text_encoder_config, resolve_model
+
+    path = Path(cfg.model)
+    if path.name == TINY_MODEL_NAME and not path.exists():
+        check_writable(path.parent, f"folder of the tiny model {path.name} (made on first use)")
+        return None
+    model = resolve_model(cfg.model)
+    check_inpainting_unet(model)
+    read_text_encoder_config(model)
+    return model
+
+
+def check_inputs(cfg: BenchmarkConfig, out: Path, units: list[Unit]) -> Context:
+    """Everything the pending ``units`` need, checked before any cell: settings, data, model. Writes nothing."""
+    check_settings(cfg)
+    check_data(cfg)
+    if any(_kind(u.spec) == "defectfill" for u in units):
+        check_model(cfg)
+    return Context(cfg, out)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _result(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.name / "result.json"
+
+
+def _failed_since(out: Path, cell: Cell, since: float) -> bool:
+    """The cell failed during this run (its error.json is newer than ``since``): not retried again."""
+    try:
+        return (out / "cells" / cell.name / "error.json").stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def _release(lock: Path) -> None:
+    """Remove our own lock (never one another process has taken over)."""
+    try:
+        first = lock.read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return
+    if first == f"{os.getpid()}@{HOST}":
+        lock.unlink(missing_ok=True)
+
+
+def _try_unit(ctx: Context, out: Path, unit: Unit, since: float) -> int | None:
+    """Run a unit's missing cells if its lock can be claimed: the number of cells run, None when another
+    live process holds it."""
+    def todo():
+        return [c for c in unit.cells if not _result(out, c).exists() and not _failed_since(out, c, since)]
+
+    if not todo():
+        return 0
+    lock = out / "locks" / f"{unit.name}.lock"
+    if not _claim(lock):
+        return None
+    try:
+        cells = todo()  # another process may have finished the unit meanwhile
+        return run_unit(ctx, unit, cells) if cells else 0
+    finally:
+        _release(lock)
+
+
+def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait: bool) -> tuple[int, list[str]]:
+    """Run every unit this process can claim; then, with ``wait``, wait for the units live local processes
+    hold (taking over those whose holder dies). Returns (cells run, units left to other processes)."""
+    ran, waiting = 0, []
+    for unit in units:
+        n = _try_unit(ctx, out, unit, since)
+        if n is None:
+            waiting.append(unit)
+        else:
+            ran += n
+    announced = False
+    while waiting and wait:
+        holders = [_holder(out / "locks" / f"{u.name}.lock") for u in waiting]
+        if all(h is not None and h[0] == "remote" for h in holders):
+            break  # another host's processes: their liveness cannot be checked from here
+        if not announced:
+            _log(f"waiting for {len(waiting)} unit(s) other processes hold: "
+                 f"{', '.join(u.name for u in waiting[:6])}{' ...' if len(waiting) > 6 else ''}")
+            announced = True
+        time.sleep(WAIT_POLL_S)
+        still = []
+        for unit in waiting:
+            n = _try_unit(ctx, out, unit, since)
+            if n is None:
+                still.append(unit)
+            else:
+                ran += n
+        waiting = still
+    return ran, [u.name for u in waiting]
+
+
+def _error_line(error_json: Path) -> str:
+    try:
+        text = str(json.loads(error_json.read_text()).get("error") or "unknown error")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{error_json}: unreadable ({type(exc).__name__})"
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return (lines[0] if lines else "unknown error")[:300]
+
+
+def grid_status(out: Path, units: list[Unit]) -> dict:
+    """Planned cells: done (result.json), failed (error.json, with its one-line error), not run."""
+    done, failed, missing = [], [], []
+    for cell in (c for u in units for c in u.cells):
+        folder = out / "cells" / cell.name
+        if (folder / "result.json").is_file():
+            done.append(cell.name)
+        elif (folder / "error.json").is_file():
+            failed.append({"cell": cell.name, "error": _error_line(folder / "error.json")})
+        else:
+            missing.append(cell.name)
+    return {"cells_planned": len(done) + len(failed) + len(missing), "cells_done": len(done),
+            "failed_cells": failed, "cells_not_run": missing, "complete": not failed and not missing}
+
+
+def run_benchmark(cfg: BenchmarkConfig, wait: bool = True) -> dict:
+    """Check every input, run every missing cell this process can claim (then, with ``wait``, wait for the
+    units other local processes hold), then aggregate (``report.write_report``) what finished.
+
+    ``report["run"]`` says how the grid stands: ``complete`` (every planned cell has its result.json),
+    ``failed_cells`` (cell + one-line error), ``cells_not_run``. Bad input raises a DefectfillError
+    before anything is written to the output folder; a write failure there (disk full, read-only)
+    raises OutputError, leaving the finished cells complete for a rerun.
+    """
     from defectfill.benchmark.report import write_report
 
     cfg.validate()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "benchmark_config.json", json.dumps(
-        {"config": asdict(cfg), "versions": package_versions()}, indent=2, default=str))
-    check_grid(cfg, out)
+    check_writable(out, "benchmark output folder")
+    check_grid(cfg, out, write=False)
     units = plan(cfg)
-    pending = [(u, [c for c in u.cells if not (out / "cells" / c.name / "result.json").exists()]) for u in units]
+    pending = [u for u in units if any(not _result(out, c).exists() for c in u.cells)]
     total = sum(len(u.cells) for u in units)
-    skipped = total - sum(len(t) for _, t in pending)
+    skipped = sum(_result(out, c).exists() for u in units for c in u.cells)
+    ctx = check_inputs(cfg, out, pending) if pending else None
+    since = time.time()
     ran, busy = 0, []
-    if any(t for _, t in pending):
-        ctx = Context(cfg, out)
-        _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
-        for unit, todo in pending:
-            if not todo:
-                continue
-            lock = out / "locks" / f"{unit.name}.lock"
-            if not _claim(lock):
-                busy.append(unit.name)
-                continue
-            try:
-                todo = [c for c in todo if not (out / "cells" / c.name / "result.json").exists()]
-                if todo:  # another process may have finished the unit meanwhile
-                    ran += run_unit(ctx, unit, todo)
-            finally:
-                lock.unlink(missing_ok=True)
-    report = write_report(out)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "benchmark_config.json", json.dumps(
+            {"config": asdict(cfg), "versions": package_versions()}, indent=2, default=str))
+        check_grid(cfg, out)
+        removed = sweep(out)
+        if removed:
+            _log(f"removed {len(removed)} file(s) left by interrupted runs (e.g. {removed[0]})")
+        if ctx is not None:
+            _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
+            ran, busy = _run_pending(ctx, out, pending, since, wait)
+            sweep(out)
+        report = write_report(out)
+    status = grid_status(out, units)
     report["run"] = {"cells_run": ran, "cells_skipped": skipped, "units_busy_elsewhere": busy,
-                     "cells_failed": len(report.get("errors", []))}
+                     "cells_failed": len(status["failed_cells"]), **status}
     return report
 
 
 @one_line_errors
 def benchmark_main(argv: list[str] | None = None) -> int:
+    """Exit 0: every planned cell has its result; 1: some failed (listed) or were left to other processes;
+    2: bad input or an output folder that cannot be written (one ``error:`` line)."""
     p = argparse.ArgumentParser(prog="defectfill benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--eval-data", default=None, help="separate evaluation folder (final evaluation only)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished cells")
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not wait for the units other processes on this output folder are running")
     args = p.parse_args(argv)
     cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
+    out = Path(cfg.output_dir)
     if args.report_only:
         from defectfill.benchmark.report import write_report
 
-        report = {**write_report(cfg.output_dir), "run": {"cells_run": 0}}
-    else:
-        report = run_benchmark(cfg)
-    print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
-                      "report": str(Path(cfg.output_dir) / "results.md")}))
-    return 0
+        if not (out / "cells").is_dir():
+            raise DataError(f"{out}: no cells to report (run the benchmark into this output folder first)")
+        with output_errors(out, "rerun with --report-only"):
+            report = {**write_report(out), "run": {"cells_run": 0}}
+        print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
+                          "report": str(out / "results.md")}))
+        return 0
+    report = run_benchmark(cfg, wait=not args.no_wait)
+    run = report["run"]
+    for f in run["failed_cells"]:
+        print(f"failed: {f['cell']}: {f['error']}", file=sys.stderr)
+    parts = [f"{run['cells_done']} of {run['cells_planned']} cells done", f"{run['cells_failed']} failed"]
+    if run["cells_not_run"]:
+        parts.append(f"{len(run['cells_not_run'])} not run (held by other processes: "
+                     f"{', '.join(run['units_busy_elsewhere']) or 'none'})")
+    hint = "" if run["complete"] else "; rerun the same command to " + (
+        "retry the failed cells" if run["cells_failed"] else "finish the grid")
+    print(f"benchmark: {', '.join(parts)}; report {out / 'results.md'}{hint}", file=sys.stderr)
+    print(json.dumps({"output_dir": cfg.output_dir, "complete": run["complete"], "cells_run": run["cells_run"],
+                      "cells_skipped": run["cells_skipped"], "cells_failed": run["cells_failed"],
+                      "cells_not_run": len(run["cells_not_run"]), "units_busy_elsewhere": run["units_busy_elsewhere"],
+                      "rows": len(report["rows"]), "report": str(out / "results.md")}))
+    return 0 if run["complete"] else 1
 
 
 if __name__ == "__main__":

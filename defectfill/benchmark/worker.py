@@ -3,11 +3,15 @@
 A child process gives each job its own peak memory (``os.wait4``'s ``ru_maxrss``) and keeps
 ultralytics' process-wide state (settings, deterministic mode, loggers) out of the runner.
 ``python -m defectfill.benchmark.worker JOB.json`` reads a job, does it and writes ``job["out"]``
-(JSON, atomically); a non-zero exit means failure and the log holds the traceback.
+(JSON, atomically); a non-zero exit means failure and the log holds the traceback. Exit code 3
+means the job could not write its output (disk full, read-only): the parent raises OutputError
+and the benchmark stops. A job dies with the process that started it (Linux ``PR_SET_PDEATHSIG``),
+so a killed benchmark leaves no orphan writing into a unit another process takes over.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from defectfill.config import load_config
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, OutputError, output_errors
 from defectfill.runinfo import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +34,12 @@ GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, dilation=6)
 # Benchmark defaults for ultralytics: one optimiser step per batch (nbs = batch), no per-epoch
 # validation (the last weights are evaluated; equal budgets, no model selection).
 DETECTOR_DEFAULTS = dict(nbs=None, train_args={"val": False}, workers=0, patience=0)
+# GenerateConfig keys generate_with sets itself (a generator's ``generate`` may not set them).
+GENERATE_OWN_KEYS = ("generator", "checkpoint", "lora_dir", "clean_dir", "masks", "reference_dir", "num_samples",
+                     "seed", "output_dir")
+OUTPUT_FAILED = 3  # a job's exit code when it could not write its output
+STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})  # the output folder is unusable
+PARENT_ENV = "DEFECTFILL_WORKER_PARENT"
 
 
 class JobError(RuntimeError):
@@ -89,6 +99,27 @@ def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: 
                           masks="auto", reference_dir=str(train_dir), num_samples=count, seed=seed,
                           output_dir=str(out), **values)
     return run_generation(gcfg)
+
+
+def check_generation_settings(spec: dict, generate: dict) -> None:
+    """The GenerateConfig a generator's cells will use (the benchmark's ``generate`` plus the spec's own),
+    checked before any cell: a ConfigError names the generator and the key."""
+    from defectfill.config import GenerateConfig
+
+    kind, name = spec.get("kind", spec["name"]), spec["name"]
+    values = {**GENERATE_DEFAULTS, **(generate or {}), **(spec.get("generate") or {})}
+    own = sorted(k for k in values if k in GENERATE_OWN_KEYS)
+    if own:
+        raise ConfigError(f"generator {name!r}: generate.{own[0]} is set by the benchmark itself; remove it")
+    placeholders = {"generator": kind, "lora_dir": "lora", "clean_dir": "clean", "checkpoint": "checkpoint"}
+    try:
+        load_config(GenerateConfig, **values, **placeholders)
+    except ConfigError as exc:
+        msg = str(exc)
+        msg = msg[len("config: "):] if msg.startswith("config: ") else msg
+        raise ConfigError(f"generator {name!r}: generate: {msg}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"generator {name!r}: generate: {' '.join(str(exc).split())}") from exc
 
 
 def generator_job(job: dict) -> dict:
@@ -168,7 +199,7 @@ def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
     atomic_write_text(spec, json.dumps(job, indent=2, default=str))
     Path(job["out"]).unlink(missing_ok=True)
     log_path = job_dir / "log.txt"
-    child_env = {**os.environ, **(env or {})}
+    child_env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
     start = time.perf_counter()
     with log_path.open("w") as log:
@@ -185,6 +216,8 @@ def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
     if proc.returncode != 0 or not Path(job["out"]).is_file():
         lines = [x for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
         last = lines[-1].strip() if lines else "no output"
+        if proc.returncode == OUTPUT_FAILED and last.startswith("error: "):
+            raise OutputError(last[len("error: "):])
         raise JobError(f"{job['kind']} job failed (exit {proc.returncode}): {last} (log {log_path})",
                        "\n".join(lines[-15:]))
     result = json.loads(Path(job["out"]).read_text())
@@ -192,14 +225,42 @@ def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
             "peak_rss_method": "os.wait4 ru_maxrss of the job's own process (KiB)"}
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this job when the benchmark process that started it dies (also by SIGKILL)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the prctl: nobody waits for this job
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m defectfill.benchmark.worker JOB.json", file=sys.stderr)
         return 2
+    _die_with_parent()
     job = json.loads(Path(argv[0]).read_text())
-    result = JOBS[job["kind"]](job)
-    atomic_write_text(Path(job["out"]), json.dumps(result, indent=2, default=str))
+    try:
+        try:
+            result = JOBS[job["kind"]](job)
+            atomic_write_text(Path(job["out"]), json.dumps(result, indent=2, default=str))
+        except OSError as exc:
+            if exc.errno not in STOP_ERRNOS:  # e.g. a missing input: the job failed, not the output folder
+                raise
+            with output_errors(Path(job["out"]).parent, "rerun the benchmark to resume"):
+                raise
+    except OutputError as exc:  # also the trainers' own write failures (weights, checkpoints)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return OUTPUT_FAILED
     return 0
 
 
