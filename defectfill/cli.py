@@ -43,6 +43,20 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"dataset: {cfg.output_dir}  {summary}")
 
 
+def _pretrain_base(args: argparse.Namespace) -> None:
+    from defectfill.base.train import PretrainBaseConfig, pretrain_base
+    from defectfill.config import load_config
+
+    cfg = load_config(PretrainBaseConfig, args.config, args.overrides, data_dir=args.data, output_dir=args.output)
+    out = pretrain_base(cfg, overwrite=args.overwrite)
+    if not args.no_card:
+        from defectfill.base.card import write_model_card
+
+        card = write_model_card(out, cfg)
+        print(f"model card: {card}")
+    print(f"base model: {out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from defectfill.demo import run_demo
 
@@ -100,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare generators by what they add to a downstream model (segmenter for now)")
     p.add_argument("benchmark_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
+
+    p = sub.add_parser("pretrain-base", help="train a small SD-style inpainting base from scratch on clean fabric")
+    p.add_argument("--config", help="YAML of PretrainBaseConfig keys (configs/base/fabric_cpu.yaml)")
+    p.add_argument("--data", help="reference data folder (good/ and images/ + masks/)")
+    p.add_argument("--output", help="folder for the diffusers pipeline (training/ inside holds checkpoints)")
+    p.add_argument("--overwrite", action="store_true", help="train again over a finished base in --output")
+    p.add_argument("--no-card", action="store_true", help="skip the model card measurements")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_pretrain_base)
 
     p = sub.add_parser("demo", help="the embedded default: tiny model, short fine-tune on reference defects")
     p.add_argument("--output-dir", default="runs/demo")

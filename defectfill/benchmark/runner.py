@@ -276,6 +276,26 @@ def _select_ids(root: Path, max_images: int | None) -> tuple[list[str], list[str
     return defect, good
 
 
+def split_ids(defect: list[str], good: list[str], types: dict[str, str], fraction: float, seed: int) -> set[str]:
+    """Held-out source ids, stratified by defect type (good images are one more group); a type
+    with one image stays on the training side (``detect.dataset.split_by_source``)."""
+    from defectfill.detect.dataset import split_by_source
+
+    groups: dict[str, list[str]] = {}
+    for i in defect:
+        groups.setdefault(f"type:{types.get(i, 'defect')}", []).append(i)
+    if good:
+        groups["good"] = list(good)
+    return split_by_source(groups, fraction, seed)
+
+
+def held_out_split(root: str | os.PathLike, fraction: float, seed: int) -> set[str]:
+    """The ids the benchmark holds out of ``root`` for evaluation (``eval_fraction``, ``eval_split_seed``)
+    when no ``eval_data`` is given: code that trains outside the grid (a base model) keeps them out too."""
+    defect, good = _select_ids(Path(root), None)
+    return split_ids(defect, good, _defect_types(Path(root)), fraction, seed)
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
@@ -391,16 +411,7 @@ class Context:
         self._eval_det: dict[str, dict[str, str]] = {}
 
     def _split(self, defect: list[str], good: list[str], fraction: float, seed: int) -> set[str]:
-        """Held-out source ids, stratified by defect type (good images are one more group); a type
-        with one image stays on the training side (``detect.dataset.split_by_source``)."""
-        from defectfill.detect.dataset import split_by_source
-
-        groups: dict[str, list[str]] = {}
-        for i in defect:
-            groups.setdefault(f"type:{self.types.get(i, 'defect')}", []).append(i)
-        if good:
-            groups["good"] = list(good)
-        return split_by_source(groups, fraction, seed)
+        return split_ids(defect, good, self.types, fraction, seed)
 
     @property
     def eval_dir(self) -> Path:

@@ -10,6 +10,11 @@ from pathlib import Path
 from defectfill.errors import ModelError
 
 DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-inpainting"
+# The small fabric inpainting base shipped inside the package (`defectfill pretrain-base`, trained on
+# AITEX here; its model_card.md says how well it inpaints): the offline default of the CPU demo and
+# benchmark. Named by this alias in configs and on the command line.
+FABRIC_BASE = "fabric-base"
+EMBEDDED_MODELS = {FABRIC_BASE: Path(__file__).resolve().parents[1] / "assets" / "fabric-base"}
 
 
 def _looks_like_path(name: str) -> bool:
@@ -23,6 +28,10 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     one, so a mistyped folder fails here instead of as a confusing hub lookup.
     """
     name = str(name_or_path)
+    if name in EMBEDDED_MODELS:
+        if not (EMBEDDED_MODELS[name] / "model_index.json").is_file():
+            raise ModelError(f"{EMBEDDED_MODELS[name]}: the embedded {name} model is missing from this install")
+        return str(EMBEDDED_MODELS[name])
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "unet").is_dir() or not (path / "model_index.json").is_file():
