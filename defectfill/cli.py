@@ -124,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_pretrain_base)
 
-    p = sub.add_parser("demo", help="the embedded default: tiny model, short fine-tune on reference defects")
+    p = sub.add_parser("demo", help="the embedded default: DefectFill fine-tuned on the embedded fabric base")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--data-dir", default=None, help="reference data (default: ../shared/data/aitex if present)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: configs/defectfill/fabric_base.yaml)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -1,4 +1,4 @@
-"""The embedded default job: tiny model, short DefectFill fine-tune, generated labelled dataset.
+"""The embedded default job: DefectFill fine-tuned on the embedded fabric base, a labelled dataset.
 
 Runs in a few minutes on a CPU anywhere: real AITEX reference defects when the folder is
 present, otherwise a procedurally generated woven-fabric set made on the spot.
@@ -18,7 +18,7 @@ from defectfill.config import DefectFillTrainConfig, load_config
 from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "defectfill" / "tiny.yaml"
+DEMO_CONFIG = REPO_ROOT / "configs" / "defectfill" / "fabric_base.yaml"
 
 
 def default_reference_data() -> Path | None:
@@ -95,20 +95,19 @@ def _copy_first(folder: Path, out: Path, count: int) -> Path:
     return out
 
 
-def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, steps: int = 30,
+def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, steps: int | None = None,
              num_samples: int = 10) -> dict:
-    """Build the tiny model, fine-tune DefectFill on reference defects, generate a labelled dataset."""
+    """Fine-tune DefectFill on reference defects from the embedded fabric base (``fabric-base``;
+    ``steps`` default: configs/defectfill/fabric_base.yaml), generate a labelled dataset."""
     from defectfill.data.datasets import load_reference_dataset
     from defectfill.data.procedural import make_woven_dataset
-    from defectfill.models.tiny import make_tiny_pipeline
     from defectfill.errors import check_writable
+    from defectfill.models.pipeline import FABRIC_BASE, resolve_model
     from defectfill.trainer import train
 
     out = check_writable(output_dir, "demo folder")
-    model_dir = out / "tiny-sd2-inpainting"
-    if not (model_dir / "model_index.json").is_file():
-        print(f"[1/4] writing a tiny random SD-2 inpainting model to {model_dir}")
-        make_tiny_pipeline(model_dir)
+    model_dir = Path(resolve_model(FABRIC_BASE))
+    print(f"[1/4] base model: the embedded fabric inpainting base ({model_dir}, see its model_card.md)")
     data = Path(data_dir) if data_dir else default_reference_data()
     if data is None:
         data = out / "procedural-data"
@@ -117,13 +116,15 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
         print(f"[2/4] AITEX not found: using procedural woven-fabric defects in {data}")
     else:
         print(f"[2/4] reference defects: {data}")
-    cfg = load_config(DefectFillTrainConfig, TINY_CONFIG, model=str(model_dir), data_dir=str(data),
+    cfg = load_config(DefectFillTrainConfig, DEMO_CONFIG, model=FABRIC_BASE, data_dir=str(data),
                       output_dir=str(out / "defectfill"), max_train_steps=steps,
-                      checkpointing_steps=max(1, steps // 2), overwrite=True)  # a rerun retrains the demo
-    print(f"[3/4] fine-tuning DefectFill for {steps} steps (tiny model, {cfg.resolution} px)")
+                      overwrite=True)  # a rerun retrains the demo
+    steps = cfg.max_train_steps
+    cfg.checkpointing_steps = max(1, steps // 2)
+    print(f"[3/4] fine-tuning DefectFill for {steps} steps (fabric base, {cfg.resolution} px)")
     lora_dir = train(cfg)
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold)
-    preview = preview_grid(str(model_dir), lora_dir, dataset, cfg, out / "preview.png")
+    preview = preview_grid(FABRIC_BASE, lora_dir, dataset, cfg, out / "preview.png")
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
     from defectfill.config import GenerateConfig

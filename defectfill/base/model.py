@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 
-def base_components(vae_channels=(32, 64, 64), unet_channels=(64, 128, 128), layers_per_block: int = 1,
+def base_components(vae_channels=(32, 64), unet_channels=(32, 64, 96), layers_per_block: int = 1,
                     attention_head_dim: int = 8, text_hidden: int = 64, text_layers: int = 2,
                     latent_channels: int = 4, prediction_type: str = "v_prediction", sample_size: int = 64,
                     vocab_size: int = 1000, seed: int = 0) -> dict:

@@ -1,7 +1,7 @@
 """Pretraining a small fabric inpainting base from scratch (``defectfill pretrain-base``).
 
 Two phases under one step counter, resumable from ``training/checkpoint-<step>``:
-1. the VAE (``AutoencoderKL``): L1 + MSE reconstruction + a small KL term on fabric crops;
+1. the VAE (``AutoencoderKL``, f = 2 by default): L1 + MSE reconstruction + a small KL term on fabric crops;
    its latent ``scaling_factor`` is then set to 1 / std of the latents;
 2. the 9-channel UNet and the text encoder, VAE frozen: v-prediction on zero-terminal-SNR
    betas, random inpainting masks, loss weighted up inside the mask, defect pixels of
@@ -43,20 +43,20 @@ class PretrainBaseConfig:
     crop_size: int = 128
     resolution: int = 64
     # architecture
-    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    unet_channels: list[int] = field(default_factory=lambda: [64, 96, 96])
+    vae_channels: list[int] = field(default_factory=lambda: [32, 64])
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
     layers_per_block: int = 1
     attention_head_dim: int = 8
     text_hidden: int = 64
     text_layers: int = 2
     prediction_type: str = "v_prediction"
     # phase 1: VAE
-    vae_steps: int = 1500
+    vae_steps: int = 1000
     vae_batch_size: int = 16
     vae_learning_rate: float = 1.0e-3
     kl_weight: float = 1.0e-6
     # phase 2: UNet + text encoder
-    unet_steps: int = 9000
+    unet_steps: int = 5000
     batch_size: int = 16
     learning_rate: float = 5.0e-4
     lr_warmup_steps: int = 200
