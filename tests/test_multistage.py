@@ -420,7 +420,7 @@ def test_run_generation_end_to_end(bce_run, blob_root, tmp_path):
 
 # ---- the launcher and real data ----
 
-def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys):
+def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys, woven_root):
     script = launcher()
     main, parse_args = script.main, script.parse_args
     assert main(parse_args(["--config", str(tmp_path / "nope.yaml")])) == 2
@@ -429,7 +429,8 @@ def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys):
     assert main(parse_args(["--config", config, "--set", "patch_size=12"])) == 2
     assert "patch_size must be a power of two" in capsys.readouterr().err
     missing = tmp_path / "vgg.safetensors"
-    args = ["--config", config, "--output_dir", str(tmp_path / "run"), "--set", "style_backbone=vgg19",
+    args = ["--config", config, "--data_dir", str(woven_root), "--output_dir", str(tmp_path / "run"),
+            "--set", "style_backbone=vgg19",
             "--set", "style_layers=[relu1_1]", "--set", f"vgg_weights={missing}"]
     assert main(parse_args(args)) == 2
     err = capsys.readouterr().err.strip().splitlines()
