@@ -43,6 +43,25 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"dataset: {cfg.output_dir}  {summary}")
 
 
+def _fit(args: argparse.Namespace) -> None:
+    import yaml
+
+    from defectfill.config import load_config
+    from defectfill.errors import ConfigError
+    from defectfill.generators import FitConfig, fit_generator
+
+    cfg = load_config(FitConfig, args.config, class_path=args.generator, data_dir=args.data,
+                      output_dir=args.output_dir, seed=args.seed)
+    init_args = dict(cfg.init_args or {})
+    for item in args.overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (an init_args key)")
+        init_args[key.strip()] = yaml.safe_load(raw)
+    cfg.init_args = init_args
+    print(f"checkpoint: {fit_generator(cfg)}")
+
+
 def _pretrain_base(args: argparse.Namespace) -> None:
     from defectfill.base.train import PretrainBaseConfig, pretrain_base
     from defectfill.config import load_config
@@ -84,11 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("generate", help="generate a labelled defect dataset with a fine-tuned DefectFill LoRA")
+    p = sub.add_parser("fit", help="fit any registered generator (class_path + init_args YAML) on reference data")
+    p.add_argument("--config", help="YAML: class_path, init_args, data_dir, output_dir, seed (configs/generators/)")
+    p.add_argument("--generator", help="class_path: defectfill | copy_paste | multistage | dgt | r3gan | package.module:Class")
+    p.add_argument("--data", help="reference data folder (images/, masks/, good/, manifest.csv)")
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an init_args value (YAML), e.g. --set max_steps=200")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("generate", help="generate a labelled defect dataset with a fitted generator (default DefectFill)")
     p.add_argument("--config", help="optional YAML (GenerateConfig keys); flags override it")
-    p.add_argument("--generator", help="defectfill (default) | copy_paste | multistage | dgt | package.module:Class")
-    p.add_argument("--lora", help="DefectFill: LoRA folder written by training (…/lora)")
-    p.add_argument("--checkpoint", help="baselines: the trained run's final/ folder")
+    p.add_argument("--generator", help="defectfill (default) | copy_paste | multistage | dgt | r3gan | package.module:Class")
+    p.add_argument("--lora", help="DefectFill: LoRA folder written by training (…/lora); same as --checkpoint")
+    p.add_argument("--checkpoint", help="the folder `defectfill fit` printed (a baseline's final/, DefectFill's lora/)")
     p.add_argument("--clean", help="folder of defect-free images")
     p.add_argument("--masks", help="folder of masks, or 'auto' (placed reference masks; default)")
     p.add_argument("--model", help="base model hub id or folder (default: the LoRA's base model)")

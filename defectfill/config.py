@@ -247,8 +247,8 @@ class GenerateConfig:
     lora_dir: str = ""  # DefectFill's trained LoRA folder
     clean_dir: str = ""
     output_dir: str = "runs/generated"
-    generator: str = "defectfill"  # or copy_paste | multistage | dgt | package.module:Class
-    checkpoint: str | None = None  # a baseline's trained folder
+    generator: str = "defectfill"  # or copy_paste | multistage | dgt | r3gan | package.module:Class
+    checkpoint: str | None = None  # the folder the generator's fit returned (DefectFill: its LoRA folder)
     generator_args: dict | None = None
     model: str | None = None
     masks: str = "auto"  # a folder of masks, or "auto": placed reference masks
@@ -287,8 +287,6 @@ class GenerateConfig:
     contact_sheet_samples: int = 12
 
     def validate(self) -> None:
-        if self.generator == "defectfill" and not self.lora_dir:
-            raise ConfigError("lora_dir is required (the folder a DefectFill training run wrote)")
         if not self.clean_dir:
             raise ConfigError("clean_dir is required (a folder of defect-free images)")
         for name in ("num_samples", "candidates", "num_inference_steps"):

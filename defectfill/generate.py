@@ -49,6 +49,14 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     return files
 
 
+def describe_base_model(model: str) -> str:
+    """One line for reports: what the base model at `model` is."""
+    index = Path(model) / "model_index.json"
+    tiny = "tiny" in Path(model).name or (Path(model) / "tiny_model.json").is_file()
+    what = "a tiny RANDOM inpainting pipeline (tests/demo; not Stable Diffusion 2)" if tiny else "inpainting base"
+    return f"{what} at {model}" + ("" if index.is_file() or not Path(model).exists() else " (no model_index.json)")
+
+
 # ---- the synthesizer ----
 
 class DefectFillSynthesizer(Generator):
@@ -81,18 +89,100 @@ class DefectFillSynthesizer(Generator):
         self.lpips_model, self.lpips_desc = load_perceptual(cfg.selection, cfg.lpips_net, cfg.lpips_weights,
                                                             device=device)
 
+    # ---- the registry interface: init_args → fit → checkpoint (the LoRA folder) → from_generate_config
+
+    @classmethod
+    def from_init_args(cls, init_args: dict | None = None) -> "DefectFillSynthesizer":
+        """Unfitted DefectFill: `config` (a DefectFillTrainConfig YAML, optional), `max_steps` (=
+        max_train_steps) and any DefectFillTrainConfig key; `base_model_note` is a report label only."""
+        from defectfill.config import DefectFillTrainConfig
+
+        args = dict(init_args or {})
+        note = args.pop("base_model_note", "")
+        config = args.pop("config", None)
+        if "max_steps" in args:
+            args["max_train_steps"] = args.pop("max_steps")
+        unknown = sorted(set(args) - set(DefectFillTrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"defectfill: unknown init_args {', '.join(unknown)} (DefectFillTrainConfig keys, "
+                              "config, max_steps or base_model_note)")
+        if config is not None and not Path(config).is_file():
+            raise ConfigError(f"{config}: defectfill init_args.config not found")
+        self = cls.__new__(cls)
+        self.train_config, self.train_overrides, self.base_model_note = config, args, note
+        return self
+
+    @classmethod
+    def check_init_args(cls, init_args: dict | None = None) -> None:
+        """The training config resolves and its base model (configs only, no weights) is an inpainting
+        pipeline; a missing `.../tiny-sd2-inpainting` folder is made on first use (its parent must be writable)."""
+        from defectfill.models.pipeline import check_inpainting_unet, read_text_encoder_config, resolve_model
+        from defectfill.models.tiny import TINY_MODEL_NAME
+
+        cfg = cls.from_init_args(init_args)._train_cfg()
+        path = Path(cfg.model)
+        if path.name == TINY_MODEL_NAME and not path.exists():
+            check_writable(path.parent, f"folder of the tiny model {path.name} (made on first use)")
+            return
+        model = resolve_model(cfg.model)
+        check_inpainting_unet(model)
+        read_text_encoder_config(model)
+
+    def _train_cfg(self, **values):
+        from defectfill.config import DefectFillTrainConfig, load_config
+
+        return load_config(DefectFillTrainConfig, self.train_config, **{**self.train_overrides, **values})
+
+    def fit(self, dataset, output_dir, seed: int = 0) -> Path:
+        """Fine-tune the LoRA + token on `dataset` (DefectFill's `train`); returns the LoRA folder."""
+        from defectfill.models.tiny import ensure_tiny_model
+        from defectfill.trainer import train
+
+        cfg = self._train_cfg(data_dir=str(Path(dataset.root)), output_dir=str(output_dir), seed=int(seed))
+        cfg.model = ensure_tiny_model(cfg.model)
+        lora = train(cfg)
+        if self.base_model_note:
+            from defectfill.runinfo import atomic_write_text
+
+            atomic_write_text(Path(lora) / "base_model_note.txt", self.base_model_note)
+        return lora
+
+    @classmethod
+    def _lora_dir(cls, cfg: GenerateConfig) -> str:
+        lora = cfg.lora_dir or cfg.checkpoint
+        if not lora:
+            raise ConfigError("defectfill needs lora_dir (or checkpoint): the LoRA folder a DefectFill training "
+                              "run wrote")
+        return str(lora)
+
+    @classmethod
+    def from_generate_config(cls, cfg: GenerateConfig, device="cpu") -> "DefectFillSynthesizer":
+        import dataclasses
+
+        return cls(dataclasses.replace(cfg, lora_dir=cls._lora_dir(cfg)), device=device)
+
+    @classmethod
+    def checkpoint_defaults(cls, cfg: GenerateConfig) -> dict:
+        """The LoRA folder's record (base model, training data, classes) for keys `cfg` leaves unset."""
+        from defectfill.models.lora import read_lora_metadata
+
+        return read_lora_metadata(cls._lora_dir(cfg))
+
     @classmethod
     def check(cls, cfg: GenerateConfig) -> None:
         """The LoRA folder is complete and fits the base model (`--model`, else the one it was trained on)."""
         from defectfill.models.lora import check_lora_base, read_lora_metadata
         from defectfill.models.pipeline import resolve_model
 
-        meta = read_lora_metadata(cfg.lora_dir)
-        check_lora_base(cfg.lora_dir, resolve_model(cfg.model or meta["base_model"]), meta["base_model"])
+        lora = cls._lora_dir(cfg)
+        meta = read_lora_metadata(lora)
+        check_lora_base(lora, resolve_model(cfg.model or meta["base_model"]), meta["base_model"])
 
     def metadata(self) -> dict:
-        return {"generator": self.name, "base_model": self.model, "lora_dir": str(self.cfg.lora_dir),
-                "lora_hash": self.lora_hash, "prompt": self.prompt}
+        note_file = Path(self.cfg.lora_dir) / "base_model_note.txt"
+        note = note_file.read_text().strip() if note_file.is_file() else describe_base_model(self.model)
+        return {"generator": self.name, "base_model": self.model, "base_model_note": note,
+                "lora_dir": str(self.cfg.lora_dir), "lora_hash": self.lora_hash, "prompt": self.prompt}
 
     def candidates(self, window: np.ndarray, window_mask: np.ndarray, seeds: list[int]) -> np.ndarray:
         """K inpainted candidates (K, R, R, 3) in [0, 1] from one batched pipeline call on a
@@ -331,9 +421,13 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
 
     cfg.validate()
     check_writable(cfg.output_dir, "output folder")
+    meta = {}
     if synthesizer_factory is None:
-        import_class(cfg.generator).check(cfg)
-    meta = read_lora_metadata(cfg.lora_dir) if cfg.lora_dir else {}
+        generator_cls = import_class(cfg.generator)
+        generator_cls.check(cfg)
+        meta = generator_cls.checkpoint_defaults(cfg)
+    elif cfg.lora_dir:
+        meta = read_lora_metadata(cfg.lora_dir)
     planner = SlotPlanner(cfg, meta)
     planner.check()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it

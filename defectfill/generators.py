@@ -1,10 +1,13 @@
-"""The one generator interface shared by DefectFill and every baseline.
+"""The one generator interface and registry shared by DefectFill and every baseline.
 
-A generator is fitted once on reference defects (`fit`), then turns a clean image, a mask and a
-seed into a defect image (`synthesize`). `run_generation` (defectfill.generate) plans slots,
-resumes, shards across processes and writes every generator's output with the same
-`SampleWriter`, so all of them produce the same dataset format. The benchmark names generators
-by class path (`package.module:Class`), so `defectfill` never imports `gan_baselines`.
+A generator is named in YAML by `class_path` (`package.module:Class` or a short alias) and
+`init_args`; `build_unfitted(class_path, init_args)` makes it, `fit(dataset, output_dir, seed)`
+trains it once on reference defects and returns a checkpoint folder, `from_checkpoint(folder)`
+loads it and `synthesize(clean, mask, seed, defect_class)` turns a clean image and a mask into a
+defect image. `run_generation` (defectfill.generate) plans slots, resumes, shards across processes
+and writes every generator's output with the same `SampleWriter`. `defectfill fit`, `defectfill
+generate` and the benchmark call only this interface, so `defectfill` never imports `gan_baselines`
+and nothing outside a generator's own files branches on which generator it is.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ ALIASES = {
     "copy_paste": "gan_baselines.copy_paste:CopyPasteGenerator",
     "multistage": "gan_baselines.multistage:MultistageGANGenerator",
     "dgt": "gan_baselines.dgt:DGTGenerator",
+    "r3gan": "gan_baselines.r3gan:R3GANGenerator",
 }
 
 
@@ -53,17 +57,45 @@ class Generator(ABC):
     dilation = 0
 
     @classmethod
+    def from_init_args(cls, init_args: dict | None = None) -> "Generator":
+        """An unfitted generator from its YAML `init_args` (default: `cls(**init_args)`). Cheap: no
+        training, no data; raise a ConfigError naming the bad key."""
+        try:
+            return cls(**(init_args or {}))
+        except TypeError as exc:
+            raise ConfigError(f"{cls.__name__}: init_args: {' '.join(str(exc).split())}") from exc
+
+    @classmethod
+    def check_init_args(cls, init_args: dict | None = None) -> None:
+        """Checks of `init_args` run before any heavy work (files exist, values valid). Default:
+        `from_init_args` succeeds."""
+        cls.from_init_args(init_args)
+
+    @classmethod
     def check(cls, cfg) -> None:
         """Cheap checks of a `GenerateConfig` for this generator (files, configs; no weights), run
         before any heavy work; raise a DefectfillError naming the file. Default: none."""
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", **kwargs) -> "Generator":
-        """Load a fitted generator from the folder its `fit` wrote."""
+        """Load a fitted generator from the folder its `fit` returned; `kwargs` are `generator_args`."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
 
-    def fit(self, dataset, output_dir: str | os.PathLike) -> Path:
-        """Train on a `ReferenceDataset`; write weights (safetensors) + config to `output_dir`."""
+    @classmethod
+    def from_generate_config(cls, cfg, device="cpu") -> "Generator":
+        """The generator a `GenerateConfig` names (`cfg.checkpoint`, `cfg.dilation`, `cfg.generator_args`)."""
+        args = {"dilation": cfg.dilation, **(cfg.generator_args or {})}  # one background-fidelity band for all
+        return cls.from_checkpoint(cfg.checkpoint, device=device, **args)
+
+    @classmethod
+    def checkpoint_defaults(cls, cfg) -> dict:
+        """Facts the checkpoint records (`data_dir`: its training data, `defect_types`) that generation
+        uses where `cfg` leaves them unset. Default: none."""
+        return {}
+
+    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
+        """Train on a `ReferenceDataset` (`dataset.root` is its folder) with `seed`; write weights
+        (safetensors) + config under `output_dir`; return the checkpoint folder `from_checkpoint` loads."""
         raise NotImplementedError(f"{type(self).__name__} is not trainable here")
 
     @abstractmethod
@@ -111,9 +143,57 @@ def import_class(path: str):
 
 
 def build_generator(cfg, device="cpu") -> Generator:
-    """The generator a `GenerateConfig` names, loaded on `device`."""
-    cls = import_class(cfg.generator)
-    if cls.__name__ == "DefectFillSynthesizer":
-        return cls(cfg, device=device)
-    args = {"dilation": cfg.dilation, **(cfg.generator_args or {})}  # one background-fidelity band for all
-    return cls.from_checkpoint(cfg.checkpoint, device=device, **args)
+    """The fitted generator a `GenerateConfig` names, loaded on `device`."""
+    return import_class(cfg.generator).from_generate_config(cfg, device=device)
+
+
+def build_unfitted(class_path: str, init_args: dict | None = None) -> Generator:
+    """The unfitted generator `class_path` (or an alias) + `init_args` name, ready for `fit`."""
+    if init_args is not None and not isinstance(init_args, dict):
+        raise ConfigError(f"generator {class_path!r}: init_args must be a mapping, got {init_args!r}")
+    return import_class(class_path).from_init_args(dict(init_args or {}))
+
+
+@dataclass
+class FitConfig:
+    """`defectfill fit`: which generator (`class_path` + `init_args`), on which reference data, where, seed."""
+
+    class_path: str = ""
+    init_args: dict | None = None
+    data_dir: str = ""
+    output_dir: str = "runs/fit"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.class_path:
+            raise ConfigError("class_path is required (an alias such as dgt, or package.module:Class)")
+        if not self.data_dir:
+            raise ConfigError("data_dir is required (a reference folder: images/, masks/, good/, manifest.csv)")
+        if self.init_args is not None and not isinstance(self.init_args, dict):
+            raise ConfigError(f"init_args must be a mapping, got {self.init_args!r}")
+
+
+def fit_generator(cfg: FitConfig) -> Path:
+    """Check everything cheap first (class, init_args, data), then fit; writes `fit_info.json` (resolved
+    config, seed, versions, checkpoint) into `output_dir` and returns the checkpoint folder."""
+    from dataclasses import asdict
+
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.errors import check_writable
+    import json
+    import time
+
+    from defectfill.runinfo import atomic_write_text, package_versions
+
+    cfg.validate()
+    cls = import_class(cfg.class_path)
+    cls.check_init_args(cfg.init_args)
+    check_writable(cfg.output_dir, "output folder")
+    dataset = load_reference_dataset(cfg.data_dir)
+    generator = cls.from_init_args(dict(cfg.init_args or {}))
+    checkpoint = Path(generator.fit(dataset, cfg.output_dir, cfg.seed))
+    record = {"config": asdict(cfg), "seed": cfg.seed, "generator_class": f"{cls.__module__}:{cls.__name__}",
+              "checkpoint": str(checkpoint), "versions": package_versions(),
+              "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(Path(cfg.output_dir) / "fit_info.json", json.dumps(record, indent=2, default=str))
+    return checkpoint

@@ -319,7 +319,14 @@ class CopyPasteGenerator(Generator):
                 "learned_weights": False, "checkpoint": self.checkpoint,
                 "settings": dataclasses.asdict(self.cfg)}
 
-    def fit(self, dataset: ReferenceDataset | None, output_dir: str | os.PathLike) -> Path:
+    @classmethod
+    def from_init_args(cls, init_args: dict | None = None) -> "CopyPasteGenerator":
+        """`config` (e.g. configs/gan/copy_paste.yaml) + CopyPasteConfig keys; nothing is trained."""
+        from gan_baselines.harness import config_from_init_args
+
+        return cls(config_from_init_args(CopyPasteConfig, init_args, NAME))
+
+    def fit(self, dataset: ReferenceDataset | None, output_dir: str | os.PathLike, seed: int = 0) -> Path:
         """No training: record the reference data location, its classes and this config in
         `<output_dir>/final/config.yaml` (+ run_info.json) for `from_checkpoint`."""
         from defectfill.runinfo import atomic_directory, write_run_info

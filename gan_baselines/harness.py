@@ -75,6 +75,24 @@ class GANTrainConfig:
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
+def config_from_init_args(config_cls: type, init_args: dict | None, name: str):
+    """A baseline's config from registry `init_args`: an optional `config` YAML path, then any of
+    `config_cls`'s keys; unknown keys are a ConfigError naming them and the generator."""
+    from defectfill.config import load_config
+
+    args = dict(init_args or {})
+    path = args.pop("config", None)
+    unknown = sorted(set(args) - set(config_cls.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{name}: unknown init_args {', '.join(unknown)} (config or {config_cls.__name__} keys)")
+    return load_config(config_cls, path, **args)
+
+
+def fit_config(cfg, dataset, output_dir: str | os.PathLike, seed: int):
+    """`cfg` pointed at `dataset`'s folder, `output_dir` and `seed` (a copy; `cfg` is unchanged)."""
+    return dataclasses.replace(cfg, data_dir=str(Path(dataset.root)), output_dir=str(output_dir), seed=int(seed))
+
+
 def module_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """All parameters and buffers, keyed `<module>.<name>`, as contiguous CPU tensors."""
     return {f"{key}.{name}": t.detach().cpu().clone().contiguous()

@@ -23,8 +23,14 @@ from defectfill.cli import main
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SEG = {"arch": "unet", "encoder_weights": "random", "base_channels": 8, "depth": 2, "steps": 2, "size": 32,
        "crop": 32, "batch_size": 2, "log_every": 1}
-GENERATORS = [{"name": "real_only", "kind": "real_only"}, {"name": "copy_paste", "kind": "copy_paste", "fit": {}},
-              {"name": "defectfill", "kind": "defectfill", "fit": {"max_steps": 1}}]
+GENERATORS = [{"name": "real_only", "class_path": "real_only"}, {"name": "copy_paste", "class_path": "copy_paste"},
+              {"name": "defectfill", "class_path": "defectfill", "init_args": {"max_steps": 1}}]
+
+
+def generators_with_model(model) -> list[dict]:
+    """GENERATORS with DefectFill's base model set (its init_args.model)."""
+    return [{**g, "init_args": {**g["init_args"], "model": str(model)}} if g["name"] == "defectfill" else g
+            for g in GENERATORS]
 
 
 # ---- shared inputs (built once, copied into each case's folder) ----
@@ -80,8 +86,9 @@ class Case:
     def argv(self, *sets: str, out: Path | None = None, config: str | None = None, model: Path | None = None,
              data: Path | None = None, eval_data: Path | None = None) -> list[str]:
         argv = ["benchmark", "--config", config or str(self.config), "--output-dir", str(out or self.out),
-                "--eval-data", str(eval_data or self.eval), "--set", f"data_dir={data or self.data}",
-                "--set", f"model={model or self.model}"]
+                "--eval-data", str(eval_data or self.eval), "--set", f"data_dir={data or self.data}"]
+        if not any(s.startswith("generators=") for s in sets):
+            argv += ["--set", _flow(generators_with_model(model or self.model))]
         for s in sets:
             argv += ["--set", s]
         return argv
@@ -114,6 +121,14 @@ def _unknown_generator_kind(c):
         "nosuchkind"
 
 
+def _unknown_generator_class_path(c):
+    return c.argv(_flow([{"name": "mine", "class_path": "no_such_package.module:Gen"}])), "no_such_package"
+
+
+def _bad_generator_init_arg(c):
+    return c.argv(_flow([{"name": "dgt", "class_path": "dgt", "init_args": {"max_stepz": 2}}])), "max_stepz"
+
+
 def _unknown_generator_key(c):
     return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "fitt": {}}])), "fitt"
 
@@ -127,7 +142,7 @@ def _generator_counts_negative(c):
 
 
 def _generator_fit_not_a_mapping(c):
-    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "fit": 3}])), "fit"
+    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "fit": 3}])), "init_args"
 
 
 def _count_zero(c):

@@ -56,10 +56,10 @@ from defectfill.runinfo import atomic_write_text, package_versions
 
 REAL_ONLY = "real_only"
 NEW_FABRIC = "new_"  # setting prefix of the new-fabric protocol: new_<fabric type>
-KINDS = ("real_only", "defectfill", "copy_paste", "multistage", "dgt")
 TASKS = ("segmenter", "rtdetr")
 MAIN = "main"
-GENERATOR_KEYS = frozenset({"name", "kind", "fit", "generate", "counts"})
+# class_path (or its short spelling kind) + init_args (or fit): the generator registry's YAML names
+GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts"})
 
 
 def _int_list(values, key: str, minimum: int | None = 1) -> list[int]:
@@ -84,7 +84,7 @@ class BenchmarkConfig:
     max_images: int | None = None  # keep the first N defect and first N good images (by id) of data_dir
     output_dir: str = "runs/benchmark"
     tasks: list = field(default_factory=lambda: list(TASKS))
-    generators: list = field(default_factory=lambda: [{"name": REAL_ONLY, "kind": REAL_ONLY}])
+    generators: list = field(default_factory=lambda: [{"name": REAL_ONLY, "class_path": REAL_ONLY}])
     synthetic_counts: list = field(default_factory=lambda: [4])  # a generator's own `counts` overrides it
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     segmenter: dict = field(default_factory=dict)  # SegmenterConfig overrides, the same for every cell
@@ -96,8 +96,6 @@ class BenchmarkConfig:
     # new-fabric protocol: {targets: [fabric_02, ...], generators: [...], tasks: [...]} (see NEW_FABRIC)
     new_fabric: dict | None = None
     gallery_rows: int = 6
-    model: str = "runs/tiny-sd2-inpainting"  # base model for defectfill; the tiny one is made if missing
-    base_model_note: str = ""  # what the DefectFill row's base model is (shown in the report)
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -124,9 +122,7 @@ class BenchmarkConfig:
             if unknown:
                 raise ConfigError(f"generator {g['name']!r}: unknown key(s) {', '.join(map(str, unknown))} "
                                   f"(known: {', '.join(sorted(GENERATOR_KEYS))})")
-            kind = g.get("kind", g["name"])
-            if kind not in KINDS:
-                raise ConfigError(f"generator {g['name']!r}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+            normalise_spec(g)
             if g["name"] in names:
                 raise ConfigError(f"generator name {g['name']!r} repeated")
             if "counts" in g:
@@ -134,12 +130,12 @@ class BenchmarkConfig:
                 if not counts:
                     raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
                 _int_list(counts, f"generator {g['name']!r}: counts")
-            for key in ("fit", "generate"):
+            for key in ("init_args", "generate"):
                 if g.get(key) is not None and not isinstance(g[key], dict):
                     raise ConfigError(f"generator {g['name']!r}: {key} must be a mapping, got {g[key]!r}")
             names.add(g["name"])
         if REAL_ONLY not in names:
-            self.generators = [{"name": REAL_ONLY, "kind": REAL_ONLY}, *self.generators]
+            self.generators = [{"name": REAL_ONLY, "class_path": REAL_ONLY, "init_args": {}}, *self.generators]
             names.add(REAL_ONLY)
         if not 0 < self.val_fraction < 1 or not 0 < self.eval_fraction < 1:
             raise ConfigError("val_fraction and eval_fraction must be in (0, 1)")
@@ -197,8 +193,32 @@ class Unit:
         return f"s{self.seed}-{self.data}-{self.spec['name']}"
 
 
+def normalise_spec(g: dict) -> dict:
+    """A generator entry in its one form: ``class_path`` (``kind`` is its short spelling; default: the
+    name) and ``init_args`` (``fit`` is accepted for it). The class must import (``real_only``: no generator)."""
+    from defectfill.generators import import_class
+
+    for new, old in (("class_path", "kind"), ("init_args", "fit")):
+        if new in g and old in g:
+            raise ConfigError(f"generator {g['name']!r}: give {new} or {old}, not both")
+        if old in g:
+            g[new] = g.pop(old)
+    g.setdefault("class_path", g["name"])
+    if g.get("init_args") is None:
+        g["init_args"] = {}
+    if not isinstance(g["class_path"], str) or not g["class_path"]:
+        raise ConfigError(f"generator {g['name']!r}: class_path must be a string, got {g['class_path']!r}")
+    if g["class_path"] != REAL_ONLY:
+        try:
+            import_class(g["class_path"])
+        except ConfigError as exc:
+            raise ConfigError(f"generator {g['name']!r}: {exc}") from exc
+    return g
+
+
 def _kind(spec: dict) -> str:
-    return spec.get("kind", spec["name"])
+    """The generator's class path (or ``real_only``)."""
+    return spec.get("class_path", spec.get("kind", spec["name"]))
 
 
 def _counts(spec: dict, counts) -> list[int]:
@@ -335,27 +355,6 @@ def materialize(src: Path, ids: set[str], dest: Path) -> Path:
         if not (dest / ".complete").exists():
             raise
     return dest
-
-
-TINY_MODEL_NAME = "tiny-sd2-inpainting"
-
-
-def _ensure_model(cfg: BenchmarkConfig) -> str:
-    """The DefectFill base: a hub id or local folder as given; a missing ``.../tiny-sd2-inpainting``
-    folder is made with ``make_tiny_pipeline`` (tests and the CPU profiles)."""
-    path = Path(cfg.model)
-    if path.name != TINY_MODEL_NAME or (path / "model_index.json").exists():
-        return cfg.model if not path.exists() else str(path.resolve())
-    if not (path / "model_index.json").exists():
-        from defectfill.models.tiny import make_tiny_pipeline
-
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        make_tiny_pipeline(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(path.resolve())
 
 
 class Context:
@@ -705,17 +704,18 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path, cl
     cached = unit_dir / "generator.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    model = _ensure_model(ctx.cfg) if _kind(unit.spec) == "defectfill" else None
     gen_dir = unit_dir / "gen"
     shutil.rmtree(gen_dir, ignore_errors=True)
-    job = {"kind": "generator", "spec": unit.spec, "model": model, "train_dir": str(train_dir),
+    job = {"kind": "generator", "spec": unit.spec, "train_dir": str(train_dir),
            "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
            "count": max(_counts(unit.spec, ctx.cfg.synthetic_counts)),
            "clean_dir": str(clean_dir) if clean_dir else None,
            "generate": ctx.cfg.generate}
     run = run_job(job, unit_dir / "generator_job")
-    if _kind(unit.spec) == "defectfill":
-        run["base_model"] = {"path": model, "note": ctx.cfg.base_model_note or _base_model_note(model)}
+    side = _first_sidecar(gen_dir)
+    about = json.loads(Path(side).read_text()) if side else {}
+    if about.get("base_model"):  # generators built on a base model say which (DefectFill)
+        run["base_model"] = {"path": about["base_model"], "note": about.get("base_model_note", "")}
     try:
         from defectfill.benchmark.gallery import generation_metrics
 
@@ -726,13 +726,6 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path, cl
         run["generation_metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
     atomic_write_text(cached, json.dumps(run, indent=2, default=str))
     return run
-
-
-def _base_model_note(model: str) -> str:
-    index = Path(model) / "model_index.json"
-    tiny = "tiny" in Path(model).name or (Path(model) / "tiny_model.json").is_file()
-    what = "a tiny RANDOM inpainting pipeline (tests/demo; not Stable Diffusion 2)" if tiny else "inpainting base"
-    return f"{what} at {model}" + ("" if index.is_file() else " (missing)")
 
 
 def _stops_the_run(exc: BaseException) -> bool:
@@ -792,7 +785,7 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
             _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source_for(cell.setting),
-                  "generator_kind": _kind(unit.spec), "generator_run": gen_run,
+                  "generator_class": _kind(unit.spec), "generator_run": gen_run,
                   "cell_seconds": time.perf_counter() - start,
                   "sidecar_example": _first_sidecar(gen_dir), **result}
         atomic_write_text(cell_dir / "result.json", json.dumps(record, indent=2, default=str))
@@ -813,7 +806,7 @@ def _first_sidecar(root: Path | None) -> str | None:
 
 
 GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
-             "detector", "generate", "metrics", "model", "label_noise", "leave_out", "new_fabric")
+             "detector", "generate", "metrics", "label_noise", "leave_out", "new_fabric")
 
 
 def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
@@ -899,28 +892,21 @@ def check_data(cfg: BenchmarkConfig) -> None:
         load_reference_dataset(root).samples.clear()
 
 
-def check_model(cfg: BenchmarkConfig) -> str | None:
-    """DefectFill's base model: a hub id or folder with an inpainting (9-channel) UNet and a text
-    encoder, read from their configs only (no weights). A missing ``.../tiny-sd2-inpainting`` is
-    made on first use: only its parent folder must be writable."""
-    from defectfill.models.pipeline import check_inpainting_unet, read_text_encoder_config, resolve_model
-
-    path = Path(cfg.model)
-    if path.name == TINY_MODEL_NAME and not path.exists():
-        check_writable(path.parent, f"folder of the tiny model {path.name} (made on first use)")
-        return None
-    model = resolve_model(cfg.model)
-    check_inpainting_unet(model)
-    read_text_encoder_config(model)
-    return model
-
-
 def check_inputs(cfg: BenchmarkConfig, out: Path, units: list[Unit]) -> Context:
     """Everything the pending ``units`` need, checked before any cell: settings, data, model. Writes nothing."""
+    from defectfill.generators import import_class
+
     check_settings(cfg)
     check_data(cfg)
-    if any(_kind(u.spec) == "defectfill" for u in units):
-        check_model(cfg)
+    checked = set()
+    for unit in units:
+        spec = unit.spec
+        if _kind(spec) != REAL_ONLY and spec["name"] not in checked:
+            checked.add(spec["name"])
+            try:
+                import_class(_kind(spec)).check_init_args(spec.get("init_args"))
+            except ConfigError as exc:
+                raise ConfigError(f"generator {spec['name']!r}: {exc}") from exc
     return Context(cfg, out)
 
 

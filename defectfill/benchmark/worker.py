@@ -27,7 +27,6 @@ from defectfill.errors import ConfigError, OutputError, output_errors
 from defectfill.runinfo import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
-GAN_DEFAULTS = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
 # The label and placement gates (label_from_change, min_visible_fraction, fabric_only, ...) keep
 # GenerateConfig's defaults unless a profile sets them.
 GENERATE_DEFAULTS = dict(candidates=2, num_inference_steps=2, dilation=6)
@@ -53,37 +52,13 @@ class JobError(RuntimeError):
 # ----------------------------------------------------------------------------- generator job
 
 
-def fit_generator(spec: dict, model: str, train_dir: Path, out: Path, seed: int) -> Path:
-    """Fit ``spec['kind']`` on ``train_dir``; return its checkpoint (a LoRA folder for defectfill)."""
-    kind, fit = spec.get("kind", spec["name"]), dict(spec.get("fit") or {})
-    data = str(train_dir)
-    if kind == "copy_paste":
-        from defectfill.data.datasets import load_reference_dataset
-        from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
+def fit_generator(spec: dict, train_dir: Path, out: Path, seed: int) -> Path:
+    """``build_unfitted(class_path, init_args).fit(train data, out, seed)``: the checkpoint folder."""
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.generators import build_unfitted
 
-        fit.pop("max_steps", None)
-        return CopyPasteGenerator(CopyPasteConfig(data_dir=data, **fit)).fit(load_reference_dataset(data), out)
-    if kind in ("dgt", "multistage"):
-        if kind == "dgt":
-            from gan_baselines.dgt.train import DGTConfig as C
-            from gan_baselines.dgt.train import train
-        else:
-            from gan_baselines.multistage.train import MultistageConfig as C
-            from gan_baselines.multistage.train import train
-        yaml_path = fit.pop("config", REPO / "configs" / "gan" / f"{kind}_small.yaml")
-        values = {**GAN_DEFAULTS, "seed": seed, **fit}
-        return train(load_config(C, yaml_path, data_dir=data, output_dir=str(out), **values))
-    if kind == "defectfill":
-        from defectfill.config import DefectFillTrainConfig
-        from defectfill.trainer import train
-
-        yaml_path = fit.pop("config", REPO / "configs" / "defectfill" / "tiny.yaml")
-        if "max_steps" in fit:
-            fit["max_train_steps"] = fit.pop("max_steps")
-        values = {"max_train_steps": 2, "checkpointing_steps": 100, "seed": seed, **fit}
-        return train(load_config(DefectFillTrainConfig, yaml_path, model=model, data_dir=data,
-                                 output_dir=str(out), **values))
-    raise ConfigError(f"generator kind {kind!r} cannot be fitted")
+    generator = build_unfitted(spec["class_path"], spec.get("init_args"))
+    return Path(generator.fit(load_reference_dataset(train_dir), out, seed))
 
 
 def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: Path, count: int, seed: int,
@@ -92,10 +67,8 @@ def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: 
     from defectfill.config import GenerateConfig
     from defectfill.generate import run_generation
 
-    kind = spec.get("kind", spec["name"])
     values = {**GENERATE_DEFAULTS, **generate, **(spec.get("generate") or {})}
-    gcfg = GenerateConfig(generator=kind, checkpoint=None if kind == "defectfill" else str(ckpt),
-                          lora_dir=str(ckpt) if kind == "defectfill" else "", clean_dir=str(clean_dir or train_dir / "good"),
+    gcfg = GenerateConfig(generator=spec["class_path"], checkpoint=str(ckpt), clean_dir=str(clean_dir or train_dir / "good"),
                           masks="auto", reference_dir=str(train_dir), num_samples=count, seed=seed,
                           output_dir=str(out), **values)
     return run_generation(gcfg)
@@ -106,12 +79,12 @@ def check_generation_settings(spec: dict, generate: dict) -> None:
     checked before any cell: a ConfigError names the generator and the key."""
     from defectfill.config import GenerateConfig
 
-    kind, name = spec.get("kind", spec["name"]), spec["name"]
+    name = spec["name"]
     values = {**GENERATE_DEFAULTS, **(generate or {}), **(spec.get("generate") or {})}
     own = sorted(k for k in values if k in GENERATE_OWN_KEYS)
     if own:
         raise ConfigError(f"generator {name!r}: generate.{own[0]} is set by the benchmark itself; remove it")
-    placeholders = {"generator": kind, "lora_dir": "lora", "clean_dir": "clean", "checkpoint": "checkpoint"}
+    placeholders = {"generator": spec["class_path"], "clean_dir": "clean", "checkpoint": "checkpoint"}
     try:
         load_config(GenerateConfig, **values, **placeholders)
     except ConfigError as exc:
@@ -124,7 +97,7 @@ def check_generation_settings(spec: dict, generate: dict) -> None:
 
 def generator_job(job: dict) -> dict:
     t0 = time.perf_counter()
-    ckpt = fit_generator(job["spec"], job["model"], Path(job["train_dir"]), Path(job["fit_dir"]), job["seed"])
+    ckpt = fit_generator(job["spec"], Path(job["train_dir"]), Path(job["fit_dir"]), job["seed"])
     t1 = time.perf_counter()
     summary = generate_with(job["spec"], job["generate"], Path(ckpt), Path(job["train_dir"]), Path(job["gen_dir"]),
                             job["count"], job["seed"], Path(job["clean_dir"]) if job.get("clean_dir") else None)

@@ -139,3 +139,24 @@ def make_tiny_pipeline(directory: str | Path) -> Path:
     )
     pipe.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+TINY_MODEL_NAME = "tiny-sd2-inpainting"
+
+
+def ensure_tiny_model(model: str) -> str:
+    """`model` as given, or resolved to an absolute folder when it exists; a missing
+    ``.../tiny-sd2-inpainting`` folder is made with `make_tiny_pipeline` first (tests, CPU profiles).
+    Safe when several processes race: one rename wins, the others use its folder."""
+    import os
+    import shutil
+
+    path = Path(model)
+    if path.name == TINY_MODEL_NAME and not (path / "model_index.json").exists():
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        make_tiny_pipeline(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(path.resolve()) if path.exists() else model

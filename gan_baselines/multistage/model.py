@@ -502,6 +502,23 @@ class MultistageGANGenerator(Generator):
         self.dilation = cfg.dilation if dilation is None else int(dilation)
 
     @classmethod
+    def from_init_args(cls, init_args: dict | None = None) -> "MultistageGANGenerator":
+        """Unfitted: `config` (e.g. configs/gan/multistage_small.yaml) + MultistageConfig keys."""
+        from gan_baselines.harness import config_from_init_args
+        from gan_baselines.multistage.train import MultistageConfig
+
+        self = cls.__new__(cls)
+        self.cfg = config_from_init_args(MultistageConfig, init_args, "multistage")
+        return self
+
+    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
+        """Train both stages on `dataset` (`train`); returns `<output_dir>/final`."""
+        from gan_baselines.harness import fit_config
+        from gan_baselines.multistage.train import train
+
+        return train(fit_config(self.cfg, dataset, output_dir, seed))
+
+    @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
                         **kwargs) -> "MultistageGANGenerator":
         """Load `<run>/final` (config.yaml, weights.safetensors, style_encoder.safetensors)."""
