@@ -33,7 +33,7 @@ def _cfg(data, eval_data, model, out, **kw):
     values = dict(data_dir=str(data), eval_data=str(eval_data), output_dir=str(out),
                   max_images=None, segmenter=SEG, synthetic_counts=[2], generators=generators,
                   leave_out={"defect_type": LEFT_OUT, "generators": ["real_only", "copy_paste"],
-                             "tasks": ["segmenter"]})
+                             "tasks": ["segmenter", "openset"]})
     return load_config(BenchmarkConfig, PROFILE, **{**values, **kw})
 
 
@@ -67,12 +67,12 @@ def test_every_planned_cell_is_run_and_reported(bench):
             f"segmenter-without_{LEFT_OUT}-copy_paste-n2-s0"} <= done
     results = json.loads((out / "results.json").read_text())
     assert {e["cell"] for e in results["errors"]} == failed
-    assert all("nonexistent" in e["error"] for e in results["errors"])
+    assert all("no_such_class" in e["error"] for e in results["errors"])
     assert report["run"]["cells_failed"] == len(failed)
     assert results["eval_source"][0] == {"kind": "eval_data", "path": str(cfg.eval_data)}
     for row in results["rows"]:
         assert row["seeds"] == [0, 1, 2], row
-        metric = "pixel_ap" if row["task"] == "segmenter" else "map50"
+        metric = {"segmenter": "pixel_ap", "rtdetr": "map50", "openset": "auroc"}[row["task"]]
         assert math.isfinite(row[metric]["mean"]) and math.isfinite(row[f"delta_{metric}"]["mean"])
     md = (out / "results.md").read_text()
     for text in ("## Segmenter", "## RT-DETR", "## Generators", "Open question 1", "Open question 2",
@@ -155,6 +155,24 @@ def test_generators_report_cost_and_generation_metrics(bench):
     assert "tiny RANDOM" in gens["defectfill"]["base_model"]["note"]
     with Image.open(out / "gallery_s0.png") as im:  # clean | mask | copy_paste | defectfill
         assert im.width > im.height
+
+
+def test_open_set_cells_answer_the_unknown_type_with_dfc(bench):
+    cfg, out, report = bench
+    for gen, n in (("real_only", 0), ("copy_paste", 2)):
+        for seed in cfg.seeds:
+            cell = _cell(out, f"openset-without_{LEFT_OUT}-{gen}-n{n}-s{seed}")
+            o = cell["openset"]
+            assert LEFT_OUT not in cell["classes"] and len(cell["classes"]) >= 2
+            assert o["novel"] > 0 and o["known"] > 0 and 0 <= o["auroc"] <= 1
+            assert cell["synthetic_used"] == n
+            # the unknown threshold was chosen on the training crops: about (1 - quantile) of them flagged
+            assert cell["metrics"]["novel_flagged"] == o["novel_flagged_fraction"]
+    md = (out / "results.md").read_text()
+    assert f"## Unknown defect type `{LEFT_OUT}` answered with DFC" in md
+    assert "## The fusion question" in md and "boundary Fréchet" in md
+    rows = {r["generator"]: r for r in report["generators"]}
+    assert rows["copy_paste"]["boundary_frechet"]["n"] == len(cfg.seeds)
 
 
 def test_second_run_skips_every_finished_cell_and_retries_failures(bench, woven_root, eval_root, tiny_model_dir):
@@ -243,7 +261,7 @@ def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
     assert lock.read_text().startswith(f"{os.getpid()}@")
 
 
-@pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_gpu", "aitex_gpu_sd2"])
+@pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_cpu_new_fabric", "aitex_gpu", "aitex_gpu_sd2"])
 def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
     from defectfill.config import GenerateConfig
     from defectfill.detect.rtdetr import DetectorConfig
@@ -252,12 +270,16 @@ def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
 
     cfg = load_config(BenchmarkConfig, REPO / "configs" / "benchmark" / f"{profile}.yaml")
     units = plan(cfg)
-    assert {c.task for u in units for c in u.cells} == ({"segmenter"} if profile == "aitex_cpu" else
-                                                        {"segmenter", "rtdetr"})
-    if profile != "aitex_quick":  # the comparison profiles run both protocols
+    tasks = {"aitex_quick": {"segmenter", "rtdetr", "openset"}, "aitex_cpu": {"segmenter", "openset"},
+             "aitex_cpu_new_fabric": {"segmenter"}}.get(profile, {"segmenter", "rtdetr"})
+    assert {c.task for u in units for c in u.cells} == tasks
+    if profile not in ("aitex_quick", "aitex_cpu"):  # the other comparison profiles run both protocols
         assert {u.data for u in units} >= {"main", "new_fabric_02", "new_fabric_03"}
+    if "openset" in tasks:  # only where a defect type is left out (the unknown class)
+        assert {u.data for u in units if any(c.task == "openset" for c in u.cells)} == {f"without_{cfg.leave_out['defect_type']}"}
     assert {u.spec["class_path"] for u in units} == {"real_only", "copy_paste", "dgt", "defectfill"} | (
-        set() if profile == "aitex_quick" else {"multistage", "r3gan"})
+        set() if profile == "aitex_quick" else {"multistage"} if profile == "aitex_cpu_new_fabric"
+        else {"multistage", "r3gan"})
     load_config(SegmenterConfig, **cfg.segmenter)
     detector = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
     load_config(DetectorConfig, **detector)

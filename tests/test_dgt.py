@@ -1,7 +1,9 @@
 """DGT baseline: codes, stochastic smoothing, region losses, training (bce / r3gan, grids,
-checkpoints, resume, aux hook), DGTGenerator and generation end to end, a short AITEX run."""
+checkpoints, resume, aux hook, the DIS and DFC downstream terms), DGTGenerator (init_args, fit,
+from_checkpoint) and generation end to end, a short AITEX run."""
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +17,8 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from defectfill.config import load_config
+from defectfill.downstream.dis import heat_map
+from defectfill.errors import ConfigError
 from gan_baselines.dgt import (
     DGTConfig,
     DGTGenerator,
@@ -22,6 +26,9 @@ from gan_baselines.dgt import (
     background_l1,
     blend_l1,
     boundary_band,
+    build_downstream,
+    downstream_g_loss,
+    load_downstream,
     fill_region,
     foreground_code,
     foreground_l1,
@@ -29,7 +36,7 @@ from gan_baselines.dgt import (
     train,
 )
 from gan_baselines.dgt.model import smoothed_codes
-from gan_baselines.dgt.train import build_networks, pick_fabric_crops
+from gan_baselines.dgt.train import build_networks, pick_fabric_crops, run_generator
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_YAML = REPO / "configs" / "gan" / "dgt_small.yaml"
@@ -76,7 +83,8 @@ def make_dataset(root: Path, n_per_class=3, n_good=3, h=64, w=160) -> Path:
 def tiny_cfg(data: Path, out: Path, **kw) -> DGTConfig:
     base = dict(data_dir=str(data), output_dir=str(out), crop_size=32, resolution=32, batch_size=4, max_steps=30,
                 lr_g=2e-3, lr_d=1e-3, g_channels=8, g_depth=2, d_channels=8, d_layers=2, checkpointing_steps=15,
-                sample_every=10, log_every=1, grid_samples=2, sigma_max=1.5, dilation=3)
+                sample_every=10, log_every=1, grid_samples=2, sigma_max=1.5, dilation=3,
+                dis_width=8, dis_depth=2, dfc_pretrained=False, dfc_hidden=16)  # small DIS, CNN DFC: fast
     base.update(kw)
     return DGTConfig(**base)
 
@@ -104,11 +112,15 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("dgt") / "data")
 
 
+# 30 bce steps with a plain (non-residual) generator head (all three L1 terms start high) and the
+# ImageNet EfficientNet-Lite0 DFC encoder (learns the two classes within 30 steps; the CNN does not)
+BCE_RUN = {"loss": "bce", "residual": False, "dfc_pretrained": True}
+
+
 @pytest.fixture(scope="module")
 def bce_run(data, tmp_path_factory) -> Path:
-    """30 bce steps with a plain (non-residual) generator head: all three L1 terms start high."""
     out = tmp_path_factory.mktemp("dgt") / "bce"
-    final = train(tiny_cfg(data, out, loss="bce", residual=False))
+    final = train(tiny_cfg(data, out, **BCE_RUN))
     assert final == out / "final"
     return out
 
@@ -244,14 +256,21 @@ def test_bce_training_reduces_l1_terms_writes_grids_and_checkpoints(bce_run):
     config = yaml.safe_load((bce_run / "final" / "config.yaml").read_text())
     assert config["baseline"] == "dgt" and config["defect_classes"] == CLASSES and config["channels"] == 1
     weights = load_file(str(bce_run / "final" / "weights.safetensors"))
-    assert any(k.startswith("G.") for k in weights) and any(k.startswith("D.") for k in weights)
+    for module in ("G", "D", "DIS", "DFC"):
+        assert any(k.startswith(module + ".") for k in weights), module
+    assert config["modules"] == ["G", "D", "DIS", "DFC"]
+    for key in ("loss_dis", "loss_dfc", "loss_g_dis", "loss_g_dfc"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    for key, factor in (("loss_dis", 0.95), ("loss_dfc", 0.9)):  # DIS and DFC learn on real + generated crops
+        early, late = early_late(rows, key)
+        assert late < factor * early, (key, early, late)
 
 
 def test_resume_from_checkpoint_replays_the_run(bce_run, data, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copytree(bce_run / "checkpoint-15", out / "checkpoint-15")
-    final = train(tiny_cfg(data, out, loss="bce", residual=False), resume_from_checkpoint="latest")
+    final = train(tiny_cfg(data, out, **BCE_RUN), resume_from_checkpoint="latest")
     assert [r["step"] for r in metrics(out)] == list(range(16, 31))
     a, b = load_file(str(bce_run / "final" / "weights.safetensors")), load_file(str(final / "weights.safetensors"))
     assert a.keys() == b.keys()
@@ -279,7 +298,8 @@ def test_aux_loss_hook_is_called_and_its_gradient_reaches_g(data, tmp_path):
         output.register_hook(lambda g: grads.append(g.abs().sum().item()))
         return (output * mask).mean()
 
-    only_aux = dict(max_steps=2, lambda_fg=0.0, lambda_bg=0.0, lambda_blend=0.0, lambda_adv=0.0, lambda_aux=1.0)
+    only_aux = dict(max_steps=2, lambda_fg=0.0, lambda_bg=0.0, lambda_blend=0.0, lambda_adv=0.0, lambda_aux=1.0,
+                    lambda_dis=0.0, lambda_dfc=0.0)
     cfg = tiny_cfg(data, tmp_path / "aux", **only_aux)
     torch.manual_seed(cfg.seed)  # train() seeds like this before building the networks
     g0, _ = build_networks(cfg, 2, 1)
@@ -292,6 +312,97 @@ def test_aux_loss_hook_is_called_and_its_gradient_reaches_g(data, tmp_path):
     assert len(grads) == 2 and all(g > 0 for g in grads)
     assert all(torch.equal(without[k], init[k]) for k in init)  # no loss on G: G stays at its init
     assert any(not torch.equal(with_aux[k], init[k]) for k in init)  # the aux gradient moved G
+    assert not any(k.startswith(("DIS.", "DFC.")) for k in without)  # lambda 0: no DIS / DFC module
+    rows = metrics(tmp_path / "noaux")
+    assert not any(k in r for r in rows for k in ("loss_dis", "loss_dfc", "loss_g_dis", "loss_g_dfc"))
+
+
+@pytest.mark.parametrize("dfc_pretrained", [False, True])
+def test_each_downstream_term_reaches_g(data, dfc_pretrained):
+    """lambda_dis * dis_loss(DIS(G(...)), mask) and lambda_dfc * CE(DFC(G(...)), class) each put a
+    gradient on G's parameters on their own (through the frozen ImageNet encoder too); lambda 0: none."""
+    cfg = tiny_cfg(data, data / "unused", dfc_pretrained=dfc_pretrained)
+    torch.manual_seed(0)
+    g, _ = build_networks(cfg, 2, 1)
+    modules = build_downstream(cfg, 2, 1)
+    assert set(modules) == {"DIS", "DFC"}
+    background = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[:, :, 10:20, 12:22] = 1
+    labels = torch.tensor([0, 1, 0, 1])
+
+    def g_grad(lambda_dis: float, lambda_dfc: float) -> tuple[float, dict]:
+        g.zero_grad(set_to_none=True)
+        fake = run_generator(g, background, masks, labels, 2, cfg, torch.Generator().manual_seed(0))
+        c = dataclasses.replace(cfg, lambda_dis=lambda_dis, lambda_dfc=lambda_dfc)
+        loss, parts = downstream_g_loss(fake, masks, labels, modules["DIS"], modules["DFC"], c)
+        (loss + 0.0 * fake.sum()).backward()  # the zero term keeps backward valid when nothing is on
+        return sum(float(p.grad.abs().sum()) for p in g.parameters() if p.grad is not None), parts
+
+    dis_only, parts = g_grad(1.0, 0.0)
+    assert dis_only > 0 and set(parts) == {"loss_g_dis"}
+    dfc_only, parts = g_grad(0.0, 1.0)
+    assert dfc_only > 0 and set(parts) == {"loss_g_dfc"}
+    both, parts = g_grad(0.0, 0.0)
+    assert both == 0.0 and parts == {}
+    assert g_grad(2.0, 0.0)[0] == pytest.approx(2 * dis_only, rel=1e-4)  # the weight scales the term
+
+
+# ---- the Generator interface: init_args, fit, from_checkpoint ----
+
+def test_init_args_fit_writes_dis_and_dfc_and_from_checkpoint_synthesizes(woven_root, tmp_path):
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.generators import build_unfitted
+
+    small = {"max_steps": 2, "crop_size": 32, "resolution": 32, "batch_size": 2, "g_channels": 8, "g_depth": 2,
+             "d_channels": 8, "d_layers": 2, "checkpointing_steps": 100, "sample_every": 100, "log_every": 1,
+             "dis_width": 8, "dis_depth": 2}
+    gen = DGTGenerator.from_init_args({"config": str(SMALL_YAML), **small})
+    assert not gen.fitted and gen.cfg.max_steps == 2 and gen.cfg.g_channels == 8
+    assert gen.cfg.lambda_dis == 1.0 and gen.cfg.dfc_pretrained  # from the YAML: the ImageNet DFC encoder
+    clean = np.asarray(Image.open(min((woven_root / "good").iterdir())))
+    yy, xx = np.mgrid[:clean.shape[0], :clean.shape[1]]
+    mask = (yy - 60) ** 2 + (xx - 200) ** 2 <= 25
+    with pytest.raises(RuntimeError, match="not fitted"):
+        gen.synthesize(clean, mask, seed=0)
+
+    final = gen.fit(load_reference_dataset(woven_root), tmp_path / "fit", seed=0)
+    assert final == tmp_path / "fit" / "final" and gen.fitted
+    weights = load_file(str(final / "weights.safetensors"))
+    for module in ("G", "D", "DIS", "DFC"):
+        assert any(k.startswith(module + ".") for k in weights), module
+    config = yaml.safe_load((final / "config.yaml").read_text())
+    assert config["data_dir"] == str(woven_root) and config["seed"] == 0 and config["max_steps"] == 2
+    rows = metrics(tmp_path / "fit")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(k in rows[-1] for k in ("loss_dis", "loss_dfc", "loss_g_dis", "loss_g_dfc"))
+
+    loaded = DGTGenerator.from_checkpoint(final)  # loads G only
+    a, info = loaded.synthesize(clean, mask, seed=1)
+    b, _ = gen.synthesize(clean, mask, seed=1)  # fit loaded the trained G into the instance
+    assert a.shape == clean.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert info["defect_class_used"] in config["defect_classes"]
+    assert isinstance(build_unfitted("dgt", {"max_steps": 2}), DGTGenerator)
+
+    downstream = load_downstream(final)  # the trained DIS and DFC
+    crop = torch.from_numpy(clean[:32, :32].astype(np.float32) / 255)[None, None]
+    assert heat_map(downstream["DIS"], crop).shape == (1, 32, 32)
+    assert downstream["DFC"](crop).shape == (1, len(config["defect_classes"]))
+    assert torch.equal(downstream["DIS"].head.weight, weights["DIS.head.weight"])
+
+
+def test_init_args_errors(tmp_path):
+    with pytest.raises(ConfigError, match="max_step, nope"):
+        DGTGenerator.from_init_args({"max_step": 2, "nope": 1})
+    with pytest.raises(ConfigError, match="input_fill"):
+        DGTGenerator.from_init_args({"input_fill": "blur"})
+    with pytest.raises(ConfigError, match="lambda_dis"):
+        DGTGenerator.from_init_args({"lambda_dis": -1})
+    with pytest.raises(ConfigError, match="not found"):
+        DGTGenerator.from_init_args({"config": str(tmp_path / "missing.yaml")})
+    gen = DGTGenerator.from_init_args({"config": str(SMALL_YAML), "lambda_dfc": 0, "max_samples": None})
+    assert gen.cfg.lambda_dfc == 0 and gen.cfg.resolution == 64 and gen.cfg.max_samples is None
+    DGTGenerator.check_init_args({"max_steps": 5})
 
 
 # ---- inference ----

@@ -23,9 +23,11 @@ TASK_METRICS = {
     "segmenter": ("pixel_ap", "pixel_ap_macro", "pixel_ap_all_pixels", "tile_auroc", "pixel_f1@threshold",
                   "pixel_f1@0.5", "tile_recall@threshold"),
     "rtdetr": ("map50", "map50_95", "precision", "recall", "f1"),
+    "openset": ("auroc", "novel_flagged", "known_false_unknown", "known_accuracy", "known_accuracy_open"),
 }
-HEADLINE = {"segmenter": "pixel_ap", "rtdetr": "map50"}
-RECALL = {"segmenter": "tile_recall@threshold", "rtdetr": "recall"}
+HEADLINE = {"segmenter": "pixel_ap", "rtdetr": "map50", "openset": "auroc"}
+RECALL = {"segmenter": "tile_recall@threshold", "rtdetr": "recall", "openset": "novel_flagged"}
+SEEN_UNSEEN_TASKS = ("segmenter", "rtdetr")  # tasks with cells in both the main and the leave-out setting
 NEAR_ZERO_MAP50 = 0.05
 
 
@@ -137,6 +139,11 @@ def generator_rows(cells: list[dict]) -> list[dict]:
         row["lpips"] = described.get("lpips")
         row["metric_errors"] = sorted({g["error"] for g in gm if g.get("error")} |
                                       {g["skipped"] for g in gm if g.get("skipped")})
+        br = [r.get("boundary_realism") or {} for r in rs]
+        row["boundary_frechet"] = mean_std([b.get("boundary_frechet") for b in br])
+        row["boundary_kid"] = mean_std([b.get("boundary_kid") for b in br])
+        row["boundary_crops"] = next(({k: b.get(k) for k in ("crop", "per_image", "extractor")} for b in br
+                                      if b.get("extractor")), None)
         row["base_model"] = next((r["base_model"] for r in rs if r.get("base_model")), None)
         row["inspection"] = inspection_row([r.get("inspection") or {} for r in rs])
         rows.append(row)
@@ -361,7 +368,7 @@ def write_report(output_dir: str | Path) -> dict:
     for s in without:
         t = s[len("without_"):]
         leave_out[s] = {task: {m: paired_settings(cells, task, MAIN, s, m, f"type_{t}")
-                               for m in (RECALL[task], HEADLINE[task])} for task in TASK_METRICS}
+                               for m in (RECALL[task], HEADLINE[task])} for task in SEEN_UNSEEN_TASKS}
     recall = per_type_recall(cells)
     new_fabric = [s for s in settings if s.startswith("new_")]
     type_ap = {s: per_type_ap(cells, s) for s in [MAIN, *new_fabric]}
@@ -509,6 +516,34 @@ def _markdown(report: dict) -> list[str]:
             for metric, tables in by_metric.items():
                 lines += [f"| {task} | {r['generator']} | {r['count']} | {metric} | {_fmt(r['a'])} | {_fmt(r['b'])} | "
                           f"{_fmt(r['delta'])} |" for r in tables]
+    for setting in sorted({r["setting"] for r in rows if r["task"] == "openset"}):
+        t = setting[len("without_"):]
+        lines += ["", f"## Unknown defect type `{t}` answered with DFC (open-set classification)", "",
+                  f"DFC (DGT's open-set classifier: frozen ImageNet EfficientNet-Lite0 features, an embedding + "
+                  f"classifier head, OpenMax recalibration with per-class Weibull tails via scipy) trained on the "
+                  f"real defect crops of the known types (+ each generator's samples, which never saw `{t}`); its "
+                  f"unknown threshold is chosen on its training crops. Scored on the evaluation images: `{t}` is the "
+                  "unknown class. novel_flagged = fraction of `{t}` defects flagged unknown; known_false_unknown = "
+                  "known-type defects flagged unknown; AUROC of the unknown score (known vs `{t}`).".replace("{t}", t),
+                  ""]
+        lines += _table(rows, "openset", setting)
+    fusion = [g for g in report["generators"] if g.get("boundary_frechet", {}).get("n")]
+    if fusion:
+        seg = {r["generator"]: r for r in rows if r["task"] == "segmenter" and r["setting"] == MAIN}
+        about = next((g["boundary_crops"] for g in fusion if g.get("boundary_crops")), {}) or {}
+        lines += ["", "## The fusion question: boundary realism and downstream delta", "",
+                  "Does a single-stage generator (R3GAN: clean crop + mask + class → defect, RpGAN + R1 + R2 only, no "
+                  "fusion network) match the Multistage GAN's explicit fusing network where the defect meets the "
+                  f"fabric? Boundary Fréchet / KID: {about.get('crop')} px crops centred on {about.get('per_image')} "
+                  "points of each mask's outline (source scale), generated vs the real training defects, on "
+                  f"{about.get('extractor')}. Lower = closer to real seams. Same seeds as the tables above.", "",
+                  "| generator | seeds | boundary Fréchet | boundary KID | segmenter Δ pixel AP | per seed |",
+                  "|---|---|---|---|---|---|"]
+        for g in fusion:
+            r = seg.get(g["generator"])
+            delta = r["delta_pixel_ap"] if r else None
+            lines.append(f"| {g['generator']} | {len(g['seeds'])} | {_fmt(g['boundary_frechet'], 2)} | "
+                         f"{_fmt(g['boundary_kid'], 4)} | {_fmt(delta)} | {_per_seed(delta) if delta else '–'} |")
     lines += ["", "## Fallbacks (one sidecar per generator)", ""]
     for name, found in sorted(report["fallbacks"].items()):
         if found is not None:

@@ -49,6 +49,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from defectfill.benchmark.worker import STOP_ERRNOS
 from defectfill.config import load_config
 from defectfill.errors import ConfigError, DataError, OutputError, check_writable, one_line_errors, output_errors
@@ -56,7 +58,8 @@ from defectfill.runinfo import atomic_write_text, package_versions
 
 REAL_ONLY = "real_only"
 NEW_FABRIC = "new_"  # setting prefix of the new-fabric protocol: new_<fabric type>
-TASKS = ("segmenter", "rtdetr")
+TASKS = ("segmenter", "rtdetr", "openset")
+OPENSET = "openset"  # DFC open-set classification: only in the leave_out setting (the left-out type is the unknown)
 MAIN = "main"
 # class_path (or its short spelling kind) + init_args (or fit): the generator registry's YAML names
 GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts"})
@@ -91,6 +94,8 @@ class BenchmarkConfig:
     detector: dict = field(default_factory=dict)  # DetectorConfig overrides + steps (+ eval_good_tiles_per_image)
     generate: dict = field(default_factory=dict)  # GenerateConfig overrides for every generator
     metrics: dict = field(default_factory=dict)  # generation_metrics keywords (crop, features, ...)
+    boundary: dict = field(default_factory=dict)  # boundary_realism keywords (crop, per_image)
+    openset: dict = field(default_factory=dict)  # DFCConfig overrides (the open-set task's classifier)
     label_noise: dict | None = None  # {split_long: 4.0, generators: [real_only, ...]} (RT-DETR only)
     leave_out: dict | None = None  # {defect_type: nep, generators: [...], tasks: [...]}
     # new-fabric protocol: {targets: [fabric_02, ...], generators: [...], tasks: [...]} (see NEW_FABRIC)
@@ -151,6 +156,9 @@ class BenchmarkConfig:
             raise ConfigError("label_noise.split_long must be an aspect ratio >= 1")
         if self.leave_out is not None and not self.leave_out.get("defect_type"):
             raise ConfigError("leave_out.defect_type is required")
+        if OPENSET in self.tasks and (self.leave_out is None or OPENSET not in self.leave_out.get("tasks", self.tasks)):
+            raise ConfigError("tasks: openset needs leave_out with openset in its tasks (the left-out defect type "
+                              "is the unknown class)")
         if self.new_fabric is not None:
             targets = self.new_fabric.get("targets")
             if not targets or not all(isinstance(t, str) and t for t in targets):
@@ -233,7 +241,7 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
     for seed in cfg.seeds:
         for spec in cfg.generators:
             ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
-            cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks for n in ns]
+            cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks if t != OPENSET for n in ns]
             if cfg.label_noise and "rtdetr" in cfg.tasks and \
                     spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
                 tag = f"split_long{cfg.label_noise['split_long']:g}"
@@ -248,7 +256,7 @@ def plan(cfg: BenchmarkConfig) -> list[Unit]:
                     cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
                     units.append(Unit(seed, data, spec, cells))
         if cfg.new_fabric:
-            tasks = [t for t in cfg.new_fabric.get("tasks", cfg.tasks) if t in cfg.tasks]
+            tasks = [t for t in cfg.new_fabric.get("tasks", cfg.tasks) if t in cfg.tasks and t != OPENSET]
             for target in cfg.new_fabric["targets"]:
                 data = f"{NEW_FABRIC}{target}"
                 for spec in cfg.generators:
@@ -682,6 +690,45 @@ def _segmenter_cell(ctx: Context, cell: Cell, train_imgs, val_imgs, synthetic) -
             "synthetic_positive_crops": log.get("synthetic_positive_crops")}
 
 
+def _openset_cell(ctx: Context, cell: Cell, pool_dir: Path, gen_dir: Path | None) -> dict:
+    """DFC (defectfill.downstream.openset) trained on the pool's real defect crops (the left-out type is
+    not among them) plus the first ``cell.count`` generated samples (their sidecar class), then scored
+    on the evaluation images: known types vs the left-out type (open-set AUROC, fraction of the unknown
+    type flagged, false-unknown rate on known types). Crops: ``crop_around_masks`` on both sides."""
+    from defectfill.downstream.openset import DFCConfig, train_dfc
+    from defectfill.metrics import load_dataset_crops, load_reference_crops
+
+    dfc_cfg = load_config(DFCConfig, **{**ctx.cfg.openset, "seed": cell.seed})
+    size = dfc_cfg.crop
+    real = load_reference_crops(pool_dir, size)
+    pool_types = _defect_types(pool_dir)
+    images, labels = list(real.images), [pool_types[n] for n in real.names]
+    synthetic = []
+    if gen_dir is not None and cell.count:
+        for cls in sorted(set(labels)):
+            got = load_dataset_crops(gen_dir, size, defect_class=cls)
+            synthetic += [(name, img, cls) for name, img in zip(got.names, got.images)]
+        synthetic = sorted(synthetic, key=lambda t: t[0])[:cell.count]
+    images += [img for _, img, _ in synthetic]
+    labels += [cls for _, _, cls in synthetic]
+    t0 = time.perf_counter()
+    dfc = train_dfc(np.stack(images), labels, dfc_cfg)
+    ev = load_reference_crops(ctx.eval_dir, size)
+    ev_types = _defect_types(ctx.eval_dir)
+    known = [i for i, n in enumerate(ev.names) if ev_types[n] in dfc.classes]
+    novel = [i for i, n in enumerate(ev.names) if ev_types[n] == ctx.left_out]
+    if not known or not novel:
+        raise DataError(f"{ctx.eval_dir}: open-set evaluation needs defects of known types and of "
+                        f"{ctx.left_out!r}; got {len(known)} known and {len(novel)} unknown")
+    report = dfc.evaluate(ev.images[known], [ev_types[ev.names[i]] for i in known], ev.images[novel])
+    metrics = {"auroc": report["auroc"], "novel_flagged": report["novel_flagged_fraction"],
+               "known_false_unknown": report["known_false_unknown_rate"], "known_accuracy": report["known_accuracy"],
+               "known_accuracy_open": report["known_accuracy_open"]}
+    return {"metrics": metrics, "evaluations": {"all": metrics}, "openset": report, "config": asdict(dfc_cfg),
+            "classes": dfc.classes, "train_real_crops": len(real), "synthetic_used": len(synthetic),
+            "steps": dfc_cfg.steps, "seconds": time.perf_counter() - t0, "dfc_log": dfc.log}
+
+
 def _detector_cell(ctx: Context, cell: Cell, unit_dir: Path, pool_dir: Path, val_ids: set[str],
                    gen_dir: Path | None) -> dict:
     from defectfill.benchmark.worker import run_job
@@ -724,6 +771,17 @@ def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path, cl
         run["generation_metrics"]["seconds"] = time.perf_counter() - t0
     except Exception as exc:  # metrics are a report column, not a reason to lose the cell
         run["generation_metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        from defectfill.benchmark.gallery import boundary_realism
+
+        t0 = time.perf_counter()
+        keys = ("features", "features_weights", "device")
+        run["boundary_realism"] = boundary_realism(gen_dir, train_dir, seed=unit.seed,
+                                                   **{k: v for k, v in ctx.cfg.metrics.items() if k in keys},
+                                                   **ctx.cfg.boundary)
+        run["boundary_realism"]["seconds"] = time.perf_counter() - t0
+    except Exception as exc:
+        run["boundary_realism"] = {"error": f"{type(exc).__name__}: {exc}"}
     atomic_write_text(cached, json.dumps(run, indent=2, default=str))
     return run
 
@@ -773,6 +831,8 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
                     val_imgs = [im for im in pool if im.source_id in val_ids]
                     synthetic_all = images_from_synthetic(gen_dir, ctx.seg.in_channels) if gen_dir else []
                 result = _segmenter_cell(ctx, cell, train_imgs, val_imgs, synthetic_all[:cell.count])
+            elif cell.task == OPENSET:
+                result = _openset_cell(ctx, cell, pool_dir, gen_dir)
             else:
                 result = _detector_cell(ctx, cell, unit_dir, pool_dir, val_ids, gen_dir)
         except Exception as exc:
@@ -792,7 +852,8 @@ def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
         (cell_dir / "error.json").unlink(missing_ok=True)
         main = result["metrics"]
         score = (f"pixel AP {main['pixel_ap']:.4f}" if cell.task == "segmenter"
-                 else f"mAP50 {main['map50'] or 0:.4f} recall {main['recall'] or 0:.3f}")
+                 else f"open-set AUROC {main['auroc']:.3f}, unknown flagged {main['novel_flagged']:.2f}"
+                 if cell.task == OPENSET else f"mAP50 {main['map50'] or 0:.4f} recall {main['recall'] or 0:.3f}")
         _log(f"{cell.name}: {score} ({time.perf_counter() - start:.0f} s)")
         done += 1
     return done
@@ -806,7 +867,7 @@ def _first_sidecar(root: Path | None) -> str | None:
 
 
 GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
-             "detector", "generate", "metrics", "label_noise", "leave_out", "new_fabric")
+             "detector", "generate", "metrics", "boundary", "openset", "label_noise", "leave_out", "new_fabric")
 
 
 def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
@@ -860,6 +921,10 @@ def check_settings(cfg: BenchmarkConfig) -> None:
     from defectfill.downstream.segmenter import SegmenterConfig
 
     _sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
+    if OPENSET in cfg.tasks:
+        from defectfill.downstream.openset import DFCConfig
+
+        _sub_config(DFCConfig, cfg.openset, "openset")
     if "rtdetr" in cfg.tasks:
         from defectfill.detect.rtdetr import DetectorConfig
 

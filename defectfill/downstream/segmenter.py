@@ -42,7 +42,7 @@ from defectfill.runinfo import atomic_write_text
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "segmenter.json"
 FORMAT = "defectfill-segmenter/1"
-ARCHS = ("unet_lite0", "fpn_lite0", "deeplabv3plus_lite0", "unet")
+ARCHS = ("unet_lite0", "fpn_lite0", "deeplabv3plus_lite0", "unet", "dis_unet")
 
 
 @dataclass
@@ -50,13 +50,15 @@ class SegmenterConfig:
     """Segmenter and training settings (defaults: the CPU-scale setting measured on AITEX)."""
 
     # "unet_lite0" / "fpn_lite0" / "deeplabv3plus_lite0": segmentation-models-pytorch decoders on
-    # the EfficientNet-Lite0 encoder (defectfill.backbones); "unet": the plain U-Net from scratch
+    # the EfficientNet-Lite0 encoder (defectfill.backbones); "unet": the plain U-Net from scratch;
+    # "dis_unet": DGT's DIS U-Net (defectfill.downstream.dis, GroupNorm, random init)
     arch: str = "unet_lite0"
     encoder_weights: str = "imagenet"  # "imagenet" (the packaged weights) or "random" (explicit only)
     trainable_stages: int = 0  # last encoder stages trained (0: frozen encoder, 7: all)
     decoder_channels: int = 32  # width of the smp decoder's first stage (halved per stage, at least 8)
-    base_channels: int = 16  # plain "unet" only
-    depth: int = 4  # plain "unet" only: number of 2x downsamplings; widths base * 2**i, i = 0..depth
+    base_channels: int = 16  # plain "unet" / "dis_unet" only (dis_unet: its `width`)
+    depth: int = 4  # plain "unet" / "dis_unet" only: number of 2x downsamplings; widths base * 2**i, i = 0..depth
+    # (dis_unet caps them at 8 * base)
     in_channels: int = 1  # 1 grey, 3 RGB (must match the tiles)
     pos_weight: float = 20.0  # BCE weight of defect pixels
     lr: float = 1e-3
@@ -211,6 +213,10 @@ def build_model(cfg: SegmenterConfig, load_weights: bool = True) -> nn.Module:
         torch.manual_seed(cfg.seed)
         if cfg.arch == "unet":
             return UNet(cfg.in_channels, cfg.base_channels, cfg.depth)
+        if cfg.arch == "dis_unet":
+            from defectfill.downstream.dis import DISUNet
+
+            return DISUNet(cfg.in_channels, cfg.base_channels, cfg.depth)
         return PretrainedSegmenter(cfg.arch, load_weights and cfg.encoder_weights == "imagenet",
                                    cfg.trainable_stages, cfg.decoder_channels)
 

@@ -218,6 +218,33 @@ def crop_around_masks(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[n
     return np.ascontiguousarray(img), np.ascontiguousarray(msk)
 
 
+def boundary_points(mask: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (y, x) pixels on the mask's boundary (mask pixels with a 4-neighbour outside
+    it), evenly spaced through the boundary pixels in row-major order: deterministic, spread along
+    the outline."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    ys, xs = np.nonzero(edge)
+    if ys.size == 0:
+        return []
+    picks = np.unique(np.linspace(0, ys.size - 1, min(count, ys.size)).round().astype(int))
+    return [(int(ys[i]), int(xs[i])) for i in picks]
+
+
+def boundary_crops(image: np.ndarray, mask: np.ndarray, size: int, count: int = 4) -> list[np.ndarray]:
+    """``size`` x ``size`` crops of ``image`` centred on ``boundary_points(mask, count)``, at the source
+    scale (no resizing: the seam between defect and fabric as the pixels have it), reflect-padded at
+    the image border. The region where a defect meets its surroundings is where a pasted or fused
+    defect shows its seam."""
+    image = np.asarray(image)
+    half = size // 2
+    pad = [(half, size - half)] * 2 + [(0, 0)] * (image.ndim - 2)
+    padded = np.pad(image, pad, mode="reflect")
+    return [np.ascontiguousarray(padded[y:y + size, x:x + size]) for y, x in boundary_points(mask, count)]
+
+
 @dataclass
 class DefectCrops:
     """Defect-centred crops of a dataset: ``images`` uint8 (N, S, S, 3), ``masks`` bool (N, S, S)."""

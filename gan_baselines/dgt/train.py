@@ -9,10 +9,21 @@ defect-free crops from `good/` (mostly-white off-fabric crops skipped; filled th
 the input distribution matches), and is trained by the adversarial loss only. Inference fills the window the same way before G runs.
 The discriminator (PatchGAN, optionally mask-conditioned) compares each fake with the real crop
 its mask came from, so real and fake share the conditioning mask.
+
+DGT's two downstream modules train jointly with G, each with its own Adam: DIS (defect image
+segmentation, `defectfill.downstream.dis.DISUNet`, loss `dis_loss` = BCE + soft Dice) on the real
+crops and the (detached) generated crops with their true masks, and DFC (defect feature
+classification, `defectfill.downstream.openset.DFCNet`, cross-entropy) on the real and generated
+crops' classes. G's loss then gets `lambda_dis * dis_loss(DIS(fake), masks) + lambda_dfc *
+CE(DFC(fake), labels)`, back-propagated through the two modules into G, so G learns defects that
+a segmenter can find and a classifier can tell apart. `lambda_dis = 0` / `lambda_dfc = 0` leaves
+the module out entirely. The final folder holds G, D, DIS and DFC weights (`from_checkpoint`
+loads only G). DIS and DFC see images in [0, 1] (the benchmark's segmenter convention).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from defectfill.errors import ConfigError
 from defectfill.generators import Generator
@@ -62,6 +74,15 @@ class DGTConfig(GANTrainConfig):
     band_width: int = 2  # blended region: ±band_width pixels around the mask boundary
     lambda_adv: float = 1.0
     lambda_aux: float = 1.0  # weight of aux_loss_fn(output, mask, labels) when one is given
+    # DGT's downstream modules (trained jointly; their losses on G's output are added to G's loss)
+    lambda_dis: float = 1.0  # weight of dis_loss(DIS(fake), mask) in G's loss; 0: no DIS module
+    lambda_dfc: float = 1.0  # weight of CE(DFC(fake), class) in G's loss; 0: no DFC module
+    lr_dis: float = 1e-3
+    lr_dfc: float = 1e-3
+    dis_width: int = 16  # DIS U-Net: first-level channels
+    dis_depth: int = 3  # DIS U-Net: 2x downsamplings
+    dfc_pretrained: bool = True  # DFC encoder: frozen ImageNet EfficientNet-Lite0; False: small CNN from scratch
+    dfc_hidden: int = 64  # DFC embedding size
     grid_samples: int = 4  # rows per branch in the sample grids
     dilation: int = 4  # inference composite band (source pixels) outside the mask
 
@@ -71,13 +92,17 @@ class DGTConfig(GANTrainConfig):
             raise ConfigError(f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if self.input_fill not in FILLS:
             raise ConfigError(f"input_fill must be one of {', '.join(FILLS)}, got {self.input_fill!r}")
-        for name in ("n_kernels", "g_channels", "g_depth", "d_channels", "d_layers"):
+        for name in ("n_kernels", "g_channels", "g_depth", "d_channels", "d_layers", "dis_width", "dis_depth",
+                     "dfc_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lambda_fg", "lambda_bg", "lambda_blend", "lambda_adv", "lambda_aux", "band_width",
-                     "grid_samples", "dilation"):
+        for name in ("lambda_fg", "lambda_bg", "lambda_blend", "lambda_adv", "lambda_aux", "lambda_dis",
+                     "lambda_dfc", "band_width", "grid_samples", "dilation"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr_dis", "lr_dfc"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.resolution % 2**self.g_depth:
             raise ConfigError(f"resolution {self.resolution} must be a multiple of 2**g_depth = {2**self.g_depth}")
 
@@ -88,6 +113,69 @@ def build_networks(cfg: DGTConfig, num_classes: int, channels: int) -> tuple[UNe
                       residual=cfg.residual)
     d = PatchDiscriminator(channels + int(cfg.d_mask), cfg.d_channels, cfg.d_layers)
     return g, d
+
+
+def build_downstream(cfg: DGTConfig, num_classes: int, channels: int) -> dict[str, torch.nn.Module]:
+    """DGT's DIS (U-Net heat map) and DFC (crop classifier) for the enabled terms (lambda > 0);
+    random layers come from the global RNG (seeded by `train`)."""
+    from defectfill.downstream.dis import DISUNet
+    from defectfill.downstream.openset import DFCNet
+
+    out: dict[str, torch.nn.Module] = {}
+    if cfg.lambda_dis > 0:
+        out["DIS"] = DISUNet(channels, cfg.dis_width, cfg.dis_depth)
+    if cfg.lambda_dfc > 0:
+        out["DFC"] = DFCNet(num_classes, cfg.dfc_pretrained, cfg.dfc_hidden, channels)
+    return out
+
+
+def load_downstream(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.nn.Module]:
+    """The trained DIS and DFC (those the run had) from a DGT run's final folder, in eval mode.
+    DIS: [0, 1] images -> defect logits (`defectfill.downstream.dis.heat_map`); DFC: [0, 1] crops ->
+    class logits over the config's `defect_classes` (no OpenMax model: fit one with
+    `defectfill.downstream.openset.fit_openmax` on training crops)."""
+    config, weights = read_final(checkpoint)
+    if config.get("baseline") != "dgt" or "defect_classes" not in config:
+        raise ConfigError(f"{Path(checkpoint) / 'config.yaml'}: not a DGT run (baseline {config.get('baseline')!r})")
+    cfg = DGTConfig(**{k: v for k, v in config.items() if k in DGTConfig.__dataclass_fields__})
+    modules = build_downstream(cfg, len(config["defect_classes"]), int(config["channels"]))
+    load_module_state(modules, weights, Path(checkpoint))
+    return {k: m.to(device).eval() for k, m in modules.items()}
+
+
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] → [0, 1], the input range of DIS and DFC (and of the benchmark's segmenters)."""
+    return (images.float() + 1) / 2
+
+
+def downstream_terms(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                     dis: torch.nn.Module | None, dfc: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """Unweighted downstream losses of `images` ([-1, 1]): `dis` = dis_loss(DIS(x), masks) and `dfc`
+    = CE(DFC(x), labels), each only for a module that is given. Gradients flow back into `images`
+    (so into G when they are G's output) and into the modules' parameters."""
+    from defectfill.downstream.dis import dis_loss
+
+    x, out = unit_range(images), {}
+    if dis is not None:
+        out["dis"] = dis_loss(dis(x), masks)
+    if dfc is not None:
+        out["dfc"] = F.cross_entropy(dfc(x).float(), labels)
+    return out
+
+
+def downstream_g_loss(fake: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, dis: torch.nn.Module | None,
+                      dfc: torch.nn.Module | None, cfg: DGTConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """G's downstream term `lambda_dis * dis_loss(DIS(fake), masks) + lambda_dfc * CE(DFC(fake), labels)`
+    and its unweighted parts (`loss_g_dis`, `loss_g_dfc`); a module that is None or whose lambda is
+    0 adds nothing (the total is then a zero without a graph)."""
+    terms = downstream_terms(fake, masks, labels, dis if cfg.lambda_dis > 0 else None,
+                             dfc if cfg.lambda_dfc > 0 else None)
+    total = fake.new_zeros((), dtype=torch.float32)
+    if "dis" in terms:
+        total = total + cfg.lambda_dis * terms["dis"]
+    if "dfc" in terms:
+        total = total + cfg.lambda_dfc * terms["dfc"]
+    return total, {f"loss_g_{k}": v for k, v in terms.items()}
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -164,8 +252,10 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
           aux_loss_fn: AuxLossFn | None = None) -> Path:
     """Train DGT on `cfg.data_dir` with the shared harness; returns `<output_dir>/final`.
 
-    `aux_loss_fn(output, mask, labels) -> scalar` is an optional downstream (segmentation /
-    classification) loss on all generated images, added to G's loss with weight `lambda_aux`.
+    Per step: D's step, then DIS's and DFC's steps on the real crops and the detached generated
+    crops, then G's step (region L1 + adversarial + the downstream terms through DIS and DFC).
+    `aux_loss_fn(output, mask, labels) -> scalar` is an optional extra loss on all generated
+    images, added to G's loss with weight `lambda_aux`.
     """
     from defectfill.data.datasets import load_reference_dataset
     from gan_baselines.losses import discriminator_loss, generator_loss
@@ -176,11 +266,16 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
     classes, channels = dataset.defect_types, 1 if dataset.grayscale else 3
     torch.manual_seed(cfg.seed)
     g, d = build_networks(cfg, len(classes), channels)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    h = GANHarness(cfg, {"G": g, "D": d}, {"G": opt_g, "D": opt_d}, name="dgt")
+    modules = {"G": g, "D": d, **build_downstream(cfg, len(classes), channels)}
+    lrs = {"G": cfg.lr_g, "D": cfg.lr_d, "DIS": cfg.lr_dis, "DFC": cfg.lr_dfc}
+    optimizers = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lrs[k],
+                                      betas=(cfg.beta1, cfg.beta2) if k in ("G", "D") else (0.9, 0.999))
+                  for k, m in modules.items()}
+    h = GANHarness(cfg, modules, optimizers, name="dgt")
     h.resume(resume_from_checkpoint)
     g, d, opt_g, opt_d = h.modules["G"], h.modules["D"], h.optimizers["G"], h.optimizers["D"]
+    dis, dfc = h.modules.get("DIS"), h.modules.get("DFC")
+    downstream = [k for k in ("DIS", "DFC") if k in h.modules]
     batches = _Batches(cfg, dataset, classes, channels)
     device, acc = h.accelerator.device, h.accelerator
 
@@ -192,6 +287,7 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
             moved = run_generator(g, x["t_background"], x["t_masks"], x["t_labels"], len(classes), cfg, gen)
         fake, real = torch.cat([recon, moved]), torch.cat([x["target"], x["t_target"]])
         cond = torch.cat([x["masks"], x["t_masks"]])
+        fake_labels = torch.cat([x["labels"], x["t_labels"]])
 
         def critic(img: torch.Tensor) -> torch.Tensor:
             with acc.autocast():
@@ -203,24 +299,42 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
         h.backward(loss_d)
         opt_d.step()
 
-        # generator step (D's gradients from it are cleared before D's next step)
+        # DIS and DFC steps: real crops + the (detached) generated ones, true masks and classes
+        down_logs: dict[str, torch.Tensor] = {}
+        if downstream:
+            for key in downstream:
+                h.optimizers[key].zero_grad(set_to_none=True)
+            with acc.autocast():
+                terms = downstream_terms(torch.cat([x["target"], fake.detach()]), torch.cat([x["masks"], cond]),
+                                         torch.cat([x["labels"], fake_labels]), dis, dfc)
+            h.backward(sum(terms.values()))
+            for key in downstream:
+                h.optimizers[key].step()
+            down_logs.update({f"loss_{k}": v for k, v in terms.items()})
+
+        # generator step (D's, DIS's and DFC's gradients from it are cleared before their next step)
         opt_g.zero_grad(set_to_none=True)
         rec = reconstruction_losses(recon.float(), x["target"], x["background"], x["masks"], cfg.band_width)
         adv = generator_loss(cfg.loss, critic, real, fake)
         loss_g = (cfg.lambda_fg * rec["loss_fg"] + cfg.lambda_bg * rec["loss_bg"]
                   + cfg.lambda_blend * rec["loss_blend"] + cfg.lambda_adv * adv)
+        if downstream:  # lambda_dis * dis_loss(DIS(fake), mask) + lambda_dfc * CE(DFC(fake), class), into G
+            with acc.autocast():
+                down, parts = downstream_g_loss(fake, cond, fake_labels, dis, dfc, cfg)
+            loss_g = loss_g + down
+            down_logs.update(parts)
         if aux_loss_fn is not None:
-            aux = aux_loss_fn(fake, cond, torch.cat([x["labels"], x["t_labels"]]))
+            aux = aux_loss_fn(fake, cond, fake_labels)
             loss_g = loss_g + cfg.lambda_aux * aux
             logs["loss_aux"] = float(aux.detach())
         h.backward(loss_g)
         opt_g.step()
 
-        values = {"loss_g": loss_g, "loss_g_adv": adv, **rec}
+        values = {"loss_g": loss_g, "loss_g_adv": adv, **rec, **down_logs}
         h.log({**{k: float(v.detach()) for k, v in values.items()}, **logs})
         if h.due(cfg.sample_every):
             h.save_grid(sample_rows(x, recon, moved, cfg.grid_samples), "samples")
-    return h.finish({"defect_classes": classes, "channels": channels})
+    return h.finish({"defect_classes": classes, "channels": channels, "modules": list(h.modules)})
 
 
 def sample_rows(x: dict[str, torch.Tensor], recon: torch.Tensor, moved: torch.Tensor, n: int) -> list[list]:
@@ -235,8 +349,10 @@ def sample_rows(x: dict[str, torch.Tensor], recon: torch.Tensor, moved: torch.Te
 
 
 class DGTGenerator(Generator):
-    """A trained DGT generator behind the shared `Generator` interface.
+    """A DGT generator behind the shared `Generator` interface.
 
+    Unfitted (`from_init_args`): holds a `DGTConfig`; `fit(dataset, output_dir, seed)` trains it
+    (G with D, DIS and DFC) and loads the trained G. Fitted (`from_checkpoint`, or after `fit`):
     `synthesize(clean, mask, seed, defect_class)` cuts a window around the mask (`windowed`),
     re-fills the mask region like in training, builds the class's codes, smooths them with draws
     from `seed`, runs G and composites the result, so pixels farther than `dilation` from the
@@ -246,18 +362,55 @@ class DGTGenerator(Generator):
     name = "dgt"
     preserves_background = True
 
-    def __init__(self, cfg: DGTConfig, classes: list[str], channels: int, g: UNetGenerator,
-                 device: torch.device | str = "cpu", source: str | None = None, dilation: int | None = None):
-        self.cfg, self.classes, self.channels = cfg, list(classes), channels
-        self.g = g.to(device).eval()
+    def __init__(self, cfg: DGTConfig | None = None, classes: list[str] | None = None, channels: int | None = None,
+                 g: UNetGenerator | None = None, device: torch.device | str = "cpu", source: str | None = None,
+                 dilation: int | None = None):
+        self.cfg = cfg if cfg is not None else DGTConfig()
+        self.classes, self.channels = list(classes or []), channels
         self.device = torch.device(device)
+        self.g = g.to(self.device).eval() if g is not None else None
         self.source = source
-        self.dilation = cfg.dilation if dilation is None else int(dilation)
+        self.dilation = self.cfg.dilation if dilation is None else int(dilation)
+
+    @classmethod
+    def from_init_args(cls, init_args: dict | None = None) -> DGTGenerator:
+        """An unfitted DGT from YAML `init_args`: `config` (optional) is a DGTConfig YAML file
+        (e.g. configs/gan/dgt_small.yaml), every other key overrides a DGTConfig field (unknown
+        keys: ConfigError naming them). No networks are built; `fit` sets data_dir, output_dir, seed."""
+        from defectfill.config import load_config
+
+        args = dict(init_args or {})
+        path = args.pop("config", None)
+        fields = DGTConfig.__dataclass_fields__
+        unknown = sorted(set(args) - set(fields))
+        if unknown:
+            raise ConfigError(f"dgt: init_args: unknown key(s) {', '.join(unknown)} "
+                              f"(known: config and the DGTConfig fields, e.g. max_steps, lambda_dis, lambda_dfc)")
+        cfg = load_config(DGTConfig, path, **{k: v for k, v in args.items() if v is not None})
+        for key in (k for k, v in args.items() if v is None):  # explicit nulls (defect_types, max_samples, ...)
+            setattr(cfg, key, None)
+        cfg.validate()
+        return cls(cfg)
+
+    @property
+    def fitted(self) -> bool:
+        return self.g is not None
+
+    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
+        """Train G (with D, DIS and DFC) on `dataset.root` with this config and `seed`, into
+        `output_dir`; load the trained G into this instance; return `<output_dir>/final`."""
+        cfg = dataclasses.replace(self.cfg, data_dir=str(dataset.root), output_dir=str(output_dir), seed=int(seed))
+        final = train(cfg)
+        fitted = type(self).from_checkpoint(final, device=self.device, dilation=self.dilation)
+        self.cfg, self.classes, self.channels, self.g, self.source = (fitted.cfg, fitted.classes, fitted.channels,
+                                                                      fitted.g, fitted.source)
+        return final
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
                         **kwargs) -> "DGTGenerator":
-        """Load `<run>/final` (config.yaml + weights.safetensors written by `train`)."""
+        """Load G from `<run>/final` (config.yaml + weights.safetensors written by `train`); the
+        DIS, DFC and D weights there are not loaded."""
         if checkpoint is None:
             raise ConfigError("the dgt generator needs checkpoint: a DGT training run's final folder")
         if kwargs:
@@ -295,6 +448,9 @@ class DGTGenerator(Generator):
                    defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
         from defectfill.compositing import windowed
 
+        if self.g is None:
+            raise RuntimeError("dgt: this generator is not fitted; call fit(dataset, output_dir) or load one "
+                               "with DGTGenerator.from_checkpoint(<run>/final)")
         label = self.class_index(defect_class, np.random.default_rng([seed, 0]))
         gen = torch.Generator().manual_seed(int(seed) % 2**63)
 
