@@ -64,6 +64,7 @@ class DefectFillSynthesizer(Generator):
 
     name = GENERATOR_NAME
     preserves_background = True
+    class_conditional = False  # one learned [V*] token for the reference defects
 
     def __init__(self, cfg: GenerateConfig, device: torch.device | str = "cpu"):
         from defectfill.models.lora import EMBEDS_NAME, read_lora_metadata
@@ -282,9 +283,9 @@ class SlotPlanner:
             self.mask_files = list_images(cfg.masks, "mask")
             self.by_stem = {p.stem: p for p in self.mask_files}
             types = meta.get("defect_types") or []
-            if cfg.generator != "defectfill" and not cfg.defect_type:
+            if import_class(cfg.generator).class_conditional and not cfg.defect_type:
                 raise ConfigError("with a masks folder, name the class to generate with --defect-type "
-                                  "(baselines synthesize one reference class)")
+                                  f"({cfg.generator} synthesizes one reference class per sample)")
             self.class_names = [cfg.defect_type or (types[0] if len(types) == 1 else "defect")]
         self._sizes: dict[Path, tuple[int, int]] = {}
 

@@ -54,6 +54,7 @@ class Generator(ABC):
 
     name = "generator"
     preserves_background = False
+    class_conditional = True  # synthesizes a named defect class (user masks then need --defect-type)
     dilation = 0
 
     @classmethod

@@ -89,3 +89,28 @@ def test_toy_generator_through_fit_generate_and_the_quick_benchmark(woven_root, 
     cells = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cells").glob("*-toy-*/result.json")]
     assert len(cells) == 2 * len(cfg.seeds) and all(c["generator_class"] == CLASS_PATH for c in cells)
     assert all(c["generator_run"]["generated_samples"] == 2 for c in cells)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "generators").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_generator_configs_resolve(path, monkeypatch):
+    """Every `defectfill fit` example config names a registered class whose init_args pass its checks."""
+    from defectfill.config import load_config
+    from defectfill.generators import FitConfig, import_class
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(FitConfig, path, data_dir="unused")
+    cls = import_class(cfg.class_path)
+    cls.check_init_args(cfg.init_args)
+    assert cls.from_init_args(dict(cfg.init_args)) is not None
+
+
+def test_fit_reports_bad_init_args_before_training(woven_root, tmp_path, capsys):
+    from defectfill.cli import main
+
+    assert main(["fit", "--generator", "dgt", "--set", "max_stepz=3", "--data", str(woven_root),
+                 "--output-dir", str(tmp_path / "run")]) == 2
+    assert "max_stepz" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["fit", "--generator", "no.such:Thing", "--data", str(woven_root),
+                 "--output-dir", str(tmp_path / "run")]) == 2
+    assert "no.such:Thing" in capsys.readouterr().err
