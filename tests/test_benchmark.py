@@ -278,7 +278,7 @@ def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
     if "openset" in tasks:  # only where a defect type is left out (the unknown class)
         assert {u.data for u in units if any(c.task == "openset" for c in u.cells)} == {f"without_{cfg.leave_out['defect_type']}"}
     assert {u.spec["class_path"] for u in units} == {"real_only", "copy_paste", "dgt", "defectfill"} | (
-        set() if profile == "aitex_quick" else {"multistage"} if profile == "aitex_cpu_new_fabric"
+        {"r3gan"} if profile == "aitex_quick" else {"multistage"} if profile == "aitex_cpu_new_fabric"
         else {"multistage", "r3gan"})
     load_config(SegmenterConfig, **cfg.segmenter)
     detector = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}

@@ -78,17 +78,23 @@ def test_toy_generator_through_fit_generate_and_the_quick_benchmark(woven_root, 
     sides = sorted((out / "sidecars").glob("*.json"))
     assert len(sides) == 3 and all(json.loads(p.read_text())["generator"] == "toy" for p in sides)
 
+    quick = yaml.safe_load((REPO / "configs" / "benchmark" / "aitex_quick.yaml").read_text())
     cfg = load_config(BenchmarkConfig, REPO / "configs" / "benchmark" / "aitex_quick.yaml",
                       data_dir=str(woven_root), output_dir=str(tmp_path / "bench"), max_images=None,
                       tasks=["segmenter"], synthetic_counts=[2],
                       leave_out={"defect_type": "broken_yarn", "generators": ["toy"], "tasks": ["segmenter"]},
                       segmenter={"steps": 2, "size": 32, "crop": 32, "batch_size": 2, "log_every": 1},
-                      generators=[{"name": "toy", "class_path": CLASS_PATH, "init_args": {"scale": 1.0}}])
+                      generators=[{"name": "toy", "class_path": CLASS_PATH, "init_args": {"scale": 1.0}},
+                                  {"name": "r3gan", "class_path": "r3gan",  # the quick profile's own R3GAN row
+                                   "init_args": next(g for g in quick["generators"] if g["name"] == "r3gan")["init_args"]}])
     report = run_benchmark(cfg)
     assert report["run"]["cells_failed"] == 0
     cells = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cells").glob("*-toy-*/result.json")]
     assert len(cells) == 2 * len(cfg.seeds) and all(c["generator_class"] == CLASS_PATH for c in cells)
     assert all(c["generator_run"]["generated_samples"] == 2 for c in cells)
+    r3gan = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cells").glob("*-main-r3gan-*/result.json")]
+    assert len(r3gan) == len(cfg.seeds) and all(c["generator_run"]["boundary_realism"]["n_generated"] > 0
+                                               for c in r3gan)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "generators").glob("*.yaml")), ids=lambda p: p.stem)
