@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from defectfill.errors import ConfigError, check_writable, one_line_errors, output_errors
+from defectfill.generators import Generator
 from defectfill.runinfo import atomic_save_image
 
 WEIGHTS_NAME = "weights.safetensors"
@@ -85,7 +86,13 @@ def config_from_init_args(config_cls: type, init_args: dict | None, name: str):
     unknown = sorted(set(args) - set(config_cls.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"{name}: unknown init_args {', '.join(unknown)} (config or {config_cls.__name__} keys)")
-    return load_config(config_cls, path, **args)
+    cfg = load_config(config_cls, path, **args)
+    nulls = [k for k, v in args.items() if v is None]  # explicit nulls (defect_types, max_samples, ...)
+    for key in nulls:
+        setattr(cfg, key, None)
+    if nulls and hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def fit_config(cfg, dataset, output_dir: str | os.PathLike, seed: int):
@@ -299,3 +306,90 @@ def run_training(args, config_cls, train_fn, label: str) -> int:
         final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"{label} weights: {final}")
     return 0
+
+
+class ConditionalGANGenerator(Generator):
+    """A class-conditional GAN baseline on this harness behind the `Generator` interface.
+
+    Unfitted (`from_init_args`): holds its config; `fit(dataset, output_dir, seed)` trains it and
+    loads the trained G. Fitted (`from_checkpoint(<run>/final)`, or after `fit`): `synthesize` is the
+    subclass's. A subclass sets `name`, `config_cls` and implements `run_training(cfg, dataset)` and
+    `build_g(cfg, num_classes, channels)`; `final/config.yaml` must record `baseline`,
+    `defect_classes` and `channels`.
+    """
+
+    preserves_background = True
+    config_cls: type = GANTrainConfig
+
+    def __init__(self, cfg=None, classes: list[str] | None = None, channels: int | None = None,
+                 g: torch.nn.Module | None = None, device: torch.device | str = "cpu", source: str | None = None,
+                 dilation: int | None = None):
+        self.cfg = cfg if cfg is not None else self.config_cls()
+        self.classes, self.channels = list(classes or []), channels
+        self.device = torch.device(device)
+        self.g = g.to(self.device).eval() if g is not None else None
+        self.source = source
+        self.dilation = getattr(self.cfg, "dilation", 0) if dilation is None else int(dilation)
+
+    @classmethod
+    def run_training(cls, cfg, dataset) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def build_g(cls, cfg, num_classes: int, channels: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_init_args(cls, init_args: dict | None = None):
+        """`config` (a YAML of `config_cls` keys, optional) + any `config_cls` key; unknown keys: ConfigError."""
+        return cls(config_from_init_args(cls.config_cls, init_args, cls.name))
+
+    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
+        """Train on `dataset` into `output_dir` with `seed`; load the trained G; return `<output_dir>/final`."""
+        final = self.run_training(fit_config(self.cfg, dataset, output_dir, seed), dataset)
+        fitted = type(self).from_checkpoint(final, device=self.device, dilation=self.dilation)
+        self.cfg, self.classes, self.channels, self.g, self.source = (fitted.cfg, fitted.classes, fitted.channels,
+                                                                      fitted.g, fitted.source)
+        return final
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
+                        **kwargs):
+        """G from `<run>/final` (config.yaml + weights.safetensors; other modules there are not loaded)."""
+        if checkpoint is None:
+            raise ConfigError(f"the {cls.name} generator needs checkpoint: a {cls.name} training run's final folder")
+        if kwargs:
+            raise ConfigError(f"{cls.name}: unknown generator_args {', '.join(sorted(kwargs))} (known: dilation)")
+        config, weights = read_final(checkpoint)
+        if config.get("baseline") != cls.name or "defect_classes" not in config:
+            raise ConfigError(f"{Path(checkpoint) / CONFIG_NAME}: not a {cls.name} run (baseline "
+                              f"{config.get('baseline')!r})")
+        cfg = cls.config_cls(**{k: v for k, v in config.items() if k in cls.config_cls.__dataclass_fields__})
+        classes, channels = config["defect_classes"], int(config["channels"])
+        g = cls.build_g(cfg, len(classes), channels)
+        load_module_state({"G": g}, {k: v for k, v in weights.items() if k.startswith("G.")}, Path(checkpoint))
+        return cls(cfg, classes, channels, g, device=device, source=str(checkpoint), dilation=dilation)
+
+    def metadata(self) -> dict:
+        from defectfill.generate import file_sha256
+
+        about = {"generator": self.name, "defect_classes": self.classes, "dilation": self.dilation}
+        if self.source:
+            about.update(checkpoint=self.source, weights_hash=file_sha256(Path(self.source) / WEIGHTS_NAME))
+        return about
+
+    @property
+    def fitted(self) -> bool:
+        return self.g is not None
+
+    def class_index(self, defect_class: str | None, seed: int) -> int:
+        """The class index of `defect_class` (None: one drawn from `seed`); fails when not fitted."""
+        if self.g is None:
+            raise RuntimeError(f"{self.name}: this generator is not fitted; call fit(dataset, output_dir) or "
+                               f"load one with from_checkpoint(<run>/final)")
+        if defect_class is None:
+            return int(np.random.default_rng([seed, 0]).integers(len(self.classes)))
+        if defect_class not in self.classes:
+            raise ValueError(f"{self.name}: unknown defect class {defect_class!r}; available: "
+                             f"{', '.join(self.classes)}")
+        return self.classes.index(defect_class)

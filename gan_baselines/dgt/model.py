@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 FILLS = ("telea", "mean")
 

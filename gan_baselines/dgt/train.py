@@ -23,7 +23,6 @@ loads only G). DIS and DFC see images in [0, 1] (the benchmark's segmenter conve
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from defectfill.errors import ConfigError
-from defectfill.generators import Generator
 from gan_baselines.dgt.model import (
     FILLS,
     PatchDiscriminator,
@@ -47,7 +45,7 @@ from gan_baselines.dgt.model import (
     generator_input,
     smoothed_codes,
 )
-from gan_baselines.harness import GANHarness, GANTrainConfig, load_module_state, read_final
+from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig, load_module_state, read_final
 
 AuxLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -348,7 +346,7 @@ def sample_rows(x: dict[str, torch.Tensor], recon: torch.Tensor, moved: torch.Te
     return rows
 
 
-class DGTGenerator(Generator):
+class DGTGenerator(ConditionalGANGenerator):
     """A DGT generator behind the shared `Generator` interface.
 
     Unfitted (`from_init_args`): holds a `DGTConfig`; `fit(dataset, output_dir, seed)` trains it
@@ -360,98 +358,24 @@ class DGTGenerator(Generator):
     """
 
     name = "dgt"
-    preserves_background = True
-
-    def __init__(self, cfg: DGTConfig | None = None, classes: list[str] | None = None, channels: int | None = None,
-                 g: UNetGenerator | None = None, device: torch.device | str = "cpu", source: str | None = None,
-                 dilation: int | None = None):
-        self.cfg = cfg if cfg is not None else DGTConfig()
-        self.classes, self.channels = list(classes or []), channels
-        self.device = torch.device(device)
-        self.g = g.to(self.device).eval() if g is not None else None
-        self.source = source
-        self.dilation = self.cfg.dilation if dilation is None else int(dilation)
+    config_cls = DGTConfig
 
     @classmethod
-    def from_init_args(cls, init_args: dict | None = None) -> DGTGenerator:
-        """An unfitted DGT from YAML `init_args`: `config` (optional) is a DGTConfig YAML file
-        (e.g. configs/gan/dgt_small.yaml), every other key overrides a DGTConfig field (unknown
-        keys: ConfigError naming them). No networks are built; `fit` sets data_dir, output_dir, seed."""
-        from defectfill.config import load_config
-
-        args = dict(init_args or {})
-        path = args.pop("config", None)
-        fields = DGTConfig.__dataclass_fields__
-        unknown = sorted(set(args) - set(fields))
-        if unknown:
-            raise ConfigError(f"dgt: init_args: unknown key(s) {', '.join(unknown)} "
-                              f"(known: config and the DGTConfig fields, e.g. max_steps, lambda_dis, lambda_dfc)")
-        cfg = load_config(DGTConfig, path, **{k: v for k, v in args.items() if v is not None})
-        for key in (k for k, v in args.items() if v is None):  # explicit nulls (defect_types, max_samples, ...)
-            setattr(cfg, key, None)
-        cfg.validate()
-        return cls(cfg)
-
-    @property
-    def fitted(self) -> bool:
-        return self.g is not None
-
-    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
-        """Train G (with D, DIS and DFC) on `dataset.root` with this config and `seed`, into
-        `output_dir`; load the trained G into this instance; return `<output_dir>/final`."""
-        cfg = dataclasses.replace(self.cfg, data_dir=str(dataset.root), output_dir=str(output_dir), seed=int(seed))
-        final = train(cfg)
-        fitted = type(self).from_checkpoint(final, device=self.device, dilation=self.dilation)
-        self.cfg, self.classes, self.channels, self.g, self.source = (fitted.cfg, fitted.classes, fitted.channels,
-                                                                      fitted.g, fitted.source)
-        return final
+    def run_training(cls, cfg: DGTConfig, dataset) -> Path:
+        """`train` (G with D, DIS and DFC) on `cfg.data_dir` (= the dataset's folder, filtered by the
+        config's defect_types / max_samples)."""
+        return train(cfg)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
-                        **kwargs) -> "DGTGenerator":
-        """Load G from `<run>/final` (config.yaml + weights.safetensors written by `train`); the
-        DIS, DFC and D weights there are not loaded."""
-        if checkpoint is None:
-            raise ConfigError("the dgt generator needs checkpoint: a DGT training run's final folder")
-        if kwargs:
-            raise ConfigError(f"dgt: unknown generator_args {', '.join(sorted(kwargs))} (known: dilation)")
-        config, weights = read_final(checkpoint)
-        where = Path(checkpoint) / "config.yaml"
-        if config.get("baseline") != "dgt" or "defect_classes" not in config:
-            raise ConfigError(f"{where}: not a DGT run (baseline {config.get('baseline')!r})")
-        fields = set(DGTConfig.__dataclass_fields__)
-        cfg = DGTConfig(**{k: v for k, v in config.items() if k in fields})
-        classes, channels = config["defect_classes"], int(config["channels"])
-        g, _ = build_networks(cfg, len(classes), channels)
-        load_module_state({"G": g}, {k: v for k, v in weights.items() if k.startswith("G.")}, Path(checkpoint))
-        return cls(cfg, classes, channels, g, device=device, source=str(checkpoint), dilation=dilation)
-
-    def metadata(self) -> dict:
-        from defectfill.generate import file_sha256
-
-        about = {"generator": self.name, "defect_classes": self.classes, "dilation": self.dilation}
-        if self.source:
-            weights = Path(self.source) / "weights.safetensors"
-            about.update(checkpoint=self.source, weights_hash=file_sha256(weights))
-        return about
-
-    def class_index(self, defect_class: str | None, rng: np.random.Generator) -> int:
-        """The class channel of `defect_class` (None: one drawn from the seed)."""
-        if defect_class is None:
-            return int(rng.integers(len(self.classes)))
-        if defect_class not in self.classes:
-            raise ValueError(f"dgt: unknown defect class {defect_class!r}; available: {', '.join(self.classes)}")
-        return self.classes.index(defect_class)
+    def build_g(cls, cfg: DGTConfig, num_classes: int, channels: int) -> UNetGenerator:
+        return build_networks(cfg, num_classes, channels)[0]
 
     @torch.no_grad()
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
                    defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
         from defectfill.compositing import windowed
 
-        if self.g is None:
-            raise RuntimeError("dgt: this generator is not fitted; call fit(dataset, output_dir) or load one "
-                               "with DGTGenerator.from_checkpoint(<run>/final)")
-        label = self.class_index(defect_class, np.random.default_rng([seed, 0]))
+        label = self.class_index(defect_class, seed)
         gen = torch.Generator().manual_seed(int(seed) % 2**63)
 
         def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:

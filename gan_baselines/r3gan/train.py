@@ -16,8 +16,6 @@ D: relativistic_d_loss + γ/2·(R1 + R2) (γ cosine-scheduled); G: relativistic_
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +23,8 @@ import numpy as np
 import torch
 
 from defectfill.errors import ConfigError
-from defectfill.generators import Generator
 from gan_baselines.dgt.train import gray_rgb, pick_fabric_crops, to_channels
-from gan_baselines.harness import GANHarness, GANTrainConfig, load_module_state, read_final
+from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig
 from gan_baselines.r3gan.networks import ProjectionDiscriminator, R3GANUNet
 
 
@@ -180,7 +177,7 @@ def train(cfg: R3GANConfig, resume_from_checkpoint: str | None = None, dataset=N
     return h.finish({"defect_classes": classes, "channels": channels})
 
 
-class R3GANGenerator(Generator):
+class R3GANGenerator(ConditionalGANGenerator):
     """The R3GAN baseline behind the shared `Generator` interface.
 
     Unfitted (`from_init_args`) it holds a config; `fit` trains it; `from_checkpoint` loads a
@@ -191,79 +188,23 @@ class R3GANGenerator(Generator):
     """
 
     name = "r3gan"
-    preserves_background = True
-
-    def __init__(self, cfg: R3GANConfig, classes: list[str] | None = None, channels: int | None = None,
-                 g: R3GANUNet | None = None, device: torch.device | str = "cpu", source: str | None = None,
-                 dilation: int | None = None):
-        self.cfg, self.classes, self.channels = cfg, list(classes or []), channels
-        self.device = torch.device(device)
-        self.g = g.to(self.device).eval() if g is not None else None
-        self.source = source
-        self.dilation = cfg.dilation if dilation is None else int(dilation)
+    config_cls = R3GANConfig
 
     @classmethod
-    def from_init_args(cls, init_args: dict | None = None) -> R3GANGenerator:
-        """init_args: optional `config` (a YAML file of R3GANConfig keys) plus any R3GANConfig
-        field, which overrides the file."""
-        from defectfill.config import load_config
-
-        args = dict(init_args or {})
-        path = args.pop("config", None)
-        unknown = sorted(set(args) - set(R3GANConfig.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"r3gan: unknown init_args key(s) {', '.join(unknown)} "
-                              "(known: config and the R3GANConfig fields)")
-        return cls(load_config(R3GANConfig, path, **args))
-
-    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
-        """Train on `dataset` (as given: the config's defect_types / max_samples do not filter it)."""
-        cfg = dataclasses.replace(self.cfg, data_dir=str(dataset.root), output_dir=str(output_dir), seed=int(seed))
+    def run_training(cls, cfg: R3GANConfig, dataset) -> Path:
+        """`train` on `dataset` as given (the config's defect_types / max_samples do not filter it)."""
         return train(cfg, dataset=dataset)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
-                        **kwargs) -> R3GANGenerator:
-        """Load `<run>/final` (config.yaml + weights.safetensors written by `train`)."""
-        if checkpoint is None:
-            raise ConfigError("the r3gan generator needs checkpoint: an R3GAN training run's final folder")
-        if kwargs:
-            raise ConfigError(f"r3gan: unknown generator_args {', '.join(sorted(kwargs))} (known: dilation)")
-        config, weights = read_final(checkpoint)
-        where = Path(checkpoint) / "config.yaml"
-        if config.get("baseline") != "r3gan" or "defect_classes" not in config:
-            raise ConfigError(f"{where}: not an R3GAN run (baseline {config.get('baseline')!r})")
-        fields = set(R3GANConfig.__dataclass_fields__)
-        cfg = R3GANConfig(**{k: v for k, v in config.items() if k in fields})
-        classes, channels = config["defect_classes"], int(config["channels"])
-        g, _ = build_networks(cfg, len(classes), channels)
-        load_module_state({"G": g}, {k: v for k, v in weights.items() if k.startswith("G.")}, Path(checkpoint))
-        return cls(cfg, classes, channels, g, device=device, source=str(checkpoint), dilation=dilation)
-
-    def metadata(self) -> dict:
-        from defectfill.generate import file_sha256
-
-        about = {"generator": self.name, "defect_classes": self.classes, "dilation": self.dilation}
-        if self.source:
-            about.update(checkpoint=self.source, weights_hash=file_sha256(Path(self.source) / "weights.safetensors"))
-        return about
-
-    def class_index(self, defect_class: str | None, rng: np.random.Generator) -> int:
-        """The class index of `defect_class` (None: one drawn from the seed)."""
-        if defect_class is None:
-            return int(rng.integers(len(self.classes)))
-        if defect_class not in self.classes:
-            raise ValueError(f"r3gan: unknown defect class {defect_class!r}; available: {', '.join(self.classes)}")
-        return self.classes.index(defect_class)
+    def build_g(cls, cfg: R3GANConfig, num_classes: int, channels: int) -> R3GANUNet:
+        return build_networks(cfg, num_classes, channels)[0]
 
     @torch.no_grad()
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
                    defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
         from defectfill.compositing import windowed
 
-        if self.g is None:
-            raise ConfigError("r3gan: not fitted; call fit() and load its folder with from_checkpoint()")
-        label = self.class_index(defect_class, np.random.default_rng([seed, 0]))
+        label = self.class_index(defect_class, seed)
         gen = torch.Generator().manual_seed(int(seed) % 2**63)
 
         def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
