@@ -100,6 +100,11 @@ def fit_config(cfg, dataset, output_dir: str | os.PathLike, seed: int):
     return dataclasses.replace(cfg, data_dir=str(Path(dataset.root)), output_dir=str(output_dir), seed=int(seed))
 
 
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, 3, H, W) → (B, channels, H, W): the grey mean for 1-channel models."""
+    return images.mean(dim=1, keepdim=True) if channels == 1 else images
+
+
 def module_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """All parameters and buffers, keyed `<module>.<name>`, as contiguous CPU tensors."""
     return {f"{key}.{name}": t.detach().cpu().clone().contiguous()
@@ -338,6 +343,33 @@ class ConditionalGANGenerator(Generator):
     @classmethod
     def build_g(cls, cfg, num_classes: int, channels: int) -> torch.nn.Module:
         raise NotImplementedError
+
+    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """G's output (1, C, R, R) in [-1, 1] for a window (1, C, R, R) in [-1, 1] (C = `channels`) and its
+        mask (1, 1, R, R), both on the CPU; random draws from `generator` only."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int, defect_class: str | None = None,
+                   placement=None) -> tuple[np.ndarray, dict]:
+        """A window around the mask (`windowed`) at `resolution`, G on it (`generate_window`, draws from
+        `seed`), composited so that pixels farther than `dilation` from the mask equal `clean`."""
+        from defectfill.compositing import windowed
+
+        label = self.class_index(defect_class, seed)
+        gen = torch.Generator().manual_seed(int(seed) % 2**63)
+
+        def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
+            img = torch.from_numpy(np.array(window_r)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            m = torch.from_numpy(mask_r.astype(np.float32))[None, None]
+            out = self.generate_window(to_channels(img, self.channels), m, label, gen)[0].float().cpu()
+            rgb = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().expand(3, -1, -1)
+            return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
+
+        result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation, make)
+        return result, {"window_yxhw": list(window), "defect_class_index": label,
+                        "defect_class_used": self.classes[label]}
 
     @classmethod
     def from_init_args(cls, init_args: dict | None = None):

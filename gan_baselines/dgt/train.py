@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +44,14 @@ from gan_baselines.dgt.model import (
     generator_input,
     smoothed_codes,
 )
-from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig, load_module_state, read_final
+from gan_baselines.harness import (
+    ConditionalGANGenerator,
+    GANHarness,
+    GANTrainConfig,
+    load_module_state,
+    read_final,
+    to_channels,
+)
 
 AuxLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -174,11 +180,6 @@ def downstream_g_loss(fake: torch.Tensor, masks: torch.Tensor, labels: torch.Ten
     if "dfc" in terms:
         total = total + cfg.lambda_dfc * terms["dfc"]
     return total, {f"loss_g_{k}": v for k, v in terms.items()}
-
-
-def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, 3, H, W) → (B, channels, H, W): the grey mean for 1-channel models."""
-    return images.mean(dim=1, keepdim=True) if channels == 1 else images
 
 
 def run_generator(g: torch.nn.Module, background: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -370,23 +371,10 @@ class DGTGenerator(ConditionalGANGenerator):
     def build_g(cls, cfg: DGTConfig, num_classes: int, channels: int) -> UNetGenerator:
         return build_networks(cfg, num_classes, channels)[0]
 
-    @torch.no_grad()
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
-        from defectfill.compositing import windowed
-
-        label = self.class_index(defect_class, seed)
-        gen = torch.Generator().manual_seed(int(seed) % 2**63)
-
-        def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
-            img = torch.from_numpy(np.array(window_r)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-            m = torch.from_numpy(mask_r.astype(np.float32))[None, None]
-            background = defect_free_input(to_channels(img, self.channels), m, self.cfg.input_fill)
-            out = run_generator(self.g, background.to(self.device), m.to(self.device), torch.tensor([label]),
-                                len(self.classes), self.cfg, gen)[0].float().cpu()
-            rgb = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().expand(3, -1, -1)
-            return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
-
-        result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation, make)
-        return result, {"window_yxhw": list(window), "defect_class_index": label,
-                        "defect_class_used": self.classes[label]}
+    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """The mask region re-filled like in training, the class's smoothed codes (draws from
+        `generator`), then G."""
+        background = defect_free_input(window, mask, self.cfg.input_fill)
+        return run_generator(self.g, background.to(self.device), mask.to(self.device), torch.tensor([label]),
+                             len(self.classes), self.cfg, generator)

@@ -19,12 +19,11 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from defectfill.errors import ConfigError
-from gan_baselines.dgt.train import gray_rgb, pick_fabric_crops, to_channels
-from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig
+from gan_baselines.dgt.train import gray_rgb, pick_fabric_crops
+from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig, to_channels
 from gan_baselines.r3gan.networks import ProjectionDiscriminator, R3GANUNet
 
 
@@ -199,22 +198,8 @@ class R3GANGenerator(ConditionalGANGenerator):
     def build_g(cls, cfg: R3GANConfig, num_classes: int, channels: int) -> R3GANUNet:
         return build_networks(cfg, num_classes, channels)[0]
 
-    @torch.no_grad()
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
-        from defectfill.compositing import windowed
-
-        label = self.class_index(defect_class, seed)
-        gen = torch.Generator().manual_seed(int(seed) % 2**63)
-
-        def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
-            img = torch.from_numpy(np.array(window_r)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-            m = torch.from_numpy(mask_r.astype(np.float32))[None, None].to(self.device)
-            out = fill_masked(self.g, to_channels(img, self.channels).to(self.device), m,
-                              torch.tensor([label], device=self.device), gen, self.cfg.noise_channels)
-            rgb = ((out[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().expand(3, -1, -1)
-            return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
-
-        result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation, make)
-        return result, {"window_yxhw": list(window), "defect_class_index": label,
-                        "defect_class_used": self.classes[label]}
+    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """clean·(1 − m) + G·m on the window (noise from `generator`)."""
+        return fill_masked(self.g, window.to(self.device), mask.to(self.device),
+                           torch.tensor([label], device=self.device), generator, self.cfg.noise_channels)
