@@ -344,6 +344,9 @@ def build_dfc_net(num_classes: int, pretrained: bool = True, hidden: int = 64, i
 # ----------------------------------------------------------------------------- training and prediction
 
 
+OPENMAX_SPACES = ("embedding", "encoder", "logits")
+
+
 @dataclass
 class DFCConfig:
     """DFC training and open-set settings (defaults: a CPU-scale run, well under a minute)."""
@@ -358,6 +361,10 @@ class DFCConfig:
     tail_size: int = 20  # largest distances per class in the Weibull fit
     alpha: int = 2  # top classes OpenMax revises (clipped to K)
     threshold_quantile: float = 0.95  # of the training crops' unknown probability
+    # the vectors whose distances to the class means OpenMax models: "embedding" (the trained hidden
+    # layer), "encoder" (the encoder's pooled features; frozen ImageNet Lite0 when pretrained) or
+    # "logits" (the paper's activation vector)
+    openmax_space: str = "embedding"
     seed: int = 0
     pretrained: bool = True  # frozen ImageNet EfficientNet-Lite0 encoder; False: small CNN from scratch
 
@@ -365,7 +372,8 @@ class DFCConfig:
         checks = [("crop", self.crop >= 1), ("size", self.size >= 8), ("steps", self.steps >= 0),
                   ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0),
                   ("hidden", self.hidden >= 1), ("tail_size", self.tail_size >= 1), ("alpha", self.alpha >= 1),
-                  ("threshold_quantile", 0 <= self.threshold_quantile <= 1)]
+                  ("threshold_quantile", 0 <= self.threshold_quantile <= 1),
+                  ("openmax_space", self.openmax_space in OPENMAX_SPACES)]
         for name, ok in checks:
             if not ok:
                 from defectfill.errors import ConfigError
@@ -375,16 +383,17 @@ class DFCConfig:
 
 
 @torch.no_grad()
-def _run(net: DFCNet, x: torch.Tensor, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) of ``x`` in eval mode, in chunks."""
+def _run(net: DFCNet, x: torch.Tensor, space: str = "embedding", chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``space`` vectors OpenMax measures, logits) of ``x`` in eval mode, in chunks."""
     was = net.training
     net.eval()
     feats, logits = [], []
     try:
         device = next(net.parameters()).device
         for i in range(0, len(x), chunk):
-            f, z = net.head(net.encode(x[i:i + chunk].to(device)))
-            feats.append(f.float().cpu())
+            e = net.encode(x[i:i + chunk].to(device))
+            f, z = net.head(e)
+            feats.append({"embedding": f, "encoder": e, "logits": z}[space].float().cpu())
             logits.append(z.float().cpu())
     finally:
         net.train(was)
@@ -405,7 +414,7 @@ class DFC:
 
     def scores(self, crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, logits, OpenMax probabilities (N, K + 1)) of uint8 crops."""
-        f, z = _run(self.net, crops_to_tensor(crops, self.cfg.size))
+        f, z = _run(self.net, crops_to_tensor(crops, self.cfg.size), self.cfg.openmax_space)
         return f, z, openmax_scores(self.openmax, f, z, self.cfg.alpha)
 
     def predict(self, crops) -> dict:
@@ -467,7 +476,7 @@ def train_dfc(crops: np.ndarray, labels: Sequence[str], cfg: DFCConfig | None = 
         opt.step()
         losses.append(float(loss.detach()))
     net.eval()
-    feats, logits = _run(net, x)
+    feats, logits = _run(net, x, cfg.openmax_space)
     openmax = fit_openmax(feats, y.numpy(), logits, cfg.tail_size)
     unknown = openmax_scores(openmax, feats, logits, cfg.alpha)[:, -1]
     threshold = choose_threshold(unknown, cfg.threshold_quantile)
