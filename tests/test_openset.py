@@ -274,3 +274,18 @@ def test_dis_unet_in_the_segmenter_family_learns():
     trained, _ = train_segmenter(cfg, toy(8, 0))
     result = evaluate_segmenter(trained, eval_tiles_for(cfg, toy(4, 1)))
     assert result["pixel_ap"] > 0.5 > 20 * result["pixel_positive_rate"], result
+
+
+@pytest.mark.parametrize("space, dim", [("embedding", 16), ("encoder", 64), ("logits", 3)])
+def test_openmax_space_picks_the_vectors_whose_distances_are_modelled(space, dim):
+    x, labels = stripe_set(12, 0)
+    cfg = DFCConfig(crop=32, size=32, steps=30, batch_size=12, tail_size=5, hidden=16, pretrained=False,
+                    openmax_space=space)
+    dfc = train_dfc(x, labels, cfg)
+    assert dfc.openmax.means.shape == (3, dim)  # the small CNN's pooled encoder features are 64-d
+    f, z, probs = dfc.scores(x)
+    assert f.shape == (36, dim) and z.shape == (36, 3)
+    if space == "logits":
+        np.testing.assert_allclose(f, z)
+    with pytest.raises(Exception, match="openmax_space"):
+        DFCConfig(openmax_space="pixels").validate()
