@@ -470,7 +470,7 @@ def _markdown(report: dict) -> list[str]:
         if g["metric_errors"]:
             notes.append("metrics: " + "; ".join(g["metric_errors"]))
         if g["base_model"]:
-            notes.append(f"DefectFill base: {g['base_model']['note']}")
+            notes.append(f"base model: {g['base_model']['note']}")
         if notes:
             lines.append(f"- {g['generator']}: " + " | ".join(notes))
     inspected = [g for g in report["generators"] if g.get("inspection")]

@@ -27,8 +27,8 @@ that has run what it could waits for the units other local processes hold; a uni
 died (even by SIGKILL) is taken over, and temp files dead processes left are removed.
 
 Everything is checked before the first cell: the config, every image and mask of ``data_dir`` and
-``eval_data`` (fully decoded), the DefectFill base model's configs (no weights) and the output
-folder; a problem is one ``error:`` line and exit code 2, with nothing written. Exit code 1: the
+``eval_data`` (fully decoded), each generator's ``check_init_args`` (e.g. DefectFill's base model
+configs, no weights) and the output folder; a problem is one ``error:`` line and exit code 2, with nothing written. Exit code 1: the
 run finished but some planned cells failed (listed, one line each); 0: every planned cell has its
 ``result.json``.
 """
