@@ -290,30 +290,34 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
         AcceleratorState._reset_state()
 
 
-def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_dir: Path | None,
-         resume_from_checkpoint: str | None) -> Path:
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
+@dataclass
+class TrainingSetup:
+    """The models of a DefectFill run, ready for `compute_losses`: LoRA on the UNet (and text encoder),
+    the [V*] embedding trainable, attention capture installed, frozen parts in `weight_dtype`."""
 
-    from defectfill.data.datasets import DefectCropSampler
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    noise_scheduler: object
+    store: object  # AttentionStore
+    placeholder: object  # the trainable [V*] embedding
+    token_id: int
+
+
+def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype: torch.dtype) -> TrainingSetup:
+    """Load `model` and set it up for DefectFill training as `train` does (used by the trainer and
+    bench/bench_train_step.py)."""
     from defectfill.models.attention import AttentionStore, install_attention_capture
-    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
+    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
     from defectfill.models.pipeline import load_training_components
-    from defectfill.tracking import truncate_metrics
 
-    output_dir = Path(cfg.output_dir)
-    set_seed(cfg.seed)
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
     token_id = add_placeholder_token(tokenizer, text_encoder, cfg.placeholder_token, cfg.initializer_token)
     for m in (unet, text_encoder, vae):
         m.requires_grad_(False)
-        m.to(accelerator.device)
+        m.to(device)
     if cfg.enable_xformers:
         unet.enable_xformers_memory_efficient_attention()
     store = AttentionStore()
@@ -331,15 +335,51 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
             enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
                 text_encoder.gradient_checkpointing_enable
             enable()
+    return TrainingSetup(tokenizer, text_encoder, vae, unet, parts.noise_scheduler, store, placeholder, token_id)
 
+
+def build_optimizer(cfg: DefectFillTrainConfig, unet, text_encoder, placeholder) -> torch.optim.Optimizer:
+    """AdamW over the UNet LoRA, the text-encoder LoRA and the [V*] embedding (no weight decay)."""
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate_unet}]
     text_lora = [p for n, p in text_encoder.named_parameters() if p.requires_grad and "lora_" in n]
     if text_lora:
         groups.append({"params": text_lora, "lr": cfg.learning_rate_text})
     groups.append({"params": [placeholder.vector], "weight_decay": 0.0,
                    "lr": cfg.learning_rate_token or cfg.learning_rate_text})
-    optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    return torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def tokenize_prompts(tokenizer, cfg: DefectFillTrainConfig, token_id: int) -> tuple[torch.Tensor, int]:
+    """(ids of [defect prompt, object prompt], position of [V*] in the defect prompt), tokenised once."""
+    defect_prompt, object_prompt = cfg.prompts()
+    prompt_ids = tokenizer([defect_prompt, object_prompt], padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    token_index = token_position(prompt_ids[0], token_id)
+    token_position(prompt_ids[1], token_id)
+    return prompt_ids, token_index
+
+
+def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_dir: Path | None,
+         resume_from_checkpoint: str | None) -> Path:
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from defectfill.data.datasets import DefectCropSampler
+    from defectfill.models.lora import save_defectfill_lora
+    from defectfill.tracking import truncate_metrics
+
+    output_dir = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    setup = prepare_models(cfg, model, accelerator.device, weight_dtype)
+    tokenizer, text_encoder, vae, unet = setup.tokenizer, setup.text_encoder, setup.vae, setup.unet
+    store, placeholder, token_id, noise_scheduler = setup.store, setup.placeholder, setup.token_id, setup.noise_scheduler
+    optimizer = build_optimizer(cfg, unet, text_encoder, placeholder)
     n_proc = accelerator.num_processes
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=cfg.lr_warmup_steps * n_proc,
@@ -348,10 +388,7 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     models = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
 
     defect_prompt, object_prompt = cfg.prompts()
-    prompt_ids = tokenizer([defect_prompt, object_prompt], padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    token_index = token_position(prompt_ids[0], token_id)
-    token_position(prompt_ids[1], token_id)
+    prompt_ids, token_index = tokenize_prompts(tokenizer, cfg, token_id)
     prompt_ids = prompt_ids.to(accelerator.device)
     sampler = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed, hflip=cfg.hflip, vflip=cfg.vflip)
 
@@ -393,11 +430,11 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
             for micro in range(accum):
                 batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
                 with accelerator.accumulate(unet, text_encoder):
-                    out = compute_losses(unet, text_encoder, vae, parts.noise_scheduler, store, prompt_ids,
+                    out = compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids,
                                          token_index, batch, cfg, weight_dtype)
                     accelerator.backward(out["loss"])
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                        accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
