@@ -40,6 +40,12 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=None, help="output stem (default bench/results/train_step_<arch>)")
+    p.add_argument("--memory", action="store_true",
+                   help="peak RSS of one DefectFill step at --memory-resolution, batch 1 and 4, with and without "
+                        "gradient checkpointing, each in a fresh process (instead of the timing)")
+    p.add_argument("--memory-resolution", type=int, default=512)
+    p.add_argument("--memory-limit-gib", type=float, default=21.0, help="address-space cap of each child")
+    p.add_argument("--memory-child", nargs=2, type=int, metavar=("BATCH", "CHECKPOINTING"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -61,11 +67,12 @@ def batch_for(resolution: int, batch: int, seed: int = 0):
 class DefectFillStep:
     """The trainer's own setup and `compute_losses`, + backward and AdamW."""
 
-    def __init__(self, model: str, resolution: int):
+    def __init__(self, model: str, resolution: int, gradient_checkpointing: bool = False):
         from defectfill.config import DefectFillTrainConfig
         from defectfill.trainer import build_optimizer, prepare_models, tokenize_prompts
 
-        self.cfg = DefectFillTrainConfig(model=model, resolution=resolution, crop_size=resolution)
+        self.cfg = DefectFillTrainConfig(model=model, resolution=resolution, crop_size=resolution,
+                                         gradient_checkpointing=gradient_checkpointing)
         self.s = prepare_models(self.cfg, model, torch.device("cpu"), torch.float32)
         self.opt = build_optimizer(self.cfg, self.s.unet, self.s.text_encoder, self.s.placeholder)
         self.prompt_ids, self.token_index = tokenize_prompts(self.s.tokenizer, self.cfg, self.s.token_id)
@@ -140,8 +147,73 @@ def step_flops(step, batch) -> int:
     return int(counter.get_total_flops())
 
 
+def memory_child(model: str, resolution: int, batch: int, checkpointing: bool) -> None:
+    """One DefectFill step in this (fresh) process; prints its peak RSS (ru_maxrss) as JSON."""
+    import resource
+
+    step = DefectFillStep(model, resolution, gradient_checkpointing=checkpointing)
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    step(batch_for(resolution, batch))
+    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "after_load_kib": after_load, "step_s": time.perf_counter() - t}), flush=True)
+
+
+def memory_table(args, model: str) -> list[dict]:
+    """Peak RSS of a DefectFill step per (batch, checkpointing), each in a fresh `python` (exec'd, not
+    forked from a process holding weights, so its ru_maxrss is its own), capped at --memory-limit-gib."""
+    import resource
+    import subprocess
+
+    cap = int(args.memory_limit_gib * 2**30)
+    rows = []
+    for batch, ckpt in ((1, 0), (1, 1), (4, 0), (4, 1)):
+        cmd = [sys.executable, __file__, "--arch", args.arch, "--model-dir", model, "--resolution",
+               str(args.memory_resolution), "--memory-child", str(batch), str(ckpt)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+        row = {"resolution": args.memory_resolution, "batch": batch, "gradient_checkpointing": bool(ckpt),
+               "wall_s": time.perf_counter() - t}
+        last = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+        if proc.returncode == 0 and last:
+            got = json.loads(last[-1])
+            row.update(peak_rss_gib=got["peak_rss_kib"] / 2**20, after_load_gib=got["after_load_kib"] / 2**20,
+                       step_s=got["step_s"])
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            row["error"] = f"exit {proc.returncode}: {tail[:200]} (address space capped at {args.memory_limit_gib} GiB)"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(args) -> dict:
     from bench_lfs import build_model
+
+    if args.memory_child:
+        return memory_child(args.model_dir, args.resolution, args.memory_child[0], bool(args.memory_child[1]))
+    if args.memory:
+        if not args.model_dir:
+            raise SystemExit("--memory needs --model-dir (built there when missing)")
+        if not (Path(args.model_dir) / "model_index.json").is_file():
+            build_model(args.arch, Path(args.model_dir))
+        rows = memory_table(args, args.model_dir)
+        stem = Path(args.out) if args.out else RESULTS / f"train_step_memory_{args.arch}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        record = {"arch": args.arch, "rows": rows, "method": "ru_maxrss of a fresh exec'd process (CPU RSS)",
+                  "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:])}
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        md = [f"# Peak memory of one DefectFill training step ({args.arch}, CPU RSS)", "",
+              "| resolution | batch | gradient checkpointing | peak RSS GiB | after load GiB | step s |",
+              "|---|---|---|---|---|---|"]
+        for r in rows:
+            md.append(f"| {r['resolution']} | {r['batch']} | {r['gradient_checkpointing']} | "
+                      + (f"{r['peak_rss_gib']:.2f} | {r['after_load_gib']:.2f} | {r['step_s']:.1f} |" if "error" not in r
+                         else f"failed: {r['error']} | | |"))
+        md += ["", f"Command: `{record['command']}`"]
+        stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+        return record
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
