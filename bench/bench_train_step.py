@@ -67,22 +67,26 @@ def batch_for(resolution: int, batch: int, seed: int = 0):
 class DefectFillStep:
     """The trainer's own setup and `compute_losses`, + backward and AdamW."""
 
-    def __init__(self, model: str, resolution: int, gradient_checkpointing: bool = False):
+    def __init__(self, model: str, resolution: int, gradient_checkpointing: bool = False,
+                 device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32):
         from defectfill.config import DefectFillTrainConfig
         from defectfill.trainer import build_optimizer, prepare_models, tokenize_prompts
 
         self.cfg = DefectFillTrainConfig(model=model, resolution=resolution, crop_size=resolution,
                                          gradient_checkpointing=gradient_checkpointing)
-        self.s = prepare_models(self.cfg, model, torch.device("cpu"), torch.float32)
+        self.device, self.dtype = torch.device(device), weight_dtype
+        self.s = prepare_models(self.cfg, model, self.device, weight_dtype)
         self.opt = build_optimizer(self.cfg, self.s.unet, self.s.text_encoder, self.s.placeholder)
-        self.prompt_ids, self.token_index = tokenize_prompts(self.s.tokenizer, self.cfg, self.s.token_id)
+        ids, self.token_index = tokenize_prompts(self.s.tokenizer, self.cfg, self.s.token_id)
+        self.prompt_ids = ids.to(self.device)
 
     def __call__(self, batch) -> float:
         from defectfill.trainer import compute_losses
 
         s = self.s
-        out = compute_losses(s.unet, s.text_encoder, s.vae, s.noise_scheduler, s.store, self.prompt_ids,
-                             self.token_index, batch, self.cfg, torch.float32)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = compute_losses(s.unet, s.text_encoder, s.vae, s.noise_scheduler, s.store, self.prompt_ids,
+                                 self.token_index, batch, self.cfg, self.dtype)
         out["loss"].backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

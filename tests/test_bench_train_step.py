@@ -46,3 +46,22 @@ def test_record_has_times_flops_and_ratio(tiny_model_dir, tmp_path):
     assert all(v > 0 for v in saved["flops"].values()) and saved["unet_samples_per_step"] == 2
     assert 0.5 < saved["flop_ratio"] < 2  # same UNet samples on the same network
     assert "Time ratio" in (tmp_path / "ts.md").read_text()
+
+
+def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
+    """bench/bench_gpu.py's numbers are consistent with each other (run on CPU, tiny model)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "bench_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(["--arch", "tiny", "--model-dir", str(tiny_model_dir), "--resolution", "32", "--batch", "2",
+                           "--train-steps", "2", "--gen-slots", "1", "--steps", "2", "--candidates", "2",
+                           "--peak-tflops", "0.5", "--recipe-steps", "100", "--out", str(tmp_path / "g")])
+    r = mod.main(args)
+    t, g = r["train"], r["generate"]
+    assert len(t["step_seconds"]) == 2 and t["step_s"] > 0 and t["flops_per_step"] > 0
+    assert t["examples_per_s"] == 2 / t["step_s"] and t["unet_samples_per_s"] == 4 / t["step_s"]
+    assert abs(t["projected_recipe_minutes"] - 100 * t["step_s"] / 60) < 1e-9
+    assert abs(r["fraction_of_bf16_peak"] - t["achieved_tflops"] / 0.5) < 1e-12 and t["peak_memory_gib"] > 0
+    assert g["images_per_s"] == 1 / g["slot_s"] and g["candidates"] == 2
+    assert json.loads((tmp_path / "g.json").read_text())["device"] == "cpu"

@@ -1,0 +1,166 @@
+"""What the paper recipe costs on this machine: training samples/s, peak memory and fraction of the
+device's bf16 peak at 512 px batch 4, generation throughput with K = 8 Low-Fidelity Selection at 30
+steps, and the projected wall time of the 2000-step recipe.
+
+    python bench/bench_gpu.py --arch sd2                              # on a GPU (bf16 autocast)
+    python bench/bench_gpu.py --arch tiny --resolution 64 --batch 1 --train-steps 2 --gen-slots 1 --steps 2  # CPU check
+
+The SD-2-inpainting architecture is built with random weights (no download): speed and memory do
+not depend on the weights. Writes bench/results/gpu_<device>_<arch>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# dense bf16 tensor-core peak (TFLOPS) by device-name substring; --peak-tflops overrides
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "4090": 165.0,
+                    "A10G": 70.0}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", choices=["tiny", "sd2"], default="sd2")
+    p.add_argument("--model-dir", help="reuse this model folder (built there when missing)")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--train-steps", type=int, default=5, help="timed steps after one warm-up")
+    p.add_argument("--recipe-steps", type=int, default=2000)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--gen-slots", type=int, default=3, help="timed generation slots after one warm-up")
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30, help="denoising steps per generation")
+    p.add_argument("--peak-tflops", type=float, help="the device's bf16 peak (default: by device name)")
+    p.add_argument("--out", help="output stem")
+    return p.parse_args(argv)
+
+
+def device_info() -> tuple[torch.device, str, float | None]:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        return torch.device("cuda"), name, peak
+    return torch.device("cpu"), "cpu", None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: this process's peak RSS
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_numbers(args, model: str, device: torch.device) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench_train_step import DefectFillStep, batch_for
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    step = DefectFillStep(model, args.resolution, gradient_checkpointing=args.gradient_checkpointing,
+                          device=device, weight_dtype=dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    counter = FlopCounterMode(display=False)
+    with counter:  # also the warm-up
+        step(batch_for(args.resolution, args.batch))
+    flops = int(counter.get_total_flops())
+    times = []
+    for i in range(args.train_steps):
+        b = batch_for(args.resolution, args.batch, seed=i + 1)
+        sync(device)
+        t = time.perf_counter()
+        step(b)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    s = float(np.median(times))
+    return {"step_s": s, "step_seconds": times, "examples_per_s": args.batch / s,
+            "unet_samples_per_s": 2 * args.batch / s, "flops_per_step": flops, "achieved_tflops": flops / s / 1e12,
+            "peak_memory_gib": peak_memory_gib(device), "mixed_precision": str(dtype).replace("torch.", ""),
+            "projected_recipe_minutes": args.recipe_steps * s / 60}
+
+
+def generation_numbers(args, model: str, device: torch.device) -> dict:
+    from bench_lfs import untrained_lora
+
+    from defectfill.config import GenerateConfig
+    from defectfill.generate import DefectFillSynthesizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lora = untrained_lora(Path(model), Path(tmp) / "lora", args.resolution)
+        cfg = GenerateConfig(lora_dir=str(lora), clean_dir=tmp, candidates=args.candidates,
+                             num_inference_steps=args.steps, crop_size=256, resolution=args.resolution,
+                             mixed_precision="bf16" if device.type == "cuda" else "no")
+        synth = DefectFillSynthesizer(cfg, device=device)
+        rng = np.random.default_rng(0)
+        clean = rng.integers(90, 160, (256, 1024), dtype=np.uint8)
+        mask = np.zeros(clean.shape, bool)
+        mask[100:140, 500:530] = True
+        synth.synthesize(clean, mask, 0)  # warm-up
+        times = []
+        for i in range(args.gen_slots):
+            sync(device)
+            t = time.perf_counter()
+            synth.synthesize(clean, mask, i + 1)
+            sync(device)
+            times.append(time.perf_counter() - t)
+    s = float(np.median(times))
+    return {"slot_s": s, "slot_seconds": times, "images_per_s": 1 / s, "candidates_per_s": args.candidates / s,
+            "candidates": args.candidates, "steps": args.steps}
+
+
+def main(args) -> dict:
+    from bench_lfs import build_model
+
+    device, name, peak = device_info()
+    peak = args.peak_tflops or peak
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model_dir or str(Path(tmp) / "model")
+        if not (Path(model) / "model_index.json").is_file():
+            build_model(args.arch, Path(model))
+        train = train_numbers(args, model, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        gen = generation_numbers(args, model, device)
+    result = {"device": name, "arch": args.arch, "resolution": args.resolution, "batch": args.batch,
+              "gradient_checkpointing": args.gradient_checkpointing, "bf16_peak_tflops": peak,
+              "fraction_of_bf16_peak": train["achieved_tflops"] / peak if peak else None,
+              "train": train, "generate": gen, "torch": torch.__version__,
+              "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:])}
+    tag = "cpu" if device.type == "cpu" else name.replace(" ", "_").lower()
+    stem = Path(args.out) if args.out else RESULTS / f"gpu_{tag}_{args.arch}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    frac = f"{result['fraction_of_bf16_peak']:.1%}" if result["fraction_of_bf16_peak"] is not None else "n/a"
+    md = [f"# DefectFill cost on {name} ({args.arch})", "",
+          f"Training, {args.resolution} px, batch {args.batch} ({2 * args.batch} UNet samples per step), "
+          f"{train['mixed_precision']}, gradient checkpointing {args.gradient_checkpointing}:", "",
+          "| step s | examples/s | peak memory GiB | achieved TFLOPS | of bf16 peak | projected "
+          f"{args.recipe_steps}-step recipe |", "|---|---|---|---|---|---|",
+          f"| {train['step_s']:.3f} | {train['examples_per_s']:.2f} | {train['peak_memory_gib']:.2f} | "
+          f"{train['achieved_tflops']:.2f} | {frac} | {train['projected_recipe_minutes']:.1f} min |", "",
+          f"Generation: K = {args.candidates} candidates + Low-Fidelity Selection + composite, {args.steps} steps: "
+          f"{gen['slot_s']:.2f} s per image ({gen['images_per_s']:.3f} images/s).", "",
+          f"Command: `{result['command']}`"]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
