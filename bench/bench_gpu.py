@@ -67,9 +67,8 @@ def sync(device: torch.device) -> None:
 
 
 def train_numbers(args, model: str, device: torch.device) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from bench_train_step import DefectFillStep, batch_for
+    from torch.utils.flop_counter import FlopCounterMode
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     step = DefectFillStep(model, args.resolution, gradient_checkpointing=args.gradient_checkpointing,

@@ -293,3 +293,21 @@ def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
         if g["class_path"] == "defectfill":
             values = {**cfg.generate, **(g.get("generate") or {})}
             GenerateConfig(checkpoint="lora", clean_dir="clean", **values).validate()
+
+
+def test_job_peak_memory_is_the_jobs_own(tmp_path):
+    """A job that allocates ~200 MiB reports about that, not the parent's high-water mark: the parent
+    holds ~400 MiB when it starts the job (ru_maxrss from wait4 would carry those into the child)."""
+    import numpy as np
+
+    from defectfill.benchmark import worker
+
+    ballast = np.ones(400 * 2**20 // 8)  # the parent's RSS at fork
+    assert worker.own_peak_rss_kib() >= ballast.nbytes // 1024
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from defectfill.benchmark.worker import own_peak_rss_kib; "
+            "a = np.ones(200 * 2**20 // 8); print(own_peak_rss_kib())")
+    peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 200 * 1024 < peak < 390 * 1024

@@ -130,7 +130,9 @@ def generator_rows(cells: list[dict]) -> list[dict]:
                "generate_seconds": mean_std([r.get("generate_seconds") for r in rs]),
                "fit_generate_seconds": mean_std([r.get("fit_generate_seconds") for r in rs]),
                "peak_rss_mib": mean_std([r["peak_rss_kib"] / 1024 for r in rs if r.get("peak_rss_kib")]),
-               "generated_samples": mean_std([r.get("generated_samples") for r in rs])}
+               "generated_samples": mean_std([r.get("generated_samples") for r in rs]),
+               "samples_per_second": mean_std([r["generated_samples"] / r["generate_seconds"] for r in rs
+                                               if r.get("generated_samples") and r.get("generate_seconds")])}
         for key in ("frechet_distance", "kid_mean", "ic_lpips"):  # "FID" only when the features are standard
             row[key] = mean_std([g.get(key) for g in gm])
         described = next((g for g in gm if g.get("extractor") or g.get("lpips")), {})
@@ -448,16 +450,19 @@ def _markdown(report: dict) -> list[str]:
     fd_title = fd_names.pop() if len(fd_names) == 1 else "Fréchet distance (features: see notes)"
     kid_title = kid_names.pop() if len(kid_names) == 1 else "KID (features: see notes)"
     lines += ["", "## Generators: cost and generation metrics (main training data)", "",
-              f"| generator | seeds | samples | fit s | generate s | peak RSS MiB | {fd_title} | {kid_title} | "
+              f"| generator | seeds | samples | fit s | generate s | samples/s | peak RSS MiB | {fd_title} | {kid_title} | "
               "IC-LPIPS (mask) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for g in report["generators"]:
         lines.append(f"| {g['generator']} | {len(g['seeds'])} | {_fmt(g['generated_samples'], 0)} | "
-                     f"{_fmt(g['fit_seconds'], 1)} | {_fmt(g['generate_seconds'], 1)} | {_fmt(g['peak_rss_mib'], 0)} | "
+                     f"{_fmt(g['fit_seconds'], 1)} | {_fmt(g['generate_seconds'], 1)} | "
+                     f"{_fmt(g.get('samples_per_second'), 2)} | {_fmt(g['peak_rss_mib'], 0)} | "
                      f"{_fmt(g['frechet_distance'], 2)} | {_fmt(g['kid_mean'], 4)} | {_fmt(g['ic_lpips'], 4)} |")
     lines += ["", "Time and memory: fit + generate in a child process per generator and seed; peak RSS is that "
-              "process's `ru_maxrss` (os.wait4). Fréchet distance / KID: defect-centred crops of the generated "
-              "samples vs the real training defects; IC-LPIPS inside the masks."]
+              "process's own peak (VmHWM; runs before 2026-12-04 recorded `ru_maxrss` from os.wait4, which on Linux "
+              "includes the benchmark process's high-water mark at fork, so those rows read too high). "
+              "Fréchet distance / KID: defect-centred crops of the generated samples vs the real training defects; "
+              "IC-LPIPS inside the masks."]
     for g in report["generators"]:
         notes = []
         if g["extractor"]:

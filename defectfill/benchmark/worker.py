@@ -194,8 +194,23 @@ def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
         raise JobError(f"{job['kind']} job failed (exit {proc.returncode}): {last} (log {log_path})",
                        "\n".join(lines[-15:]))
     result = json.loads(Path(job["out"]).read_text())
+    if result.get("vm_hwm_kib"):
+        return {**result, "wall_seconds": wall, "peak_rss_kib": result["vm_hwm_kib"],
+                "peak_rss_method": "VmHWM of the job's own process (/proc/self/status, KiB)"}
     return {**result, "wall_seconds": wall, "peak_rss_kib": usage.ru_maxrss,
-            "peak_rss_method": "os.wait4 ru_maxrss of the job's own process (KiB)"}
+            "peak_rss_method": "os.wait4 ru_maxrss (KiB; includes the runner's high-water mark at fork)"}
+
+
+def own_peak_rss_kib() -> int | None:
+    """This process's own peak RSS (``VmHWM`` of /proc/self/status, KiB; reset at exec). ``ru_maxrss``
+    from ``wait4`` is not: Linux carries the forking parent's high-water mark into the child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _die_with_parent() -> None:
@@ -225,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             result = JOBS[job["kind"]](job)
+            result["vm_hwm_kib"] = own_peak_rss_kib()
             atomic_write_text(Path(job["out"]), json.dumps(result, indent=2, default=str))
         except OSError as exc:
             if exc.errno not in STOP_ERRNOS:  # e.g. a missing input: the job failed, not the output folder
