@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-slow clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -20,7 +20,11 @@ demo: install
 	$(VENV)/bin/defectfill demo --output-dir runs/demo
 
 test: install
-	HF_HUB_OFFLINE=1 YOLO_OFFLINE=true $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 YOLO_OFFLINE=true $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Tests marked slow (e.g. torch.compile of the UNet); CI runs them as a second step.
+test-slow: install
+	HF_HUB_OFFLINE=1 YOLO_OFFLINE=true $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -42,6 +42,7 @@ class Batch:
     masks: torch.Tensor  # (B, 1, R, R) real defect masks in {0, 1}
     box_masks: torch.Tensor  # (B, 1, R, R) random-box masks for the object loss
     generator: torch.Generator  # noise, timesteps and VAE sampling of this micro-step
+    crop_keys: list | None = None  # one hashable key per crop when the crop is a function of it (latent caching)
 
 
 def step_rng(seed: int, micro_step: int, process_index: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -59,7 +60,33 @@ def make_batch(sampler, cfg: DefectFillTrainConfig, micro_step: int, process_ind
     n, _, h, w = crops["masks"].shape
     boxes = random_box_masks(n, h, w, num_boxes=cfg.num_boxes, min_frac=cfg.box_min_frac,
                              max_frac=cfg.box_max_frac, rng=rng)
-    return Batch(crops["pixel_values"], crops["masks"], boxes, generator)
+    return Batch(crops["pixel_values"], crops["masks"], boxes, generator, crops.get("keys"))
+
+
+class ReferenceLatentCache:
+    """VAE posteriors of reference crops, and of the same crops with their defect masked out, keyed
+    by the crop key. Only the posterior parameters (mean, log-variance) are kept; the latents are
+    still drawn from them with the step's generator, so a cached step draws the same noise as an
+    uncached one. Saves two of every three VAE encodes once each key has been seen."""
+
+    def __init__(self) -> None:
+        self.entries: dict = {}
+        self.hits = 0
+        self.misses = 0
+
+    def posteriors(self, vae, keys: list, pixels: torch.Tensor, defect_masked: torch.Tensor):
+        """(posterior parameters of `pixels`, of `defect_masked`), each (B, 2C, h, w), encoding only
+        the crops whose key is new."""
+        new = list(dict.fromkeys(k for k in keys if k not in self.entries))
+        missed = sum(1 for k in keys if k in new)
+        self.misses += missed
+        self.hits += len(keys) - missed
+        if new:
+            rows = torch.tensor([keys.index(k) for k in new], device=pixels.device)
+            params = vae.encode(torch.cat([pixels[rows], defect_masked[rows]])).latent_dist.parameters
+            for j, k in enumerate(new):
+                self.entries[k] = (params[j], params[len(new) + j])
+        return (torch.stack([self.entries[k][0] for k in keys]), torch.stack([self.entries[k][1] for k in keys]))
 
 
 def token_position(input_ids: torch.Tensor, token_id: int) -> int:
@@ -70,9 +97,16 @@ def token_position(input_ids: torch.Tensor, token_id: int) -> int:
 
 
 def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: torch.Tensor, token_index: int,
-                   batch: Batch, cfg: DefectFillTrainConfig, weight_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                   batch: Batch, cfg: DefectFillTrainConfig, weight_dtype: torch.dtype,
+                   latent_cache: ReferenceLatentCache | None = None) -> dict[str, torch.Tensor]:
     """One forward pass for both branches: items [0, B) are the defect branch (real mask M,
-    defect prompt), items [B, 2B) the object branch (random boxes, object prompt)."""
+    defect prompt), items [B, 2B) the object branch (random boxes, object prompt).
+
+    `prompt_ids` holds the two prompts (encoded once, rows repeated per branch) or one row per
+    UNet sample (2B). With `latent_cache` and `batch.crop_keys`, the crop and defect-masked crop
+    posteriors come from the cache."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
     device = prompt_ids.device
     gen = batch.generator
     pixels = batch.pixel_values.to(device, weight_dtype)
@@ -81,9 +115,15 @@ def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: 
     b = pixels.shape[0]
     with torch.no_grad():
         scale = vae.config.scaling_factor
-        latents = vae.encode(pixels).latent_dist.sample(gen) * scale
         masked = torch.cat([pixels, pixels]) * (1 - cond_mask.to(weight_dtype))
-        masked_latents = vae.encode(masked).latent_dist.sample(gen) * scale
+        if latent_cache is not None and batch.crop_keys is not None:
+            ref, defect_masked = latent_cache.posteriors(vae, batch.crop_keys, pixels, masked[:b])
+            box_masked = vae.encode(masked[b:]).latent_dist.parameters
+            latents = DiagonalGaussianDistribution(ref).sample(gen) * scale
+            masked_latents = DiagonalGaussianDistribution(torch.cat([defect_masked, box_masked])).sample(gen) * scale
+        else:
+            latents = vae.encode(pixels).latent_dist.sample(gen) * scale
+            masked_latents = vae.encode(masked).latent_dist.sample(gen) * scale
     latents = torch.cat([latents, latents])
     lat_hw = latents.shape[-2:]
     noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
@@ -91,8 +131,9 @@ def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: 
     noisy = noise_scheduler.add_noise(latents, noise, t)
     unet_in = torch.cat([noisy, losses.latent_mask(cond_mask, lat_hw).to(latents.dtype), masked_latents], dim=1)
 
-    text = text_encoder(prompt_ids)[0]  # (2, L, D): defect prompt, object prompt
-    text = text[torch.tensor([0] * b + [1] * b, device=device)]
+    text = text_encoder(prompt_ids)[0]  # (2, L, D): defect prompt, object prompt (or one row per sample)
+    if text.shape[0] != 2 * b:
+        text = text[torch.tensor([0] * b + [1] * b, device=device)]
 
     store.start(torch.full((b,), token_index, dtype=torch.long))
     try:
@@ -335,6 +376,11 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
             enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
                 text_encoder.gradient_checkpointing_enable
             enable()
+    if cfg.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if cfg.compile_unet:
+        unet.compile()  # in place: parameter names, LoRA saving and Accelerate wrapping are unchanged
     return TrainingSetup(tokenizer, text_encoder, vae, unet, parts.noise_scheduler, store, placeholder, token_id)
 
 
@@ -391,6 +437,10 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     prompt_ids, token_index = tokenize_prompts(tokenizer, cfg, token_id)
     prompt_ids = prompt_ids.to(accelerator.device)
     sampler = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed, hflip=cfg.hflip, vflip=cfg.vflip)
+    latent_cache = None
+    if cfg.cache_reference_latents and sampler.whole_image_crops:
+        latent_cache = ReferenceLatentCache()
+        logger.info("every reference image fits in one %d px crop: caching their VAE latents", cfg.crop_size)
 
     metadata = {"base_model": cfg.model, "object_name": cfg.object_name, "defect_prompt": defect_prompt,
                 "object_prompt": object_prompt, "resolution": cfg.resolution, "crop_size": cfg.crop_size,
@@ -431,7 +481,7 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
                 batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
                 with accelerator.accumulate(unet, text_encoder):
                     out = compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids,
-                                         token_index, batch, cfg, weight_dtype)
+                                         token_index, batch, cfg, weight_dtype, latent_cache)
                     accelerator.backward(out["loss"])
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
@@ -462,7 +512,9 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     final_dir = output_dir / "lora"
     if accelerator.is_main_process:
         run = {"global_step": global_step, "num_processes": accelerator.num_processes,
-               "resumed_from": str(resume_dir) if resume_dir else None, "reference_samples": len(dataset)}
+               "resumed_from": str(resume_dir) if resume_dir else None, "reference_samples": len(dataset),
+               "latent_cache": None if latent_cache is None else
+               {"crops": len(latent_cache.entries), "hits": latent_cache.hits, "misses": latent_cache.misses}}
         with output_errors(final_dir, RESUME_HINT):  # atomic: the final LoRA is complete or absent
             with atomic_directory(final_dir) as tmp:
                 write_lora(tmp)

@@ -204,12 +204,21 @@ def random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
                  vflip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Flip image and mask together, each axis with probability 1/2. Both coins are always
     drawn, so turning a flip off does not shift the rest of the random stream."""
-    flip_h, flip_v = rng.random(2) < 0.5
-    if hflip and flip_h:
+    return apply_flips(image, mask, *draw_flips(rng, hflip, vflip))
+
+
+def apply_flips(image: np.ndarray, mask: np.ndarray, flip_h: bool, flip_v: bool) -> tuple[np.ndarray, np.ndarray]:
+    if flip_h:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    if vflip and flip_v:
+    if flip_v:
         image, mask = image[::-1], mask[::-1]
     return image, mask
+
+
+def draw_flips(rng: np.random.Generator, hflip: bool = True, vflip: bool = True) -> tuple[bool, bool]:
+    """(flip horizontally, flip vertically) for `random_flips`; both coins are drawn either way."""
+    flip_h, flip_v = rng.random(2) < 0.5
+    return bool(hflip and flip_h), bool(vflip and flip_v)
 
 
 class DefectCropSampler:
@@ -236,22 +245,30 @@ class DefectCropSampler:
         self.seed = seed
         self.hflip = hflip
         self.vflip = vflip
+        # Every reference image fits in one crop: a crop is then fixed by (sample, flips), so there are
+        # at most 4 distinct crops per sample and their VAE latents can be cached.
+        self.whole_image_crops = all(max(s.image.shape[:2]) <= crop_size for s in dataset.samples)
 
     def batch(self, step: int, process_index: int, batch_size: int) -> dict:
-        """``pixel_values`` (B,3,R,R) in [-1,1], ``masks`` (B,1,R,R) in {0,1}, ``ids``."""
+        """``pixel_values`` (B,3,R,R) in [-1,1], ``masks`` (B,1,R,R) in {0,1}, ``ids``, and ``keys``:
+        (sample index, hflip, vflip) per crop when `whole_image_crops` (the crop is a function of
+        its key), else None."""
         rng = np.random.default_rng([self.seed, step, process_index])
         samples = self.dataset.samples
-        images, masks, ids = [], [], []
+        images, masks, ids, keys = [], [], [], []
         for i in rng.integers(len(samples), size=batch_size):
             sample = samples[i]
             img, msk = sample_defect_crop(sample.image, sample.mask, self.crop_size, self.resolution, rng)
-            img, msk = random_flips(img, msk, rng, self.hflip, self.vflip)
+            flip_h, flip_v = draw_flips(rng, self.hflip, self.vflip)
+            img, msk = apply_flips(img, msk, flip_h, flip_v)
             images.append(img)
             masks.append(msk)
             ids.append(sample.id)
+            keys.append((int(i), flip_h, flip_v))
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         mask_t = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
-        return {"pixel_values": pixels.contiguous(), "masks": mask_t, "ids": ids}
+        return {"pixel_values": pixels.contiguous(), "masks": mask_t, "ids": ids,
+                "keys": keys if self.whole_image_crops else None}
 
 
 class CleanCropSampler:
