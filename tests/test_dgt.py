@@ -98,13 +98,7 @@ def early_late(rows: list[dict], key: str) -> tuple[float, float]:
     return float(np.mean(values[:5])), float(np.mean(values[-5:]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one intra-op thread is much faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ from defectfill.downstream.openset import (
 from defectfill.downstream.segmenter import auroc
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- Weibull tails

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectfill.downstream.segmenter import unet_encode
+
 DICE_SMOOTH = 1.0
 
 
@@ -50,14 +52,7 @@ class DISUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2**self.depth
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = unet_encode(self.down, x, self.depth)
         x = skips.pop()
         for dec in self.dec:
             skip = skips.pop()

@@ -121,6 +121,22 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def unet_encode(down: nn.ModuleList, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
+    """Replicate-pad ``x`` to a multiple of ``2**depth``, then run the encoder ``down`` (a max-pool
+    before every block but the first); returns the skips, deepest last. Shared by the U-Nets here
+    and in ``defectfill.downstream.dis``."""
+    h, w = x.shape[-2:]
+    m = 2**depth
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    skips = []
+    for i, block in enumerate(down):
+        x = block(x if i == 0 else F.max_pool2d(x, 2))
+        skips.append(x)
+    return skips
+
+
 class UNet(nn.Module):
     """Plain U-Net: ``depth`` max-pool downsamplings, transposed-conv upsampling, skip concatenation.
 
@@ -141,14 +157,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2**self.depth
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = unet_encode(self.down, x, self.depth)
         x = skips.pop()
         for up, dec in zip(self.up, self.dec):
             x = dec(torch.cat([skips.pop(), up(x)], dim=1))
