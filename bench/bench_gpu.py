@@ -3,6 +3,7 @@ device's bf16 peak at 512 px batch 4, generation throughput with K = 8 Low-Fidel
 steps, and the projected wall time of the 2000-step recipe.
 
     python bench/bench_gpu.py --arch sd2                              # on a GPU (bf16 autocast)
+    python bench/bench_gpu.py --arch sd2 --channels-last --compile --features   # + each speed feature on/off
     python bench/bench_gpu.py --arch tiny --resolution 64 --batch 1 --train-steps 2 --gen-slots 1 --steps 2  # CPU check
 
 The SD-2-inpainting architecture is built with random weights (no download): speed and memory do
@@ -37,6 +38,13 @@ def parse_args(argv=None):
     p.add_argument("--train-steps", type=int, default=5, help="timed steps after one warm-up")
     p.add_argument("--recipe-steps", type=int, default=2000)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="trainer option channels_last")
+    p.add_argument("--compile", action="store_true", help="trainer option compile_unet (warm-up pays the compile)")
+    p.add_argument("--features", nargs="*", metavar="FEATURE",
+                   help="also time each speed feature on/off on this device (bench_train_step.py --features), "
+                        "at --resolution and --batch, fp32 weights; written to <out>_features")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the --features table")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds of the --features table")
     p.add_argument("--gen-slots", type=int, default=3, help="timed generation slots after one warm-up")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--steps", type=int, default=30, help="denoising steps per generation")
@@ -72,7 +80,8 @@ def train_numbers(args, model: str, device: torch.device) -> dict:
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     step = DefectFillStep(model, args.resolution, gradient_checkpointing=args.gradient_checkpointing,
-                          device=device, weight_dtype=dtype)
+                          device=device, weight_dtype=dtype, channels_last=args.channels_last,
+                          compile_unet=args.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     counter = FlopCounterMode(display=False)
@@ -136,8 +145,16 @@ def main(args) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         gen = generation_numbers(args, model, device)
+        features = None
+        if args.features is not None:
+            from bench_train_step import features_table
+
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            features = features_table(args, model, device)
     result = {"device": name, "arch": args.arch, "resolution": args.resolution, "batch": args.batch,
-              "gradient_checkpointing": args.gradient_checkpointing, "bf16_peak_tflops": peak,
+              "gradient_checkpointing": args.gradient_checkpointing, "channels_last": args.channels_last,
+              "compile_unet": args.compile, "bf16_peak_tflops": peak,
               "fraction_of_bf16_peak": train["achieved_tflops"] / peak if peak else None,
               "train": train, "generate": gen, "torch": torch.__version__,
               "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:])}
@@ -148,7 +165,8 @@ def main(args) -> dict:
     frac = f"{result['fraction_of_bf16_peak']:.1%}" if result["fraction_of_bf16_peak"] is not None else "n/a"
     md = [f"# DefectFill cost on {name} ({args.arch})", "",
           f"Training, {args.resolution} px, batch {args.batch} ({2 * args.batch} UNet samples per step), "
-          f"{train['mixed_precision']}, gradient checkpointing {args.gradient_checkpointing}:", "",
+          f"{train['mixed_precision']}, gradient checkpointing {args.gradient_checkpointing}, channels_last "
+          f"{args.channels_last}, compiled UNet {args.compile}:", "",
           "| step s | examples/s | peak memory GiB | achieved TFLOPS | of bf16 peak | projected "
           f"{args.recipe_steps}-step recipe |", "|---|---|---|---|---|---|",
           f"| {train['step_s']:.3f} | {train['examples_per_s']:.2f} | {train['peak_memory_gib']:.2f} | "
@@ -158,6 +176,14 @@ def main(args) -> dict:
           f"Command: `{result['command']}`"]
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
+    if features is not None:
+        from bench_train_step import write_features
+
+        features.update(arch=args.arch, resolution=args.resolution, batch=args.batch, rounds=args.rounds,
+                        warmup=args.warmup, threads=torch.get_num_threads(), device=name, torch=torch.__version__,
+                        command=result["command"])
+        write_features(args, features, stem.with_name(stem.name + "_features"))
+        result["features"] = features
     return result
 
 

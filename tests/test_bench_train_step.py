@@ -56,7 +56,9 @@ def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
     spec.loader.exec_module(mod)
     args = mod.parse_args(["--arch", "tiny", "--model-dir", str(tiny_model_dir), "--resolution", "32", "--batch", "2",
                            "--train-steps", "2", "--gen-slots", "1", "--steps", "2", "--candidates", "2",
-                           "--peak-tflops", "0.5", "--recipe-steps", "100", "--out", str(tmp_path / "g")])
+                           "--peak-tflops", "0.5", "--recipe-steps", "100", "--out", str(tmp_path / "g"),
+                           "--channels-last", "--features", "cached_reference_latents", "no_fused_text_encoding",
+                           "--rounds", "1", "--warmup", "1"])
     r = mod.main(args)
     t, g = r["train"], r["generate"]
     assert len(t["step_seconds"]) == 2 and t["step_s"] > 0 and t["flops_per_step"] > 0
@@ -65,3 +67,66 @@ def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
     assert abs(r["fraction_of_bf16_peak"] - t["achieved_tflops"] / 0.5) < 1e-12 and t["peak_memory_gib"] > 0
     assert g["images_per_s"] == 1 / g["slot_s"] and g["candidates"] == 2
     assert json.loads((tmp_path / "g.json").read_text())["device"] == "cpu"
+    f = json.loads((tmp_path / "g_features.json").read_text())
+    assert f["features"] == ["defaults", "cached_reference_latents", "no_fused_text_encoding"]
+    assert all(len(f["seconds"][k]) == 1 and f["median_s"][k] > 0 for k in f["features"])
+    assert f["ratio_to_defaults"]["defaults"] == 1.0 and "| cached_reference_latents |" in (
+        tmp_path / "g_features.md").read_text()
+
+
+def test_features_table_steps_train_and_the_cache_hits(tiny_model_dir):
+    """Each feature row runs a real training step; the cache row hits after its first step."""
+    mod = _module()
+    step = mod.DefectFillStep(str(tiny_model_dir), 32)
+    batch = mod.batch_for(32, 2)
+    batch.crop_keys = [("a", 0), ("a", 1)]
+    for feature in mod.FEATURES:
+        if feature == "compile_unet":
+            continue  # tests/test_speed_features.py (slow)
+        before = step.s.placeholder.vector.detach().clone()
+        assert step(batch, None if feature in ("defaults", "channels_last") else feature) > 0
+        assert not torch.equal(step.s.placeholder.vector, before), feature
+    step(batch, "cached_reference_latents")
+    assert step.latent_cache.misses == 2 and step.latent_cache.hits == 2
+
+
+def test_tensor_memory_peak_counts_storages_by_hand():
+    """Weights count from the start; new storages count until freed; views and in-place ops add nothing."""
+    mod = _module()
+    lin = torch.nn.Linear(256, 256)  # 256*256*4 + 256*4 bytes
+    resident = (256 * 256 + 256) * 4
+    mib = 2**20
+    with mod.TensorMemoryPeak(lin) as m:
+        assert m.resident == m.current == resident
+        x = torch.ones(mib // 4)  # 1 MiB
+        y = x * 2  # 1 MiB
+        del x  # freed: 1 MiB live
+        z = torch.ones(3 * mib // 4)  # 3 MiB: 4 MiB live, the peak
+        view = z[:10]
+        z.mul_(2)
+        assert m.current == resident + 4 * mib
+        del y, z, view
+        assert m.current == resident
+        w = torch.ones(mib // 4)  # 1 MiB, below the peak
+    assert m.peak == resident + 4 * mib and m.current == resident + mib and w.numel() == mib // 4
+
+
+def test_recipe_projection_by_hand():
+    mod = _module()
+    # 6e12 FLOP per example x 4 x 2000 = 4.8e16 FLOP; at 30 % of 1000 TFLOPS = 3e14 FLOP/s: 160 s
+    got = mod.recipe_projection(6e12, 1000.0, fractions=(0.3,))
+    assert abs(got["30%"] - 160 / 60) < 1e-9
+
+
+def test_memory_table_at_tiny_size(tiny_model_dir, tmp_path):
+    """Each row in a fresh process; gradient checkpointing must lower the step's tensor memory."""
+    mod = _module()
+    args = mod.parse_args(["--arch", "tiny", "--model-dir", str(tiny_model_dir), "--memory", "--memory-resolution", "64",
+                           "--memory-rows", "2:0", "2:1", "--out", str(tmp_path / "m")])
+    rows = mod.main(args)["rows"]
+    assert [(r["batch"], r["gradient_checkpointing"]) for r in rows] == [(2, False), (2, True)]
+    assert all("error" not in r for r in rows), rows
+    plain, ckpt = (r["tensor_peak_gib"] for r in rows)
+    assert plain["resident"] == ckpt["resident"] > 0
+    assert plain["step"] > ckpt["step"] > 0
+    assert "| 64 | 2 | True |" in (tmp_path / "m.md").read_text()

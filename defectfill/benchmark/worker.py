@@ -201,16 +201,21 @@ def run_job(job: dict, job_dir: Path, env: dict | None = None) -> dict:
             "peak_rss_method": "os.wait4 ru_maxrss (KiB; includes the runner's high-water mark at fork)"}
 
 
-def own_peak_rss_kib() -> int | None:
-    """This process's own peak RSS (``VmHWM`` of /proc/self/status, KiB; reset at exec). ``ru_maxrss``
-    from ``wait4`` is not: Linux carries the forking parent's high-water mark into the child."""
+def proc_status_kib(field: str) -> int | None:
+    """A KiB field of /proc/self/status (``VmRSS``, ``VmHWM``, ...); None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def own_peak_rss_kib() -> int | None:
+    """This process's own peak RSS (``VmHWM`` of /proc/self/status, KiB; reset at exec). ``ru_maxrss``
+    from ``wait4`` is not: Linux carries the forking parent's high-water mark into the child."""
+    return proc_status_kib("VmHWM")
 
 
 def _die_with_parent() -> None:
