@@ -3,13 +3,17 @@ batched sampling of 8 images with the same pipeline, side by side in one process
 
     python bench/bench_lfs.py --arch sd2 --resolution 256 --steps 10   # SD-2 architecture, random weights
     python bench/bench_lfs.py --arch tiny                              # quick smoke run
+    python bench/bench_lfs.py --arch sd2 --features                    # generation speed options on/off
 
-Writes bench/results/lfs_<arch>.json and .md. Target: ratio <= 1.10.
+Writes bench/results/lfs_<arch>.json and .md (target: ratio <= 1.10); with --features,
+bench/results/lfs_features_<arch>.json and .md: the time of one generation slot (K candidates +
+selection + composite) per speed option, against the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -75,6 +79,93 @@ def untrained_lora(model_dir: Path, out: Path, resolution: int) -> Path:
     return save_defectfill_lora(out, parts.unet, parts.text_encoder, "<v*>", token_id, meta)
 
 
+GEN_FEATURES = ("defaults", "channels_last", "compile_unet", "bf16")
+GEN_FEATURE_NOTES = {
+    "defaults": "GenerateConfig defaults: fp32 weights, eager UNet",
+    "channels_last": "UNet and VAE in channels_last (`channels_last: true`)",
+    "compile_unet": "torch.compile of the UNet (`compile_unet: true`; the warm-up slot pays the compile)",
+    "bf16": "pipeline weights in bf16 (`mixed_precision: bf16`)",
+}
+
+
+@contextlib.contextmanager
+def generation_feature(synth, feature: str, compiled: dict):
+    """Switch one generation speed option on for the body, on the synthesizer's one set of weights."""
+    import torch
+
+    from defectfill.models.pipeline import apply_speed_options
+
+    unet, vae = synth.pipe.unet, synth.pipe.vae
+    if feature == "channels_last":
+        apply_speed_options(unet, vae, channels_last=True)
+    elif feature == "compile_unet":
+        if "forward" not in compiled:
+            compiled["forward"] = torch.compile(unet.forward)
+        unet.forward = compiled["forward"]  # instance attribute: Module.__call__ runs it; del restores eager
+    elif feature == "bf16":
+        synth.pipe.to(dtype=torch.bfloat16)
+    elif feature != "defaults":
+        raise SystemExit(f"unknown feature {feature!r}; choose from {', '.join(GEN_FEATURES)}")
+    try:
+        yield
+    finally:
+        if feature == "channels_last":
+            unet.to(memory_format=torch.contiguous_format)
+            vae.to(memory_format=torch.contiguous_format)
+        elif feature == "compile_unet":
+            del unet.forward
+        elif feature == "bf16":
+            synth.pipe.to(dtype=torch.float32)
+
+
+def features_table(synth, clean: np.ndarray, mask: np.ndarray, features: list[str], rounds: int,
+                   warmup: int = 1) -> dict:
+    """Seconds of one generation slot per speed option, one set of weights for every row, interleaved in a
+    seeded random order per round (no fixed neighbours); warm-up rounds (which pay any compile) are kept
+    apart as first-slot times."""
+    wanted = ["defaults"] + [f for f in features if f != "defaults"]
+    unknown = sorted(set(wanted) - set(GEN_FEATURES))
+    if unknown:
+        raise SystemExit(f"unknown feature(s) {unknown}; choose from {', '.join(GEN_FEATURES)}")
+    compiled: dict = {}
+    times: dict[str, list[float]] = {f: [] for f in wanted}
+    first: dict[str, float] = {}
+    for r in range(warmup + rounds):
+        for f in (wanted[i] for i in np.random.default_rng(r).permutation(len(wanted))):
+            with generation_feature(synth, f, compiled):
+                t = time.perf_counter()
+                synth.synthesize(clean, mask, 7)
+                dt = time.perf_counter() - t
+            if r < warmup:
+                first.setdefault(f, dt)
+            else:
+                times[f].append(dt)
+            print(json.dumps({"round": r, "feature": f, "seconds": round(dt, 3)}), flush=True)
+    med = {f: statistics.median(v) for f, v in times.items()}
+    return {"features": wanted, "seconds": times, "median_s": med, "first_slot_s": first,
+            "ratio_to_defaults": {f: med[f] / med["defaults"] for f in wanted}}
+
+
+def write_features(record: dict, stem: Path) -> str:
+    from defectfill.runinfo import atomic_write_text
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=2))
+    md = [f"# DefectFill generation, speed options on/off ({record['arch']}, CPU)", "",
+          (f"One slot = K = {record['candidates']} candidates at {record['steps']} steps, {record['resolution']} px, "
+           f"+ Low-Fidelity Selection ({record['selection']}) + composite; random weights, one set of weights for "
+           f"all rows, interleaved in a seeded random order, {record['rounds']} rounds after {record['warmup']} "
+           f"warm-up, {record['threads']} thread(s)."), "",
+          "| option | median s | / defaults | warm-up slot s | what |", "|---|---|---|---|---|"]
+    for f in record["features"]:
+        md.append(f"| {f} | {record['median_s'][f]:.2f} | {record['ratio_to_defaults'][f]:.3f} | "
+                  f"{record['first_slot_s'].get(f, float('nan')):.1f} | {GEN_FEATURE_NOTES[f]} |")
+    md += ["", f"Command: `{record['command']}`"]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(stem.with_suffix(".md"), text)
+    return text
+
+
 def summarize(times: dict[str, list[float]], meta: dict) -> tuple[dict, str]:
     """Headline: ratio of the fastest runs (least disturbed by other load on a shared machine);
     the per-repeat ratios and medians are kept beside it. Writes JSON + Markdown."""
@@ -113,6 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Low-Fidelity Selection measure: lpips-lite0 (default, pretrained EfficientNet-Lite0) | "
                         "lpips (RANDOM AlexNet offline) | l1 | l2 | ssim")
     p.add_argument("--report-only", metavar="JSON", help="re-render a saved result's report, no timing")
+    p.add_argument("--model-dir", help="reuse this model folder (built there when missing)")
+    p.add_argument("--features", nargs="*", metavar="OPTION",
+                   help="time generation speed options on/off instead of LFS vs plain; default all of: "
+                        + ", ".join(GEN_FEATURES[1:]))
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the --features table")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds of the --features table")
+    p.add_argument("--out", help="output stem of the --features table")
     args = p.parse_args(argv)
     if args.report_only:
         saved = json.loads(Path(args.report_only).read_text())
@@ -128,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = build_model(args.arch, tmp / "model")
+        model = Path(args.model_dir) if args.model_dir else tmp / "model"
+        if not (model / "model_index.json").is_file():
+            build_model(args.arch, model)
         lora = untrained_lora(model, tmp / "lora", args.resolution)
         cfg = GenerateConfig(lora_dir=str(lora), clean_dir=str(tmp), candidates=args.candidates,
                              num_inference_steps=args.steps, selection=args.selection, crop_size=256,
@@ -142,6 +242,16 @@ def main(argv: list[str] | None = None) -> dict:
         r = args.resolution
         window = Image.fromarray(clean[:, 384:640]).convert("RGB").resize((r, r), Image.BICUBIC)
         pipe_mask = Image.fromarray(model_mask(mask[:, 384:640], r, synth.pipe.vae_scale_factor).astype(np.uint8) * 255)
+
+        if args.features is not None:
+            record = features_table(synth, clean, mask, args.features or list(GEN_FEATURES[1:]), args.rounds,
+                                    args.warmup)
+            record.update(arch=args.arch, resolution=args.resolution, steps=args.steps, candidates=args.candidates,
+                          selection=args.selection, rounds=args.rounds, warmup=args.warmup,
+                          threads=torch.get_num_threads(), versions=package_versions(),
+                          command="python bench/bench_lfs.py " + " ".join(sys.argv[1:] if argv is None else argv))
+            print(write_features(record, Path(args.out) if args.out else RESULTS / f"lfs_features_{args.arch}"))
+            return record
 
         def plain():
             synth.pipe(synth.prompt, image=window, mask_image=pipe_mask, height=r, width=r,

@@ -286,8 +286,10 @@ class GenerateConfig:
     max_off_fabric: float = 0.05  # above it (exported mask pixels off fabric) the sample goes to rejected/
     min_component_area: int = 1
     mask_threshold: int = 128
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # fp16 | bf16: the pipeline's weights in that dtype
     enable_xformers: bool = False
+    channels_last: bool = False  # UNet and VAE in channels_last (bench/bench_lfs.py --features measures it)
+    compile_unet: bool = False  # torch.compile the UNet (the first slot pays the compile)
     contact_sheet_samples: int = 12
 
     def validate(self) -> None:

@@ -68,7 +68,7 @@ class DefectFillSynthesizer(Generator):
 
     def __init__(self, cfg: GenerateConfig, device: torch.device | str = "cpu"):
         from defectfill.models.lora import EMBEDS_NAME, read_lora_metadata
-        from defectfill.models.pipeline import load_inpaint_pipeline
+        from defectfill.models.pipeline import apply_speed_options, load_inpaint_pipeline
 
         self.cfg = cfg
         self.dilation = cfg.dilation
@@ -82,6 +82,7 @@ class DefectFillSynthesizer(Generator):
         self.pipe = load_inpaint_pipeline(self.model, lora_dir=cfg.lora_dir, **kwargs).to(device)
         if cfg.enable_xformers:
             self.pipe.enable_xformers_memory_efficient_attention()
+        apply_speed_options(self.pipe.unet, self.pipe.vae, cfg.channels_last, cfg.compile_unet)
         self.pipe.set_progress_bar_config(disable=True)
         weights = Path(cfg.lora_dir) / "pytorch_lora_weights.safetensors"
         self.lora_hash = file_sha256(weights) + "+" + file_sha256(Path(cfg.lora_dir) / EMBEDS_NAME)

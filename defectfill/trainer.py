@@ -351,7 +351,7 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
     bench/bench_train_step.py)."""
     from defectfill.models.attention import AttentionStore, install_attention_capture
     from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
-    from defectfill.models.pipeline import load_training_components
+    from defectfill.models.pipeline import apply_speed_options, load_training_components
 
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
@@ -376,11 +376,7 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
             enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
                 text_encoder.gradient_checkpointing_enable
             enable()
-    if cfg.channels_last:
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
-    if cfg.compile_unet:
-        unet.compile()  # in place: parameter names, LoRA saving and Accelerate wrapping are unchanged
+    apply_speed_options(unet, vae, cfg.channels_last, cfg.compile_unet)
     return TrainingSetup(tokenizer, text_encoder, vae, unet, parts.noise_scheduler, store, placeholder, token_id)
 
 

@@ -302,3 +302,33 @@ def test_demo_on_procedural_data_ends_with_a_labelled_dataset(woven_root, tmp_pa
     again = run_demo(tmp_path / "demo", data_dir=woven_root, steps=2, num_samples=2)
     assert again["first_loss"] == summary["first_loss"] and again["last_loss"] == summary["last_loss"]
     assert again["samples"] == summary["samples"]
+
+
+# ---- speed options: they change the cost of generation, never its images ----
+
+def speed_option_candidates(lora_dir, clean_dir, tmp_path, **options) -> tuple[DefectFillSynthesizer, np.ndarray]:
+    synth = DefectFillSynthesizer(gen_cfg(lora_dir, clean_dir, tmp_path, candidates=2, **options))
+    r = synth.resolution
+    window = np.random.default_rng(0).integers(60, 200, (r, r, 3), dtype=np.uint8)
+    window_mask = np.zeros((r, r), bool)
+    window_mask[r // 4: r // 2, r // 3: r // 2] = True
+    return synth, synth.candidates(window, window_mask, [11, 12])
+
+
+def test_channels_last_generation_gives_the_default_candidates(lora_dir, clean_dir, tmp_path):
+    _, eager = speed_option_candidates(lora_dir, clean_dir, tmp_path)
+    synth, fast = speed_option_candidates(lora_dir, clean_dir, tmp_path, channels_last=True)
+    assert synth.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert synth.pipe.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_unet_generation_gives_the_eager_candidates(lora_dir, clean_dir, tmp_path):
+    from torch._dynamo.utils import counters
+
+    _, eager = speed_option_candidates(lora_dir, clean_dir, tmp_path)
+    compiled_before = counters["stats"]["unique_graphs"]
+    _, compiled = speed_option_candidates(lora_dir, clean_dir, tmp_path, compile_unet=True)
+    assert counters["stats"]["unique_graphs"] > compiled_before, "the UNet was not compiled"
+    np.testing.assert_allclose(compiled, eager, atol=1e-4)

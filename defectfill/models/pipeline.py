@@ -114,3 +114,16 @@ def load_inpaint_pipeline(model: str, lora_dir: str | os.PathLike | None = None,
 
         load_defectfill_lora(pipe, lora_dir)
     return pipe
+
+
+def apply_speed_options(unet, vae, channels_last: bool = False, compile_unet: bool = False) -> None:
+    """Training's and generation's speed options, in place: the UNet and VAE in the channels_last memory
+    format; `torch.compile` of the UNet (``Module.compile``: parameter names, LoRA saving and Accelerate
+    wrapping are unchanged; the first calls pay the compile)."""
+    import torch
+
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        unet.compile()
