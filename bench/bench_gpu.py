@@ -3,7 +3,8 @@ device's bf16 peak at 512 px batch 4, generation throughput with K = 8 Low-Fidel
 steps, and the projected wall time of the 2000-step recipe.
 
     python bench/bench_gpu.py --arch sd2                              # on a GPU (bf16 autocast)
-    python bench/bench_gpu.py --arch sd2 --channels-last --compile --features   # + each speed feature on/off
+    python bench/bench_gpu.py --arch sd2 --channels-last --compile --features   # + each speed option on/off
+                                                                  # (training: <out>_features, generation: <out>_gen_features)
     python bench/bench_gpu.py --arch tiny --resolution 64 --batch 1 --train-steps 2 --gen-slots 1 --steps 2  # CPU check
 
 The SD-2-inpainting architecture is built with random weights (no download): speed and memory do
@@ -41,8 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", help="trainer option channels_last")
     p.add_argument("--compile", action="store_true", help="trainer option compile_unet (warm-up pays the compile)")
     p.add_argument("--features", nargs="*", metavar="FEATURE",
-                   help="also time each speed feature on/off on this device (bench_train_step.py --features), "
-                        "at --resolution and --batch, fp32 weights; written to <out>_features")
+                   help="also time each training speed feature on/off on this device (bench_train_step.py "
+                        "--features), at --resolution and --batch, fp32 weights, written to <out>_features; and "
+                        "generation's options (bench_lfs.py --features) to <out>_gen_features")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the --features table")
     p.add_argument("--warmup", type=int, default=1, help="warm-up rounds of the --features table")
     p.add_argument("--gen-slots", type=int, default=3, help="timed generation slots after one warm-up")
@@ -103,6 +105,25 @@ def train_numbers(args, model: str, device: torch.device) -> dict:
             "projected_recipe_minutes": args.recipe_steps * s / 60}
 
 
+def split_features(named: list[str] | None) -> tuple[list[str] | None, list[str] | None]:
+    """(training features, generation options) to time for ``--features``: all of both when it is given
+    empty, else the named ones of each (None: no table of that kind)."""
+    from bench_lfs import GEN_FEATURES
+    from bench_train_step import FEATURES
+
+    if named is None:
+        return None, None
+    if not named:
+        return list(FEATURES[1:]), list(GEN_FEATURES[1:])
+    unknown = sorted(set(named) - set(FEATURES) - set(GEN_FEATURES))
+    if unknown:
+        raise SystemExit(f"unknown feature(s) {unknown}; training: {', '.join(FEATURES[1:])}; "
+                         f"generation: {', '.join(GEN_FEATURES[1:])}")
+    train = [f for f in named if f in FEATURES and f != "defaults"]
+    gen = [f for f in named if f in GEN_FEATURES and f != "defaults"]
+    return train or None, gen or None
+
+
 def generation_numbers(args, model: str, device: torch.device) -> dict:
     from bench_lfs import untrained_lora
 
@@ -127,14 +148,23 @@ def generation_numbers(args, model: str, device: torch.device) -> dict:
             synth.synthesize(clean, mask, i + 1)
             sync(device)
             times.append(time.perf_counter() - t)
+        features = None
+        wanted = split_features(args.features)[1]
+        if wanted is not None:  # generation's speed options on the same weights (bf16 is already on)
+            from bench_lfs import features_table
+
+            wanted = [f for f in wanted if not (f == "bf16" and cfg.mixed_precision == "bf16")]
+            features = features_table(synth, clean, mask, wanted, args.rounds, args.warmup,
+                                      sync=lambda: sync(device))
     s = float(np.median(times))
     return {"slot_s": s, "slot_seconds": times, "images_per_s": 1 / s, "candidates_per_s": args.candidates / s,
-            "candidates": args.candidates, "steps": args.steps}
+            "candidates": args.candidates, "steps": args.steps, "features": features}
 
 
 def main(args) -> dict:
     from bench_lfs import build_model
 
+    split_features(args.features)  # an unknown name fails here, before any model is built
     device, name, peak = device_info()
     peak = args.peak_tflops or peak
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,12 +176,13 @@ def main(args) -> dict:
             torch.cuda.empty_cache()
         gen = generation_numbers(args, model, device)
         features = None
-        if args.features is not None:
+        train_features = split_features(args.features)[0]
+        if train_features is not None:
             from bench_train_step import features_table
 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            features = features_table(args, model, device)
+            features = features_table(argparse.Namespace(**{**vars(args), "features": train_features}), model, device)
     result = {"device": name, "arch": args.arch, "resolution": args.resolution, "batch": args.batch,
               "gradient_checkpointing": args.gradient_checkpointing, "channels_last": args.channels_last,
               "compile_unet": args.compile, "bf16_peak_tflops": peak,
@@ -184,6 +215,14 @@ def main(args) -> dict:
                         command=result["command"])
         write_features(args, features, stem.with_name(stem.name + "_features"))
         result["features"] = features
+    if gen["features"] is not None:
+        import bench_lfs
+
+        gen["features"].update(arch=args.arch, resolution=args.resolution, steps=args.steps,
+                               candidates=args.candidates, selection="lpips-lite0", rounds=args.rounds,
+                               warmup=args.warmup, threads=torch.get_num_threads(), device=name,
+                               command=result["command"])
+        bench_lfs.write_features(gen["features"], stem.with_name(stem.name + "_gen_features"))
     return result
 
 

@@ -96,6 +96,7 @@ def generation_feature(synth, feature: str, compiled: dict):
     from defectfill.models.pipeline import apply_speed_options
 
     unet, vae = synth.pipe.unet, synth.pipe.vae
+    dtype = unet.dtype
     if feature == "channels_last":
         apply_speed_options(unet, vae, channels_last=True)
     elif feature == "compile_unet":
@@ -115,11 +116,11 @@ def generation_feature(synth, feature: str, compiled: dict):
         elif feature == "compile_unet":
             del unet.forward
         elif feature == "bf16":
-            synth.pipe.to(dtype=torch.float32)
+            synth.pipe.to(dtype=dtype)
 
 
 def features_table(synth, clean: np.ndarray, mask: np.ndarray, features: list[str], rounds: int,
-                   warmup: int = 1) -> dict:
+                   warmup: int = 1, sync=lambda: None) -> dict:
     """Seconds of one generation slot per speed option, one set of weights for every row, interleaved in a
     seeded random order per round (no fixed neighbours); warm-up rounds (which pay any compile) are kept
     apart as first-slot times."""
@@ -133,8 +134,10 @@ def features_table(synth, clean: np.ndarray, mask: np.ndarray, features: list[st
     for r in range(warmup + rounds):
         for f in (wanted[i] for i in np.random.default_rng(r).permutation(len(wanted))):
             with generation_feature(synth, f, compiled):
+                sync()
                 t = time.perf_counter()
                 synth.synthesize(clean, mask, 7)
+                sync()
                 dt = time.perf_counter() - t
             if r < warmup:
                 first.setdefault(f, dt)
@@ -151,7 +154,7 @@ def write_features(record: dict, stem: Path) -> str:
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=2))
-    md = [f"# DefectFill generation, speed options on/off ({record['arch']}, CPU)", "",
+    md = [f"# DefectFill generation, speed options on/off ({record['arch']}, {record.get('device', 'cpu')})", "",
           (f"One slot = K = {record['candidates']} candidates at {record['steps']} steps, {record['resolution']} px, "
            f"+ Low-Fidelity Selection ({record['selection']}) + composite; random weights, one set of weights for "
            f"all rows, interleaved in a seeded random order, {record['rounds']} rounds after {record['warmup']} "

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -57,7 +58,7 @@ def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
     args = mod.parse_args(["--arch", "tiny", "--model-dir", str(tiny_model_dir), "--resolution", "32", "--batch", "2",
                            "--train-steps", "2", "--gen-slots", "1", "--steps", "2", "--candidates", "2",
                            "--peak-tflops", "0.5", "--recipe-steps", "100", "--out", str(tmp_path / "g"),
-                           "--channels-last", "--features", "cached_reference_latents", "no_fused_text_encoding",
+                           "--channels-last", "--features", "cached_reference_latents", "no_fused_text_encoding", "channels_last",
                            "--rounds", "1", "--warmup", "1"])
     r = mod.main(args)
     t, g = r["train"], r["generate"]
@@ -68,10 +69,50 @@ def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
     assert g["images_per_s"] == 1 / g["slot_s"] and g["candidates"] == 2
     assert json.loads((tmp_path / "g.json").read_text())["device"] == "cpu"
     f = json.loads((tmp_path / "g_features.json").read_text())
-    assert f["features"] == ["defaults", "cached_reference_latents", "no_fused_text_encoding"]
+    assert f["features"] == ["defaults", "cached_reference_latents", "no_fused_text_encoding", "channels_last"]
     assert all(len(f["seconds"][k]) == 1 and f["median_s"][k] > 0 for k in f["features"])
     assert f["ratio_to_defaults"]["defaults"] == 1.0 and "| cached_reference_latents |" in (
         tmp_path / "g_features.md").read_text()
+    gf = json.loads((tmp_path / "g_gen_features.json").read_text())
+    assert gf["features"] == ["defaults", "channels_last"]  # the generation options among those named
+    assert all(len(gf["seconds"][k]) == 1 and gf["first_slot_s"][k] > 0 for k in gf["features"])
+    assert "| channels_last |" in (tmp_path / "g_gen_features.md").read_text()
+
+
+def test_bench_gpu_splits_features_into_training_and_generation():
+    sys.path.insert(0, str(BENCH))
+    import bench_gpu
+
+    assert bench_gpu.split_features(None) == (None, None)
+    train, gen = bench_gpu.split_features([])
+    assert "cached_reference_latents" in train and gen == ["channels_last", "compile_unet", "bf16"]
+    assert bench_gpu.split_features(["bf16", "channels_last"]) == (["channels_last"], ["bf16", "channels_last"])
+    assert bench_gpu.split_features(["cached_reference_latents"]) == (["cached_reference_latents"], None)
+    with pytest.raises(SystemExit, match="warp_speed"):
+        bench_gpu.split_features(["warp_speed"])
+
+
+def test_generation_options_are_switched_off_again(tiny_model_dir, tmp_path):
+    """bench_lfs.py's rows share one synthesizer: each option is undone after its row."""
+    sys.path.insert(0, str(BENCH))
+    import bench_lfs
+
+    from defectfill.config import GenerateConfig
+    from defectfill.generate import DefectFillSynthesizer
+
+    lora = bench_lfs.untrained_lora(tiny_model_dir, tmp_path / "lora", 32)
+    synth = DefectFillSynthesizer(GenerateConfig(lora_dir=str(lora), clean_dir=str(tmp_path), candidates=1,
+                                                 num_inference_steps=1, selection="l1", resolution=32))
+    unet = synth.pipe.unet
+    compiled: dict = {}
+    seen = {}
+    for feature in bench_lfs.GEN_FEATURES:
+        with bench_lfs.generation_feature(synth, feature, compiled):
+            seen[feature] = (unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
+                             "forward" in vars(unet), unet.dtype)
+        assert unet.conv_in.weight.is_contiguous() and "forward" not in vars(unet) and unet.dtype == torch.float32
+    assert seen["defaults"] == (False, False, torch.float32)
+    assert seen["channels_last"][0] and seen["compile_unet"][1] and seen["bf16"][2] == torch.bfloat16
 
 
 def test_features_table_steps_train_and_the_cache_hits(tiny_model_dir):
