@@ -129,24 +129,36 @@ def features_table(synth, clean: np.ndarray, mask: np.ndarray, features: list[st
     if unknown:
         raise SystemExit(f"unknown feature(s) {unknown}; choose from {', '.join(GEN_FEATURES)}")
     compiled: dict = {}
-    times: dict[str, list[float]] = {f: [] for f in wanted}
+
+    def one_slot(f: str) -> float:
+        with generation_feature(synth, f, compiled):
+            sync()
+            t = time.perf_counter()
+            synth.synthesize(clean, mask, 7)
+            sync()
+            return time.perf_counter() - t
+
+    times, first = interleaved_rounds(wanted, one_slot, rounds, warmup)
+    med = {f: statistics.median(v) for f, v in times.items()}
+    return {"features": wanted, "seconds": times, "median_s": med, "first_slot_s": first,
+            "ratio_to_defaults": {f: med[f] / med["defaults"] for f in wanted}}
+
+
+def interleaved_rounds(names: list[str], time_one, rounds: int, warmup: int) -> tuple[dict, dict]:
+    """Call ``time_one(name)`` (seconds) for every name, round after round, in a seeded random order per
+    round (no fixed neighbours on a noisy machine); returns ({name: timed seconds}, {name: first warm-up
+    seconds})."""
+    times: dict[str, list[float]] = {f: [] for f in names}
     first: dict[str, float] = {}
     for r in range(warmup + rounds):
-        for f in (wanted[i] for i in np.random.default_rng(r).permutation(len(wanted))):
-            with generation_feature(synth, f, compiled):
-                sync()
-                t = time.perf_counter()
-                synth.synthesize(clean, mask, 7)
-                sync()
-                dt = time.perf_counter() - t
+        for f in (names[i] for i in np.random.default_rng(r).permutation(len(names))):
+            dt = time_one(f)
             if r < warmup:
                 first.setdefault(f, dt)
             else:
                 times[f].append(dt)
             print(json.dumps({"round": r, "feature": f, "seconds": round(dt, 3)}), flush=True)
-    med = {f: statistics.median(v) for f, v in times.items()}
-    return {"features": wanted, "seconds": times, "median_s": med, "first_slot_s": first,
-            "ratio_to_defaults": {f: med[f] / med["defaults"] for f in wanted}}
+    return times, first
 
 
 def write_features(record: dict, stem: Path) -> str:

@@ -304,8 +304,10 @@ def memory_table(args, model: str) -> list[dict]:
 
 def features_table(args, model: str, device: torch.device | str = "cpu") -> dict:
     """Median step time of the DefectFill step per speed feature, all sharing one set of (fp32)
-    weights and interleaved per round (the order rotates), after a warm-up round that also pays any
-    compile."""
+    weights and interleaved per round in a seeded random order, after a warm-up round that also pays
+    any compile."""
+    from bench_lfs import interleaved_rounds
+
     wanted = ["defaults"] + [f for f in (args.features or FEATURES[1:]) if f != "defaults"]
     unknown = sorted(set(wanted) - set(FEATURES))
     if unknown:
@@ -313,29 +315,24 @@ def features_table(args, model: str, device: torch.device | str = "cpu") -> dict
     device = torch.device(device)
     step = DefectFillStep(model, args.resolution, device=device)
     crop_keys = [("bench", i) for i in range(args.batch)]  # the same crops (seed 0) every round: keys are true
-    times: dict[str, list[float]] = {f: [] for f in wanted}
-    first: dict[str, float] = {}
-    for r in range(args.warmup + args.rounds):
-        order = [wanted[i] for i in np.random.default_rng(r).permutation(len(wanted))]  # no fixed neighbours
-        for f in order:
-            b = batch_for(args.resolution, args.batch, seed=0)
-            b.crop_keys = crop_keys
-            if f == "channels_last":
-                step.memory_format(torch.channels_last)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            step(b, None if f in ("defaults", "channels_last") else f)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-            if f == "channels_last":
-                step.memory_format(torch.contiguous_format)
-            if r < args.warmup:
-                first.setdefault(f, dt)
-            else:
-                times[f].append(dt)
-            print(json.dumps({"round": r, "feature": f, "seconds": round(dt, 3)}), flush=True)
+
+    def one_step(f: str) -> float:
+        b = batch_for(args.resolution, args.batch, seed=0)
+        b.crop_keys = crop_keys
+        if f == "channels_last":
+            step.memory_format(torch.channels_last)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step(b, None if f in ("defaults", "channels_last") else f)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        if f == "channels_last":
+            step.memory_format(torch.contiguous_format)
+        return dt
+
+    times, first = interleaved_rounds(wanted, one_step, args.rounds, args.warmup)
     med = {f: statistics.median(v) for f, v in times.items()}
     return {"features": wanted, "seconds": times, "median_s": med, "first_step_s": first,
             "ratio_to_defaults": {f: med[f] / med["defaults"] for f in wanted}}
