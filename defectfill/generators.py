@@ -29,6 +29,8 @@ ALIASES = {
     "multistage": "gan_baselines.multistage:MultistageGANGenerator",
     "dgt": "gan_baselines.dgt:DGTGenerator",
     "r3gan": "gan_baselines.r3gan:R3GANGenerator",
+    "shade": "gan_baselines.controls:ShadeGenerator",
+    "noise_blob": "gan_baselines.controls:NoiseBlobGenerator",
 }
 
 
