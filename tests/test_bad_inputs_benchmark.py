@@ -381,26 +381,26 @@ def real_only_grid(tmp_path, small_data) -> list[str]:
 
 def test_a_failed_cell_exits_1_and_is_listed_while_the_others_complete(real_only_grid, tmp_path, capsys,
                                                                        monkeypatch):
-    import defectfill.benchmark.runner as runner
+    from defectfill.benchmark.tasks.segmenter import SegmenterTask
 
-    real_cell = runner._segmenter_cell
+    real_run = SegmenterTask.run
 
-    def failing(ctx, cell, *args):
+    def failing(self, ctx, cell, *args):
         if cell.seed == 1:
             raise RuntimeError("the segmenter diverged\nsecond line of detail")
-        return real_cell(ctx, cell, *args)
+        return real_run(self, ctx, cell, *args)
 
-    monkeypatch.setattr(runner, "_segmenter_cell", failing)
+    monkeypatch.setattr(SegmenterTask, "run", failing)
     out = tmp_path / "out"
     assert main(real_only_grid) == 1
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if line.startswith("failed:")]
-    assert failed == ["failed: segmenter-main-real_only-n0-s1: RuntimeError: the segmenter diverged"], err
+    assert failed == ["failed: segmenter-main-real_only-n0-f0-s1: RuntimeError: the segmenter diverged"], err
     assert "2 of 3 cells done, 1 failed" in err and "rerun the same command to retry the failed cells" in err
     assert not [line for line in err.splitlines() if line.startswith("error:")]
     for seed in (0, 2):
-        assert json.loads((out / "cells" / f"segmenter-main-real_only-n0-s{seed}" / "result.json").read_text())
-    assert (out / "cells" / "segmenter-main-real_only-n0-s1" / "error.json").is_file()
+        assert json.loads((out / "cells" / f"segmenter-main-real_only-n0-f0-s{seed}" / "result.json").read_text())
+    assert (out / "cells" / "segmenter-main-real_only-n0-f0-s1" / "error.json").is_file()
     assert "1 cell(s) failed" in (out / "results.md").read_text()  # the report of the cells that finished
 
     monkeypatch.setattr(runner, "_segmenter_cell", real_cell)  # the rerun retries only the failed cell

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from defectfill.benchmark.runner import BenchmarkConfig, _claim, benchmark_main, plan, run_benchmark
+from defectfill.benchmark.locks import claim as _claim
+from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main, plan, run_benchmark
 from defectfill.config import load_config
 from defectfill.errors import ConfigError, DataError
 
@@ -63,8 +64,8 @@ def test_every_planned_cell_is_run_and_reported(bench):
     failed = {p.parent.name for p in (out / "cells").glob("*/error.json")}
     assert done | failed == planned and not done & failed
     assert failed == {c for c in planned if "-broken-" in c}  # only the generator that cannot be fitted
-    assert {"segmenter-main-real_only-n0-s2", "rtdetr-main-copy_paste-n2-s1", "rtdetr-split_long4-real_only-n0-s0",
-            f"segmenter-without_{LEFT_OUT}-copy_paste-n2-s0"} <= done
+    assert {"segmenter-main-real_only-n0-f0-s2", "rtdetr-main-copy_paste-n2-f0-s1", "rtdetr-split_long4-real_only-n0-f0-s0",
+            f"segmenter-without_{LEFT_OUT}-copy_paste-n2-f0-s0"} <= done
     results = json.loads((out / "results.json").read_text())
     assert {e["cell"] for e in results["errors"]} == failed
     assert all("no_such_class" in e["error"] for e in results["errors"])
@@ -88,8 +89,8 @@ def test_deltas_are_paired_per_seed(bench):
     results = json.loads((out / "results.json").read_text())
     for task, metric, gen in (("segmenter", "pixel_ap", "copy_paste"), ("rtdetr", "recall", "defectfill")):
         row = next(r for r in results["rows"] if (r["task"], r["setting"], r["generator"]) == (task, "main", gen))
-        pairs = {s: (_cell(out, f"{task}-main-{gen}-n2-s{s}")["evaluations"]["all"][metric],
-                     _cell(out, f"{task}-main-real_only-n0-s{s}")["evaluations"]["all"][metric]) for s in (0, 1, 2)}
+        pairs = {s: (_cell(out, f"{task}-main-{gen}-n2-f0-s{s}")["evaluations"]["all"][metric],
+                     _cell(out, f"{task}-main-real_only-n0-f0-s{s}")["evaluations"]["all"][metric]) for s in (0, 1, 2)}
         by_hand = {s: a - b for s, (a, b) in pairs.items()}
         mean = sum(by_hand.values()) / 3
         for s, d in by_hand.items():
@@ -101,11 +102,11 @@ def test_deltas_are_paired_per_seed(bench):
 
 def test_equal_budgets_and_same_real_data(bench):
     cfg, out, _ = bench
-    seg = [_cell(out, n) for n in ("segmenter-main-real_only-n0-s1", "segmenter-main-copy_paste-n2-s1")]
+    seg = [_cell(out, n) for n in ("segmenter-main-real_only-n0-f0-s1", "segmenter-main-copy_paste-n2-f0-s1")]
     assert seg[0]["steps"] == seg[1]["steps"] == SEG["steps"]
     assert seg[0]["train_real_images"] == seg[1]["train_real_images"]
     assert (seg[0]["synthetic_used"], seg[1]["synthetic_used"]) == (0, 2)
-    det = [_cell(out, n) for n in ("rtdetr-main-real_only-n0-s1", "rtdetr-main-copy_paste-n2-s1")]
+    det = [_cell(out, n) for n in ("rtdetr-main-real_only-n0-f0-s1", "rtdetr-main-copy_paste-n2-f0-s1")]
     target = cfg.detector["steps"]
     for d in det:  # whole epochs: within half an epoch of the target batches
         assert abs(d["iterations"] - target) <= d["batches_per_epoch"] / 2 + 1e-9 or d["epochs"] == 1
@@ -115,7 +116,7 @@ def test_equal_budgets_and_same_real_data(bench):
 
 def test_split_long_gives_more_training_boxes_and_same_evaluation(bench):
     _, out, _ = bench
-    one, split = (_cell(out, f"rtdetr-{s}-real_only-n0-s0") for s in ("main", "split_long4"))
+    one, split = (_cell(out, f"rtdetr-{s}-real_only-n0-f0-s0") for s in ("main", "split_long4"))
     assert split["config"]["split_long"] == 4 and one["config"]["split_long"] is None
     assert split["splits"]["train"]["boxes"] > one["splits"]["train"]["boxes"]
     assert split["splits"]["train"]["images"] == one["splits"]["train"]["images"]
@@ -136,7 +137,7 @@ def test_left_out_type_is_absent_from_training_and_generation(bench):
     sidecars = (base / "copy_paste" / "gen" / "sidecars").glob("*.json")
     classes = {json.loads(p.read_text())["defect_class"] for p in sidecars}
     assert classes and LEFT_OUT not in classes
-    cell = _cell(out, f"segmenter-without_{LEFT_OUT}-real_only-n0-s0")
+    cell = _cell(out, f"segmenter-without_{LEFT_OUT}-real_only-n0-f0-s0")
     assert set(cell["evaluations"]) == {"all", f"type_{LEFT_OUT}"}
     assert cell["evaluations"][f"type_{LEFT_OUT}"]["positive_tiles"] > 0
     results = json.loads((out / "results.json").read_text())
@@ -161,7 +162,7 @@ def test_open_set_cells_answer_the_unknown_type_with_dfc(bench):
     cfg, out, report = bench
     for gen, n in (("real_only", 0), ("copy_paste", 2)):
         for seed in cfg.seeds:
-            cell = _cell(out, f"openset-without_{LEFT_OUT}-{gen}-n{n}-s{seed}")
+            cell = _cell(out, f"openset-without_{LEFT_OUT}-{gen}-n{n}-f0-s{seed}")
             o = cell["openset"]
             assert LEFT_OUT not in cell["classes"] and len(cell["classes"]) >= 2
             assert o["novel"] > 0 and o["known"] > 0 and 0 <= o["auroc"] <= 1
@@ -229,8 +230,8 @@ def test_new_fabric_protocol_never_trains_on_the_target_fabrics_defects(tmp_path
     report = run_benchmark(cfg)
     out = tmp_path / "out"
     assert report["run"]["cells_failed"] == 0
-    assert {c.name for u in plan(cfg) for c in u.cells} >= {"segmenter-new_woven_00-copy_paste-n2-s1",
-                                                           "segmenter-new_woven_00-real_only-n0-s2"}
+    assert {c.name for u in plan(cfg) for c in u.cells} >= {"segmenter-new_woven_00-copy_paste-n2-f0-s1",
+                                                           "segmenter-new_woven_00-real_only-n0-f0-s2"}
     base = out / "work" / "s0" / "new_woven_00"
     trained = _ids_of(base / "pool", "images")
     assert trained and all(fabric[i] != "woven_00" for i in trained)  # no target defect image trains
@@ -238,7 +239,7 @@ def test_new_fabric_protocol_never_trains_on_the_target_fabrics_defects(tmp_path
     sources = {json.loads(p.read_text())["source_image"]
                for p in (base / "copy_paste" / "gen" / "sidecars").glob("*.json")}
     assert sources and all(fabric[Path(s).stem] == "woven_00" for s in sources)  # synthesised onto the target
-    cell = _cell(out, "segmenter-new_woven_00-copy_paste-n2-s0")
+    cell = _cell(out, "segmenter-new_woven_00-copy_paste-n2-f0-s0")
     src = eval_data or data
     src_fabric = {r["id"]: r["fabric_type"] for r in csv.DictReader((src / "manifest.csv").open())}
     expected = {i for i in _ids_of(src, "images") if src_fabric[i] == "woven_00"}

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectfill.benchmark.runner import BenchmarkConfig, _claim, _start_ticks, plan, sweep
+from defectfill.benchmark.locks import claim as _claim, start_ticks as _start_ticks, sweep
+from defectfill.benchmark.runner import BenchmarkConfig, plan
 from defectfill.cli import main
 from defectfill.config import load_config
 
@@ -168,10 +169,10 @@ def test_disk_full_mid_run_is_one_line_and_a_rerun_resumes(tmp_path, small_data,
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert "segmenter-main-real_only-n0-s1/result.json" in errors[0] and "free disk space" in errors[0], errors
-    first = out / "cells" / "segmenter-main-real_only-n0-s0" / "result.json"
-    assert json.loads(first.read_text())["cell"] == "segmenter-main-real_only-n0-s0"
-    assert not (out / "cells" / "segmenter-main-real_only-n0-s1").exists()  # no error.json: not a failed cell
+    assert "segmenter-main-real_only-n0-f0-s1/result.json" in errors[0] and "free disk space" in errors[0], errors
+    first = out / "cells" / "segmenter-main-real_only-n0-f0-s0" / "result.json"
+    assert json.loads(first.read_text())["cell"] == "segmenter-main-real_only-n0-f0-s0"
+    assert not (out / "cells" / "segmenter-main-real_only-n0-f0-s1").exists()  # no error.json: not a failed cell
     assert not list((out / "locks").glob("*.lock")) and not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
     monkeypatch.setattr(runner, "atomic_write_text", real_write)
@@ -231,7 +232,7 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path):
     dead = child.pid
     child.wait()
     out = tmp_path / "out"
-    cell = out / "cells" / "segmenter-main-real_only-n0-s0"
+    cell = out / "cells" / "segmenter-main-real_only-n0-f0-s0"
     cell.mkdir(parents=True)
     (cell / "result.json").write_text("{}")
     (cell / "error.json").write_text("{}")  # killed between writing the result and removing the error

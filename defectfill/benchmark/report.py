@@ -17,18 +17,20 @@ import numpy as np
 
 from defectfill.runinfo import atomic_write_text
 
-REAL_ONLY = "real_only"
-MAIN = "main"
-TASK_METRICS = {
-    "segmenter": ("pixel_ap", "pixel_ap_macro", "pixel_ap_all_pixels", "tile_auroc", "pixel_f1@threshold",
-                  "pixel_f1@0.5", "tile_recall@threshold"),
-    "rtdetr": ("map50", "map50_95", "precision", "recall", "f1"),
-    "openset": ("auroc", "novel_flagged", "known_false_unknown", "known_accuracy", "known_accuracy_open"),
-}
-HEADLINE = {"segmenter": "pixel_ap", "rtdetr": "map50", "openset": "auroc"}
-RECALL = {"segmenter": "tile_recall@threshold", "rtdetr": "recall", "openset": "novel_flagged"}
+from defectfill.benchmark import stats
+from defectfill.benchmark.config import MAIN, NEW_FABRIC, REAL_ONLY
+from defectfill.benchmark.tasks import TASKS
+
+TASK_METRICS = {name: task.metrics for name, task in TASKS.items()}
+HEADLINE = {name: task.headline for name, task in TASKS.items()}
+RECALL = {name: task.recall for name, task in TASKS.items()}
 SEEN_UNSEEN_TASKS = ("segmenter", "rtdetr")  # tasks with cells in both the main and the leave-out setting
 NEAR_ZERO_MAP50 = 0.05
+
+
+def replicate(cell: dict) -> str:
+    """A cell's replicate label: evaluation fold and seed (``f<fold>-s<seed>``)."""
+    return f"f{cell.get('fold', 0)}-s{cell['seed']}"
 
 
 def mean_std(values) -> dict:
@@ -91,23 +93,23 @@ def _metric(cell: dict, name: str, evaluation: str = "all"):
 
 def aggregate(cells: list[dict]) -> list[dict]:
     """One row per (task, setting, generator, count) with mean ± std and the paired delta vs real_only."""
-    base = {(c["task"], c["setting"], c["seed"]): c for c in cells if c["generator"] == REAL_ONLY}
+    base = {(c["task"], c["setting"], replicate(c)): c for c in cells if c["generator"] == REAL_ONLY}
     groups: dict[tuple, list] = {}
     for c in cells:
         groups.setdefault((c["task"], c["setting"], c["generator"], c["count"]), []).append(c)
     rows = []
     order = lambda kv: (kv[0][0], kv[0][1] != MAIN, kv[0][1], kv[0][2] != REAL_ONLY, kv[0][2], kv[0][3])
     for (task, setting, name, count), group in sorted(groups.items(), key=order):
-        group = sorted(group, key=lambda c: c["seed"])
+        group = sorted(group, key=replicate)
         row = {"task": task, "setting": setting, "generator": name, "count": count,
-               "seeds": [c["seed"] for c in group]}
+               "seeds": [replicate(c) for c in group]}
         for m in TASK_METRICS[task]:
             row[m] = mean_std([_metric(c, m) for c in group])
             deltas = {}
             for c in group:
-                b = base.get((task, setting, c["seed"]))
+                b = base.get((task, setting, replicate(c)))
                 if b is not None and _metric(c, m) is not None and _metric(b, m) is not None:
-                    deltas[c["seed"]] = _metric(c, m) - _metric(b, m)
+                    deltas[replicate(c)] = _metric(c, m) - _metric(b, m)
             row[f"delta_{m}"] = {**mean_std(deltas.values()), "per_seed": {str(k): v for k, v in deltas.items()}}
         row["steps"] = sorted({c.get("steps") for c in group if c.get("steps") is not None})
         row["cell_seconds"] = mean_std([c.get("cell_seconds") for c in group])
@@ -120,7 +122,7 @@ def generator_rows(cells: list[dict]) -> list[dict]:
     runs: dict[str, dict[int, dict]] = {}
     for c in cells:
         if c["generator"] != REAL_ONLY and c["setting"] == MAIN and c.get("generator_run"):
-            runs.setdefault(c["generator"], {})[c["seed"]] = c["generator_run"]
+            runs.setdefault(c["generator"], {})[replicate(c)] = c["generator_run"]
     rows = []
     for name, by_seed in sorted(runs.items()):
         rs = list(by_seed.values())
@@ -181,7 +183,7 @@ def inspection_row(per_seed: list[dict]) -> dict:
 def paired_settings(cells: list[dict], task: str, setting_a: str, setting_b: str, metric: str,
                     evaluation: str = "all") -> list[dict]:
     """Per (generator, count): ``metric`` under setting a and b, and the paired (per seed) difference b − a."""
-    by = {(c["setting"], c["generator"], c["count"], c["seed"]): c for c in cells if c["task"] == task}
+    by = {(c["setting"], c["generator"], c["count"], replicate(c)): c for c in cells if c["task"] == task}
     keys = sorted({(g, n) for s, g, n, _ in by if s == setting_b}, key=lambda k: (k[0] != REAL_ONLY, k))
     out = []
     for g, n in keys:
@@ -203,7 +205,7 @@ def label_fill(out: Path) -> dict | None:
     grid_path = out / "grid.json"
     settings = json.loads(grid_path.read_text())["settings"] if grid_path.is_file() else {}
     split = (settings.get("label_noise") or {}).get("split_long")
-    pools = sorted(out.glob("work/s*/main/pool/masks"))
+    pools = sorted(out.glob("work/f*/main/pool/masks"))
     if not split or not pools:
         return None
     tile = int((settings.get("detector") or {}).get("tile", 256))
@@ -238,6 +240,86 @@ def per_type_ap(cells: list[dict], setting: str = MAIN) -> dict:
 def per_type_recall(cells: list[dict]) -> dict:
     """generator → defect type → mean tile recall@threshold over seeds (segmenter, main, largest count)."""
     return _per_type(cells, MAIN, "tile_recall@threshold_by_group", "recall")
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+CONTROLS = ("shade", "noise_blob")  # realism-free control generators (standard rows)
+REFERENCE_ARMS = ("copy_paste", *CONTROLS)  # what a generator must beat to show realism
+
+
+def family(setting: str) -> str:
+    """The row a setting pools into: ``new_fabric`` for every ``new_<fabric>``, else the setting itself."""
+    return "new_fabric" if setting.startswith(NEW_FABRIC) else setting
+
+
+def cluster(cell: dict) -> str:
+    """Which evaluation sources a cell's replicate shares with others: its fold, or its new fabric."""
+    return cell["setting"] if cell["setting"].startswith(NEW_FABRIC) else f"f{cell.get('fold', 0)}"
+
+
+def _records(cell: dict) -> dict | None:
+    per = ((cell.get("evaluations") or {}).get("all") or {}).get("per_source")
+    return {r["id"]: r for r in per} if per else None
+
+
+def default_comparisons(generators: list[str]) -> dict[str, list[str]]:
+    """Generator vs generator rows: every non-control generator vs copy-paste and each control present."""
+    return {g: [r for r in REFERENCE_ARMS if r in generators and r != g] for g in generators
+            if g != REAL_ONLY and g not in CONTROLS}
+
+
+def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None = None, n_boot: int = 2000,
+                alpha: float = 0.05, seed: int = 0) -> list[dict]:
+    """Per setting family, generator (largest count) and metric: the paired Δ vs real_only over every
+    (fold, seed) replicate present in both arms, its bootstrap CI (evaluation sources resampled per
+    cluster, the same draw for both arms), the Wilcoxon signed-rank p-value and the verdict; the same
+    for the generator-vs-generator pairs of ``compare`` (Δ = generator − other)."""
+    metrics = TASKS[task].stat_metrics
+    cells = [c for c in cells if c["task"] == task and _records(c) is not None]
+    rows = []
+    for fam in sorted({family(c["setting"]) for c in cells}, key=lambda f: (f != MAIN, f)):
+        here = [c for c in cells if family(c["setting"]) == fam]
+        top = {}
+        for c in here:
+            top[c["generator"]] = max(top.get(c["generator"], 0), c["count"])
+        arms = {(c["generator"], c["setting"], c.get("fold", 0), c["seed"]): c for c in here
+                if c["count"] == top[c["generator"]]}
+        names = sorted(top)
+        pairs = [(g, REAL_ONLY) for g in names if g != REAL_ONLY and REAL_ONLY in top]
+        comp = compare if compare is not None else default_comparisons(names)
+        pairs += [(g, o) for g, others in comp.items() for o in others if g in top and o in top]
+        for g, base in pairs:
+            reps = []
+            for (name, setting, fold, sd), c in sorted(arms.items()):
+                b = arms.get((base, setting, fold, sd))
+                if name == g and b is not None:
+                    reps.append({"cluster": cluster(c), "a": _records(b), "b": _records(c),
+                                 "label": f"{setting}-f{fold}-s{sd}"})
+            if not reps:
+                continue
+            for m in metrics:
+                res = stats.compare([{k: r[k] for k in ("cluster", "a", "b")} for r in reps], m, n_boot=n_boot,
+                                    seed=seed, alpha=alpha)
+                rows.append({"task": task, "setting": fam, "generator": g, "baseline": base, "count": top[g],
+                             "metric": m, "replicates": [r["label"] for r in reps],
+                             "clusters": len({r["cluster"] for r in reps}), **res})
+    return rows
+
+
+def forest_plots(rows: list[dict], out: Path, metric: str = "pixel_ap") -> dict[str, str]:
+    """One forest plot per setting family (``forest_<setting>.png``): every paired Δ of ``metric`` with its CI."""
+    paths = {}
+    for fam in sorted({r["setting"] for r in rows}):
+        sel = [r for r in rows if r["setting"] == fam and r["metric"] == metric]
+        if not sel:
+            continue
+        items = [{"label": f"{r['generator']} − {r['baseline']}", "mean": r["mean"], "ci_low": r["ci_low"],
+                  "ci_high": r["ci_high"], "verdict": r["verdict"]} for r in sel]
+        path = stats.forest_plot(items, out / f"forest_{fam}.png",
+                                 title=f"{fam}: paired Δ {metric}, 95 % CI over {sel[0]['n_replicates']} replicates")
+        paths[fam] = Path(path).name
+    return paths
 
 
 # ----------------------------------------------------------------------------- figures
@@ -300,7 +382,8 @@ def galleries(cells: list[dict], out: Path, rows: int = 6) -> list[str]:
     by_seed: dict[int, dict[str, str]] = {}
     for c in sorted(cells, key=lambda c: c["generator"]):
         run = c.get("generator_run") or {}
-        if c["setting"] == MAIN and run.get("generated_dir") and Path(run["generated_dir"]).is_dir():
+        if c["setting"] == MAIN and c.get("fold", 0) == 0 and run.get("generated_dir") \
+                and Path(run["generated_dir"]).is_dir():
             by_seed.setdefault(c["seed"], {})[c["generator"]] = run["generated_dir"]
     paths = []
     for seed, datasets in sorted(by_seed.items())[:1]:
@@ -324,7 +407,7 @@ def _per_seed(delta: dict) -> str:
     per = delta.get("per_seed") or {}
     if not per:
         return "–"
-    vals = [per[k] for k in sorted(per, key=int)]
+    vals = [per[k] for k in sorted(per)]
     return ", ".join(f"{v:+.3f}" for v in vals) + f" ({sum(v > 0 for v in vals)}/{len(vals)} > 0)"
 
 
@@ -356,9 +439,15 @@ def _type_table(by_generator: dict) -> list[str]:
     return lines
 
 
-def write_report(output_dir: str | Path) -> dict:
+def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> dict:
+    """results.json, results.md and the figures from the finished cells of ``output_dir``;
+    ``stats_settings``: the profile's ``stats`` (n_boot, alpha, compare)."""
     out = Path(output_dir)
+    settings_ = stats_settings or {}
     cells, errors = load_cells(out)
+    paired = paired_rows(cells, compare=settings_.get("compare"), n_boot=int(settings_.get("n_boot", 2000)),
+                         alpha=float(settings_.get("alpha", 0.05)))
+    forest = forest_plots(paired, out)
     rows = aggregate(cells)
     gens = generator_rows(cells)
     settings = sorted({c["setting"] for c in cells})
@@ -375,7 +464,7 @@ def write_report(output_dir: str | Path) -> dict:
     new_fabric = [s for s in settings if s.startswith("new_")]
     type_ap = {s: per_type_ap(cells, s) for s in [MAIN, *new_fabric]}
     fill = label_fill(out)
-    eval_kinds = {json.dumps({k: v for k, v in c["eval_source"].items() if k != "eval_ids"}, sort_keys=True)
+    eval_kinds = {json.dumps({k: v for k, v in c["eval_source"].items() if k not in ("eval_ids", "fold")}, sort_keys=True)
                   for c in cells}
     rt = [r for r in rows if r["task"] == "rtdetr" and r["setting"] == MAIN]
     max_map50 = max((r["map50"]["mean"] for r in rt if math.isfinite(r["map50"]["mean"])), default=float("nan"))
@@ -388,6 +477,8 @@ def write_report(output_dir: str | Path) -> dict:
         gallery, figures["gallery_error"] = [], f"{type(exc).__name__}: {exc}"
     report = {"cells": {c["cell"]: {k: c[k] for k in ("task", "setting", "generator", "count", "seed")}
                         | {"metrics": {m: _metric(c, m) for m in TASK_METRICS[c["task"]]}} for c in cells},
+              "paired": [{k: v for k, v in r.items()} for r in paired], "forest_plots": forest,
+              "replicates": replicate_coverage(cells),
               "rows": rows, "generators": gens, "label_noise": label_noise, "label_fill": fill,
               "leave_out": leave_out, "new_fabric": new_fabric, "pixel_ap_per_type": type_ap,
               "recall_per_type": recall, "errors": [{k: e.get(k) for k in ("cell", "error")} for e in errors],
@@ -400,20 +491,71 @@ def write_report(output_dir: str | Path) -> dict:
     return report
 
 
+def replicate_coverage(cells: list[dict]) -> dict:
+    """Per setting family: replicates (fold x seed, or fabric x seed), folds, seeds, threads recorded."""
+    out: dict[str, dict] = {}
+    for c in cells:
+        d = out.setdefault(family(c["setting"]), {"replicates": set(), "clusters": set(), "seeds": set(),
+                                                  "threads": set()})
+        d["replicates"].add(f"{c['setting']}-{replicate(c)}")
+        d["clusters"].add(cluster(c))
+        d["seeds"].add(c["seed"])
+        d["threads"].add((c.get("runtime") or {}).get("torch_threads"))
+    return {k: {"replicates": len(v["replicates"]), "clusters": len(v["clusters"]), "seeds": sorted(v["seeds"]),
+                "torch_threads": sorted(t for t in v["threads"] if t is not None)} for k, v in out.items()}
+
+
+def _paired_markdown(report: dict) -> list[str]:
+    rows = report.get("paired") or []
+    if not rows:
+        return []
+    lines = ["## Paired statistics: which generator helps, with 95 % confidence intervals", "",
+             "Δ = generator − baseline on the same evaluation images, fold and seed (a replicate); mean over "
+             "replicates. CI: percentile bootstrap that resamples evaluation source images within each fold "
+             "(defect and good images separately; the same draw for both arms and every seed of the fold). "
+             "p: two-sided Wilcoxon signed-rank test over the replicates' Δ. Verdict: `better` when the CI lies "
+             "above 0, `worse` below, else `not distinguishable`. image/region recall@fa5: recall of defect images "
+             "/ defect regions at the score threshold that gives at most 5 % false alarms on the fold's good "
+             "images. A generator adds realism only where it beats both realism-free controls (`shade`, "
+             "`noise_blob`); where it does not, its gain is more positive pixels in the right places.", ""]
+    cov = report.get("replicates") or {}
+    for fam in sorted({r["setting"] for r in rows}, key=lambda f: (f != MAIN, f)):
+        c = cov.get(fam, {})
+        lines += [f"### {fam}", "",
+                  f"{c.get('replicates', '?')} replicates over {c.get('clusters', '?')} evaluation clusters, seeds "
+                  f"{c.get('seeds')}, torch threads per cell {c.get('torch_threads')}.", ""]
+        if fam in (report.get("forest_plots") or {}):
+            lines += [f"![forest {fam}]({report['forest_plots'][fam]})", ""]
+        lines += ["| generator | vs | metric | n | Δ mean | 95 % CI | p (Wilcoxon) | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["setting"] == fam):
+            lines.append(f"| {r['generator']} | {r['baseline']} | {r['metric']} | {r['n_replicates']} | "
+                         f"{r['mean']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['wilcoxon_p']:.3g} | "
+                         f"**{r['verdict']}** |")
+        lines.append("")
+    return lines
+
+
 def _markdown(report: dict) -> list[str]:
     rows, lines = report["rows"], ["# Benchmark results", ""]
     for e in report["eval_source"]:
         if e.get("kind") == "new_fabric":
             lines.append(f"New fabric `{e['target']}`: evaluated on its defect images in `{e['path']}` "
                          "(none of them trains or fits anything).")
+        elif e.get("kind") == "cross_validation":
+            lines.append(f"Evaluation data: {e['folds']}-fold cross-validation by source over data_dir (fold seed "
+                         f"{e['seed']}): every source image is evaluated once per seed, in its fold, by models and "
+                         "generators that never saw it. Folds are stratified by defect type and fabric.")
         elif e.get("kind") == "eval_data":
             lines.append(f"Evaluation data: the separate folder `{e['path']}` (used only for final evaluation).")
         else:
             lines.append(f"Evaluation data: a HELD-OUT split of data_dir by source (fraction {e.get('fraction')}, "
                          f"split seed {e.get('seed')}; the same images for every seed). "
                          "No separate eval_data was given.")
-    lines += ["", "Std = sample std over seeds (ddof=1). Δ = paired difference vs real_only of the same seed "
-              "(same task and setting). Every cell of a task has the same training budget (steps column).", ""]
+    lines += [""] + _paired_markdown(report)
+    lines += ["## Tables per setting", "", "Std = sample std over replicates (fold x seed, ddof=1). Δ = paired "
+              "difference vs real_only of the same replicate (same task and setting). Every cell of a task has the "
+              "same training budget (steps column).", ""]
     if report["errors"]:
         lines += [f"**{len(report['errors'])} cell(s) failed** (rerun the command to retry them):", ""]
         lines += [f"- `{e['cell']}`: {str(e['error']).splitlines()[0][:200]}" for e in report["errors"]] + [""]
@@ -430,8 +572,8 @@ def _markdown(report: dict) -> list[str]:
         lines += ["", f"## New fabric `{target}` (leave-one-fabric-out)", "",
                   f"None of `{target}`'s defect images is used for training or fitting; its clean images are. "
                   f"Real-only trains on the other fabrics' defects plus `{target}`'s clean images; generators fit on "
-                  f"the other fabrics and synthesise onto `{target}`'s clean images. Evaluated on `{target}`'s real "
-                  "defect images only.", ""]
+                  f"the other fabrics and synthesise onto half of `{target}`'s clean images. Evaluated on "
+                  f"`{target}`'s real defect images and the other half of its clean images.", ""]
         for task in TASK_METRICS:
             lines += _table(rows, task, setting)
         if report["pixel_ap_per_type"].get(setting):

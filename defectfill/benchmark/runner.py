@@ -1,327 +1,67 @@
 """Benchmark runner: which generator's synthetic defects help a downstream model, and by how much.
 
-Grid: tasks (``segmenter``, ``rtdetr``) x generators x synthetic counts x seeds, plus two optional
-settings for the open questions: ``label_noise`` (RT-DETR trained on boxes where long thin
-components are split, ``split_long``) and ``leave_out`` (one defect type removed from the
-generators' and models' training data; its recall is reported).
+Grid: settings x evaluation folds x generators x synthetic counts x seeds x tasks
+(``defectfill.benchmark.tasks``: segmenter, rtdetr, openset). Settings:
 
-Protocol per seed ``s``:
+- ``main``: every real defect of the training side trains;
+- ``fewshot<k>`` (``real_per_type: [k, ...]``): per seed, k real defect images per defect type are
+  drawn from the training side; real-only trains on those (+ the clean images), generators fit on
+  only those and synthesise onto the training side's clean images;
+- ``new_<fabric>`` (``new_fabric``): no defect image of that fabric trains or fits anything;
+  generators synthesise onto the half of its clean images that does not evaluate; evaluation on
+  all its defect images and the other half of its clean images;
+- ``without_<type>`` (``leave_out``) and ``split_long<k>`` (``label_noise``, RT-DETR): the open questions.
 
-1. Evaluation images: ``eval_data`` (a separate folder, used only for final evaluation) or a
-   fixed held-out fraction of ``data_dir`` (split by source with ``eval_split_seed``, the same for
-   every seed so comparisons are paired). Copied to ``work/eval_data``.
-2. The rest (the pool) is split by source into train/val with seed ``s``. Val never steers
-   training: it picks the segmenter's F1 threshold and is RT-DETR's (final-epoch) val split.
-3. Generators are fitted on the train part only (``work/s<seed>/<setting>/train``) in a child
-   process (its time and peak memory are recorded), generate ``max(synthetic_counts)`` samples onto
-   the train part's ``good/`` images with auto masks from the train part; a cell with count ``n``
-   uses the first ``n`` samples. The same seed gives every generator the same clean images and masks.
-4. Every cell of a task gets the same budget: the segmenter ``segmenter.steps`` optimiser steps,
-   RT-DETR about ``detector.steps`` batches (whole epochs, see ``worker.detector_job``).
+Protocol (``folds: K``, default 5): cross-validation by source over the whole ``data_dir``; every
+source image (and every crop of it) is evaluated in exactly one fold, folds stratified by defect
+type and fabric (``defectfill.data.splits``). The training side of a fold is split once into
+train/val (val only picks the segmenter's F1 threshold and is RT-DETR's val split; fixed per fold,
+so a generator fits once per fold and setting and every seed reuses the fit, except few-shot, whose
+training defects differ per seed). ``folds: 1``: one held-out split (``eval_fraction``);
+``--eval-data DIR``: ``data_dir`` all trains and DIR evaluates.
 
 Cells are written atomically (``cells/<cell>/result.json``) and skipped when present; a failing
 cell writes ``error.json`` instead and is retried on the next run. Work is claimed per unit
-(seed, setting, generator) with lock files, so several ``defectfill benchmark`` processes on the
-same output folder share the grid (e.g. one per CPU core with ``OMP_NUM_THREADS=1``). A process
-that has run what it could waits for the units other local processes hold; a unit whose holder
-died (even by SIGKILL) is taken over, and temp files dead processes left are removed.
+(fold, setting, generator; all seeds) with lock files (``locks``), so several ``defectfill
+benchmark`` processes share one output folder. Every cell runs with ``threads`` torch threads
+(recorded in its result): the same config, fold and seed give the same numbers on the same
+machine whatever the number of processes.
 
-Everything is checked before the first cell: the config, every image and mask of ``data_dir`` and
-``eval_data`` (fully decoded), each generator's ``check_init_args`` (e.g. DefectFill's base model
-configs, no weights) and the output folder; a problem is one ``error:`` line and exit code 2, with nothing written. Exit code 1: the
-run finished but some planned cells failed (listed, one line each); 0: every planned cell has its
-``result.json``.
+Everything is checked before the first cell (config, every image and mask, each generator's
+``check_init_args``, the output folder); a problem is one ``error:`` line and exit code 2, with
+nothing written. Exit code 1: the run finished but some planned cells failed; 0: complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
-import re
+import platform
 import shutil
-import socket
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from defectfill.benchmark.worker import STOP_ERRNOS
+from defectfill.benchmark import tasks as task_registry
+from defectfill.benchmark.config import (FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, TASKS,  # noqa: F401
+                                         BenchmarkConfig, sub_config)
+from defectfill.benchmark.locks import (HOST, WAIT_POLL_S, claim, holder, log, release,  # noqa: F401
+                                        start_ticks, sweep)
+from defectfill.benchmark.plan import Cell, Unit, counts_of, fold_ids, kind, new_fabric_targets, plan  # noqa: F401
+from defectfill.benchmark.tasks import UnitData
+from defectfill.benchmark.worker import STOP_ERRNOS, check_generation_settings, run_job
 from defectfill.config import load_config
+from defectfill.data.splits import (cv_folds, defect_types, few_shot_sample, held_out_split,  # noqa: F401
+                                    manifest_column, select_ids, split_by_source, split_ids)
 from defectfill.errors import ConfigError, DataError, OutputError, check_writable, one_line_errors, output_errors
+from defectfill.generators import import_class
 from defectfill.runinfo import atomic_write_text, package_versions
 
-REAL_ONLY = "real_only"
-NEW_FABRIC = "new_"  # setting prefix of the new-fabric protocol: new_<fabric type>
-TASKS = ("segmenter", "rtdetr", "openset")
-OPENSET = "openset"  # DFC open-set classification: only in the leave_out setting (the left-out type is the unknown)
-MAIN = "main"
-# class_path (or its short spelling kind) + init_args (or fit): the generator registry's YAML names
-GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts"})
-
-
-def _int_list(values, key: str, minimum: int | None = 1) -> list[int]:
-    """``values`` as a list of integers (>= ``minimum``); ConfigError naming ``key`` otherwise."""
-    values = values if isinstance(values, list) else [values]
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
-            need = "integers" if minimum is None else ("positive integers" if minimum == 1 else f"integers >= {minimum}")
-            raise ConfigError(f"{key}: must be {need}, got {values}")
-    return values
-
-
-@dataclass
-class BenchmarkConfig:
-    """A benchmark profile (YAML via ``load_config``)."""
-
-    data_dir: str = "../shared/data/aitex"
-    eval_data: str | None = None  # separate folder, ONLY for final evaluation; None: hold out from data_dir
-    eval_fraction: float = 0.3  # held-out fraction of sources when eval_data is None
-    eval_split_seed: int = 1234  # the held-out split is the same for every seed
-    val_fraction: float = 0.25  # of the pool: segmenter threshold and RT-DETR's val split
-    max_images: int | None = None  # keep the first N defect and first N good images (by id) of data_dir
-    output_dir: str = "runs/benchmark"
-    tasks: list = field(default_factory=lambda: list(TASKS))
-    generators: list = field(default_factory=lambda: [{"name": REAL_ONLY, "class_path": REAL_ONLY}])
-    synthetic_counts: list = field(default_factory=lambda: [4])  # a generator's own `counts` overrides it
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    segmenter: dict = field(default_factory=dict)  # SegmenterConfig overrides, the same for every cell
-    detector: dict = field(default_factory=dict)  # DetectorConfig overrides + steps (+ eval_good_tiles_per_image)
-    generate: dict = field(default_factory=dict)  # GenerateConfig overrides for every generator
-    metrics: dict = field(default_factory=dict)  # generation_metrics keywords (crop, features, ...)
-    boundary: dict = field(default_factory=dict)  # boundary_realism keywords (crop, per_image)
-    openset: dict = field(default_factory=dict)  # DFCConfig overrides (the open-set task's classifier)
-    label_noise: dict | None = None  # {split_long: 4.0, generators: [real_only, ...]} (RT-DETR only)
-    leave_out: dict | None = None  # {defect_type: nep, generators: [...], tasks: [...]}
-    # new-fabric protocol: {targets: [fabric_02, ...], generators: [...], tasks: [...]} (see NEW_FABRIC)
-    new_fabric: dict | None = None
-    gallery_rows: int = 6
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        _int_list(self.seeds, "seeds", minimum=None)
-        if len(self.seeds) < 3:
-            raise ConfigError(f"seeds: need at least 3 seeds, got {self.seeds}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds: repeated seed in {self.seeds}")
-        _int_list(self.synthetic_counts, "synthetic_counts")
-        if not self.synthetic_counts:
-            raise ConfigError("synthetic_counts: need at least one count")
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            raise ConfigError(f"tasks: unknown {bad} (choose from {', '.join(TASKS)})")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"max_images must be >= 1 (or null for all), got {self.max_images}")
-        if not self.generators:
-            raise ConfigError("generators: need at least one generator")
-        names = set()
-        for g in self.generators:
-            if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not g["name"]:
-                raise ConfigError(f"generators: each entry needs a name, got {g!r}")
-            unknown = sorted(set(g) - GENERATOR_KEYS)
-            if unknown:
-                raise ConfigError(f"generator {g['name']!r}: unknown key(s) {', '.join(map(str, unknown))} "
-                                  f"(known: {', '.join(sorted(GENERATOR_KEYS))})")
-            normalise_spec(g)
-            if g["name"] in names:
-                raise ConfigError(f"generator name {g['name']!r} repeated")
-            if "counts" in g:
-                counts = g["counts"] if isinstance(g["counts"], list) else [g["counts"]]
-                if not counts:
-                    raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
-                _int_list(counts, f"generator {g['name']!r}: counts")
-            for key in ("init_args", "generate"):
-                if g.get(key) is not None and not isinstance(g[key], dict):
-                    raise ConfigError(f"generator {g['name']!r}: {key} must be a mapping, got {g[key]!r}")
-            names.add(g["name"])
-        if REAL_ONLY not in names:
-            self.generators = [{"name": REAL_ONLY, "class_path": REAL_ONLY, "init_args": {}}, *self.generators]
-            names.add(REAL_ONLY)
-        if not 0 < self.val_fraction < 1 or not 0 < self.eval_fraction < 1:
-            raise ConfigError("val_fraction and eval_fraction must be in (0, 1)")
-        if "steps" not in self.detector:
-            self.detector = {"steps": 100, **self.detector}
-        for key, opt in (("label_noise", self.label_noise), ("leave_out", self.leave_out)):
-            if opt is None:
-                continue
-            unknown = set(opt.get("generators", [])) - names
-            if unknown:
-                raise ConfigError(f"{key}.generators: {sorted(unknown)} are not in generators")
-        if self.label_noise is not None and float(self.label_noise.get("split_long", 0)) < 1:
-            raise ConfigError("label_noise.split_long must be an aspect ratio >= 1")
-        if self.leave_out is not None and not self.leave_out.get("defect_type"):
-            raise ConfigError("leave_out.defect_type is required")
-        if OPENSET in self.tasks and (self.leave_out is None or OPENSET not in self.leave_out.get("tasks", self.tasks)):
-            raise ConfigError("tasks: openset needs leave_out with openset in its tasks (the left-out defect type "
-                              "is the unknown class)")
-        if self.new_fabric is not None:
-            targets = self.new_fabric.get("targets")
-            if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ConfigError(f"new_fabric.targets: need a list of fabric types, got {targets!r}")
-            unknown = set(self.new_fabric.get("generators", [])) - names
-            if unknown:
-                raise ConfigError(f"new_fabric.generators: {sorted(unknown)} are not in generators")
-            bad_tasks = set(self.new_fabric.get("tasks", [])) - set(self.tasks)
-            if bad_tasks:
-                raise ConfigError(f"new_fabric.tasks: {sorted(bad_tasks)} are not in tasks")
-
-
-# ----------------------------------------------------------------------------- plan
-
-
-@dataclass
-class Cell:
-    task: str
-    setting: str  # "main", "split_long<k>" or "without_<type>"
-    generator: str
-    count: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}-{self.setting}-{self.generator}-n{self.count}-s{self.seed}"
-
-
-@dataclass
-class Unit:
-    """One generator fitted once on one seed's training data (``data``: main or without_<type>)."""
-
-    seed: int
-    data: str
-    spec: dict
-    cells: list
-
-    @property
-    def name(self) -> str:
-        return f"s{self.seed}-{self.data}-{self.spec['name']}"
-
-
-def normalise_spec(g: dict) -> dict:
-    """A generator entry in its one form: ``class_path`` (``kind`` is its short spelling; default: the
-    name) and ``init_args`` (``fit`` is accepted for it). The class must import (``real_only``: no generator)."""
-    from defectfill.generators import import_class
-
-    for new, old in (("class_path", "kind"), ("init_args", "fit")):
-        if new in g and old in g:
-            raise ConfigError(f"generator {g['name']!r}: give {new} or {old}, not both")
-        if old in g:
-            g[new] = g.pop(old)
-    g.setdefault("class_path", g["name"])
-    if g.get("init_args") is None:
-        g["init_args"] = {}
-    if not isinstance(g["class_path"], str) or not g["class_path"]:
-        raise ConfigError(f"generator {g['name']!r}: class_path must be a string, got {g['class_path']!r}")
-    if g["class_path"] != REAL_ONLY:
-        try:
-            import_class(g["class_path"])
-        except ConfigError as exc:
-            raise ConfigError(f"generator {g['name']!r}: {exc}") from exc
-    return g
-
-
-def _kind(spec: dict) -> str:
-    """The generator's class path (or ``real_only``)."""
-    return spec.get("class_path", spec.get("kind", spec["name"]))
-
-
-def _counts(spec: dict, counts) -> list[int]:
-    """A generator's synthetic counts: its own ``counts`` or the grid's ``synthetic_counts``, sorted."""
-    return sorted({int(c) for c in spec.get("counts", counts)})
-
-
-def plan(cfg: BenchmarkConfig) -> list[Unit]:
-    """Every unit and its cells, in run order (seed-major)."""
-    counts = sorted({int(c) for c in cfg.synthetic_counts})
-    units = []
-    for seed in cfg.seeds:
-        for spec in cfg.generators:
-            ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
-            cells = [Cell(t, MAIN, spec["name"], n, seed) for t in cfg.tasks if t != OPENSET for n in ns]
-            if cfg.label_noise and "rtdetr" in cfg.tasks and \
-                    spec["name"] in cfg.label_noise.get("generators", [spec["name"]]):
-                tag = f"split_long{cfg.label_noise['split_long']:g}"
-                cells += [Cell("rtdetr", tag, spec["name"], n, seed) for n in ns]
-            units.append(Unit(seed, MAIN, spec, cells))
-        if cfg.leave_out:
-            data = f"without_{cfg.leave_out['defect_type']}"
-            tasks = [t for t in cfg.leave_out.get("tasks", cfg.tasks) if t in cfg.tasks]
-            for spec in cfg.generators:
-                if spec["name"] in cfg.leave_out.get("generators", [spec["name"]]):
-                    ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
-                    cells = [Cell(t, data, spec["name"], n, seed) for t in tasks for n in ns]
-                    units.append(Unit(seed, data, spec, cells))
-        if cfg.new_fabric:
-            tasks = [t for t in cfg.new_fabric.get("tasks", cfg.tasks) if t in cfg.tasks and t != OPENSET]
-            for target in cfg.new_fabric["targets"]:
-                data = f"{NEW_FABRIC}{target}"
-                for spec in cfg.generators:
-                    if spec["name"] in cfg.new_fabric.get("generators", [spec["name"]]):
-                        ns = [0] if _kind(spec) == REAL_ONLY else _counts(spec, counts)
-                        units.append(Unit(seed, data, spec, [Cell(t, data, spec["name"], n, seed)
-                                                             for t in tasks for n in ns]))
-    return units
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _manifest_types(root: Path) -> dict[str, str]:
-    """id → defect_type from ``manifest.csv`` (empty when there is none)."""
-    path = root / "manifest.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {r["id"]: r.get("defect_type") or "defect" for r in csv.DictReader(f) if r.get("id")}
-
-
-def _manifest_column(root: Path, column: str) -> dict[str, str]:
-    """id → ``column`` of ``manifest.csv`` for the rows that fill it (empty without a manifest)."""
-    path = root / "manifest.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {r["id"]: r[column] for r in csv.DictReader(f) if r.get("id") and r.get(column)}
-
-
-def _defect_types(root: Path) -> dict[str, str]:
-    """defect image id → defect type (manifest, else "defect")."""
-    types = _manifest_types(root)
-    return {p.stem: types.get(p.stem, "defect") for p in sorted((root / "images").iterdir()) if p.is_file()}
-
-
-def _select_ids(root: Path, max_images: int | None) -> tuple[list[str], list[str]]:
-    if not (root / "images").is_dir():
-        raise DataError(f"{root}: not a reference data folder (no images/)")
-    defect = sorted(p.stem for p in (root / "images").iterdir() if p.is_file())
-    good = sorted(p.stem for p in (root / "good").iterdir() if p.is_file()) if (root / "good").is_dir() else []
-    if max_images:
-        defect, good = defect[:max_images], good[:max_images]
-    return defect, good
-
-
-def split_ids(defect: list[str], good: list[str], types: dict[str, str], fraction: float, seed: int) -> set[str]:
-    """Held-out source ids, stratified by defect type (good images are one more group); a type
-    with one image stays on the training side (``detect.dataset.split_by_source``)."""
-    from defectfill.detect.dataset import split_by_source
-
-    groups: dict[str, list[str]] = {}
-    for i in defect:
-        groups.setdefault(f"type:{types.get(i, 'defect')}", []).append(i)
-    if good:
-        groups["good"] = list(good)
-    return split_by_source(groups, fraction, seed)
-
-
-def held_out_split(root: str | os.PathLike, fraction: float, seed: int) -> set[str]:
-    """The ids the benchmark holds out of ``root`` for evaluation (``eval_fraction``, ``eval_split_seed``)
-    when no ``eval_data`` is given: code that trains outside the grid (a base model) keeps them out too."""
-    defect, good = _select_ids(Path(root), None)
-    return split_ids(defect, good, _defect_types(Path(root)), fraction, seed)
+_log = log
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -366,7 +106,7 @@ def materialize(src: Path, ids: set[str], dest: Path) -> Path:
 
 
 class Context:
-    """Everything a unit needs that is shared across units: splits, evaluation data, eval tiles."""
+    """The splits of every fold and setting, the evaluation folders and their tiles."""
 
     def __init__(self, cfg: BenchmarkConfig, out: Path):
         from defectfill.downstream.segmenter import SegmenterConfig
@@ -374,409 +114,233 @@ class Context:
         self.cfg, self.out = cfg, out
         self.data = Path(cfg.data_dir)
         self.seg = load_config(SegmenterConfig, **cfg.segmenter)
-        defect, good = _select_ids(self.data, cfg.max_images)
-        self.types = {k: v for k, v in _defect_types(self.data).items() if k in set(defect)}
-        self._held: set[str] | None = None
+        defect, good = select_ids(self.data, cfg.max_images)
+        self.all_defect, self.all_good = defect, good
+        self.types = {k: v for k, v in defect_types(self.data).items() if k in set(defect)}
+        self.fabrics = manifest_column(self.data, "fabric_type")
+        self.folds = fold_ids(cfg)
+        self._fold_of: dict[str, int] = {}
+        self._eval_dirs: dict[str, Path] = {}
         if cfg.eval_data:
-            self._eval_dir: Path | None = Path(cfg.eval_data)
-            _select_ids(self._eval_dir, None)
-            self.pool_defect, self.pool_good = defect, good
+            self._eval_root = Path(cfg.eval_data)
+            select_ids(self._eval_root)
+            self.eval_fabrics = manifest_column(self._eval_root, "fabric_type")
             self.eval_source = {"kind": "eval_data", "path": str(cfg.eval_data)}
-            self.eval_types = _defect_types(self._eval_dir)
-            eval_good = sorted(p.stem for p in (self._eval_dir / "good").glob("*") if p.is_file())
-        else:  # the held-out folder is written when a cell first needs it (nothing is written here)
-            held = self._split(defect, good, cfg.eval_fraction, cfg.eval_split_seed)
-            self.pool_defect = [i for i in defect if i not in held]
-            self.pool_good = [i for i in good if i not in held]
-            self._held, self._eval_dir = held, None
-            self.eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction, "seed": cfg.eval_split_seed}
-            self.eval_types = {i: t for i, t in self.types.items() if i in held}
-            eval_good = sorted(g for g in good if g in held)
-        self.eval_source["eval_ids"] = sorted(self.eval_types) + eval_good
+        else:
+            self._eval_root = None
+            self.eval_fabrics = self.fabrics
+            if cfg.folds >= 2:
+                self._fold_of = cv_folds(defect, good, self.types, self.fabrics, cfg.folds, cfg.eval_split_seed)
+                self.eval_source = {"kind": "cross_validation", "folds": cfg.folds, "seed": cfg.eval_split_seed}
+            else:
+                held = split_ids(defect, good, self.types, cfg.eval_fraction, cfg.eval_split_seed)
+                self._fold_of = {i: 0 for i in held}
+                self.eval_source = {"kind": "held_out_split", "fraction": cfg.eval_fraction,
+                                    "seed": cfg.eval_split_seed}
         self.left_out = cfg.leave_out["defect_type"] if cfg.leave_out else None
         if self.left_out:
             if self.left_out not in set(self.types.values()):
                 raise DataError(f"{self.data}: leave_out.defect_type {self.left_out!r} has no training images "
                                 f"(types: {', '.join(sorted(set(self.types.values())))})")
-            if self.left_out not in set(self.eval_types.values()):
-                where = cfg.eval_data or f"{self.data} (its held-out evaluation part, eval_fraction {cfg.eval_fraction})"
-                raise DataError(f"{where}: no evaluation image of leave_out.defect_type {self.left_out!r}")
-        self.all_defect, self.all_good = defect, good
-        self.fabrics = _manifest_column(self.data, "fabric_type")
-        self._new_eval: dict[str, tuple[Path, list[str]]] = {}
-        for target in (cfg.new_fabric or {}).get("targets", []):
-            src = Path(cfg.eval_data) if cfg.eval_data else self.data
-            src_fabrics = _manifest_column(src, "fabric_type")
-            ids = [i for i in _defect_types(src) if src_fabrics.get(i) == target]
-            if not ids:
-                raise DataError(f"{src / 'manifest.csv'}: no defect image of new_fabric target {target!r} "
-                                f"(fabric_type column; found {', '.join(sorted(set(src_fabrics.values()))) or 'none'})")
-            if not any(self.fabrics.get(g) == target for g in good):
-                raise DataError(f"{self.data}: no clean good/ image of new_fabric target {target!r} to synthesise onto")
-            self._new_eval[target] = (src, ids)
-        self._eval_tiles: dict[str, dict] = {}
-        self._eval_det: dict[str, dict[str, str]] = {}
+            for fold in self.folds:
+                if self.left_out not in set(self.eval_types(fold).values()):
+                    raise DataError(f"{self.eval_where(fold)}: no evaluation image of leave_out.defect_type "
+                                    f"{self.left_out!r}")
+        self.targets: dict[str, dict] = {}
+        for target in new_fabric_targets(cfg):
+            self.targets[target] = self._new_fabric(target)
 
-    def _split(self, defect: list[str], good: list[str], fraction: float, seed: int) -> set[str]:
-        return split_ids(defect, good, self.types, fraction, seed)
+    # ---- who evaluates where
 
-    @property
-    def eval_dir(self) -> Path:
-        """The main evaluation folder: ``eval_data``, or the held-out part of ``data_dir`` (written on first use)."""
-        if self._eval_dir is None:
-            self._eval_dir = materialize(self.data, self._held, self.out / "work" / "eval_data")
-        return self._eval_dir
+    def eval_where(self, fold: int) -> str:
+        if self._eval_root is not None:
+            return str(self._eval_root)
+        return f"{self.data} (evaluation fold {fold} of {self.eval_source})"
+
+    def eval_ids(self, fold: int) -> set[str]:
+        """Source ids of ``data_dir`` that fold ``fold`` evaluates (none with ``eval_data``)."""
+        return {i for i, f in self._fold_of.items() if f == fold}
+
+    def eval_types(self, fold: int) -> dict[str, str]:
+        """defect id → type of the fold's evaluation defect images."""
+        if self._eval_root is not None:
+            return defect_types(self._eval_root)
+        held = self.eval_ids(fold)
+        return {i: t for i, t in self.types.items() if i in held}
+
+    def fabric_of(self, source_id: str) -> str:
+        return self.eval_fabrics.get(source_id) or self.fabrics.get(source_id) or ""
+
+    def _new_fabric(self, target: str) -> dict:
+        """A new-fabric target: its evaluation ids (defects + half its clean images) and its training clean ids."""
+        src = self._eval_root or self.data
+        src_fabrics = manifest_column(src, "fabric_type")
+        src_defect, src_good = select_ids(src, None if self._eval_root else self.cfg.max_images)
+        ids = [i for i in src_defect if src_fabrics.get(i) == target]
+        if not ids:
+            raise DataError(f"{src / 'manifest.csv'}: no defect image of new_fabric target {target!r} "
+                            f"(fabric_type column; found {', '.join(sorted(set(src_fabrics.values()))) or 'none'})")
+        clean = sorted(g for g in self.all_good if self.fabrics.get(g) == target)
+        if self._eval_root is not None:
+            eval_good = sorted(g for g in src_good if src_fabrics.get(g) == target)
+        else:
+            fraction = self.cfg.new_fabric.get("eval_good_fraction", 0.5)
+            eval_good = sorted(split_by_source({"good": clean}, fraction, self.cfg.eval_split_seed)) if len(clean) > 1 \
+                else []
+        train_clean = [g for g in clean if g not in set(eval_good) or self._eval_root is not None]
+        if not train_clean:
+            raise DataError(f"{self.data}: no clean good/ image of new_fabric target {target!r} to synthesise onto")
+        return {"src": src, "eval_ids": sorted(ids) + eval_good, "train_clean": set(train_clean)}
 
     @staticmethod
     def target(data: str) -> str | None:
         """The target fabric of a new-fabric setting (``new_<fabric>``), else None."""
         return data[len(NEW_FABRIC):] if data.startswith(NEW_FABRIC) else None
 
-    def split(self, seed: int, data: str) -> tuple[set[str], set[str]]:
-        """(train ids, val ids) of a seed, split by source; ``without_<type>`` first drops that type's images.
+    @staticmethod
+    def seed_dependent(data: str) -> bool:
+        """Whether a setting's training data differs per seed (few-shot draws its defects per seed)."""
+        return data.startswith(FEW_SHOT)
 
-        ``new_<fabric>`` (the new-fabric protocol): every image of ``data_dir`` except the target
-        fabric's defect images; the target's clean images all stay on the training side (they are
-        what generators synthesise onto), the rest is split as usual.
-        """
+    # ---- training side
+
+    def split(self, seed: int, data: str = MAIN, fold: int = 0) -> tuple[set[str], set[str]]:
+        """(train ids, val ids) of a setting on a fold; val is fixed per fold (seed only draws few-shot defects)."""
+        val_seed = self.cfg.eval_split_seed + 1 + fold
         target = self.target(data)
         if target is not None:
             defect = [i for i in self.all_defect if self.fabrics.get(i) != target]
             others = [g for g in self.all_good if self.fabrics.get(g) != target]
-            clean = {g for g in self.all_good if self.fabrics.get(g) == target}
-            val = self._split(defect, others, self.cfg.val_fraction, seed)
-            ids = set(defect) | set(others) | clean
+            val = split_ids(defect, others, self.types, self.cfg.val_fraction, val_seed)
+            ids = set(defect) | set(others) | self.targets[target]["train_clean"]
             return ids - val, ids & val
-        defect = self.pool_defect
-        if data != MAIN:
+        held = self.eval_ids(fold)
+        defect = [i for i in self.all_defect if i not in held]
+        good = [g for g in self.all_good if g not in held]
+        if data.startswith("without_"):
             defect = [i for i in defect if self.types.get(i) != self.left_out]
-        val = self._split(defect, self.pool_good, self.cfg.val_fraction, seed)
-        ids = set(defect) | set(self.pool_good)
-        return ids - val, ids & val
+        val = split_ids(defect, good, self.types, self.cfg.val_fraction, val_seed)
+        train = (set(defect) | set(good)) - val
+        if data.startswith(FEW_SHOT):
+            k = int(data[len(FEW_SHOT):])
+            picked = few_shot_sample({i: self.types[i] for i in defect if i in train}, k, seed)
+            train = {i for i in train if i in picked or i not in self.types}
+        return train, val
 
-    def target_clean(self, data: str, train_ids: set[str]) -> set[str]:
-        """The target fabric's clean image ids on the training side (new-fabric settings only)."""
+    def clean_ids(self, data: str, train_ids: set[str]) -> set[str] | None:
+        """The clean images generators synthesise onto when not the training side's good/ (new fabric)."""
         target = self.target(data)
-        return {g for g in self.all_good if self.fabrics.get(g) == target and g in train_ids}
+        return None if target is None else {g for g in self.targets[target]["train_clean"] if g in train_ids}
 
-    def eval_dir_for(self, data: str) -> Path:
-        """The evaluation folder of a setting: the target fabric's defect images for ``new_<fabric>``
-        (from ``eval_data`` when given, else all of ``data_dir``'s, none of which trains), else the
-        main evaluation folder."""
+    # ---- evaluation side
+
+    def eval_dir_for(self, fold: int, data: str = MAIN) -> Path:
+        """The evaluation folder of a setting on a fold (written on first use)."""
         target = self.target(data)
-        if target is None:
-            return self.eval_dir
-        src, ids = self._new_eval[target]
-        return materialize(src, set(ids), self.out / "work" / f"eval_{data}")
+        if target is not None:
+            t = self.targets[target]
+            return self._materialize_eval(f"eval_{data}", t["src"], set(t["eval_ids"]))
+        if self._eval_root is not None:
+            return self._eval_root
+        return self._materialize_eval(f"eval_f{fold}", self.data, self.eval_ids(fold))
 
-    def eval_source_for(self, data: str) -> dict:
+    def _materialize_eval(self, name: str, src: Path, ids: set[str]) -> Path:
+        if name not in self._eval_dirs:
+            self._eval_dirs[name] = materialize(src, ids, self.out / "work" / name)
+        return self._eval_dirs[name]
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.eval_dir_for(0, MAIN)
+
+    def eval_source_for(self, fold: int, data: str = MAIN) -> dict:
         target = self.target(data)
-        if target is None:
-            return self.eval_source
-        src, ids = self._new_eval[target]
-        return {"kind": "new_fabric", "target": target, "path": str(src), "eval_ids": sorted(ids)}
+        if target is not None:
+            t = self.targets[target]
+            return {"kind": "new_fabric", "target": target, "path": str(t["src"]), "eval_ids": t["eval_ids"]}
+        ids = sorted(self.eval_ids(fold)) if self._eval_root is None else "all of eval_data"
+        return {**self.eval_source, "fold": fold, "eval_ids": ids}
 
-    def eval_tiles(self, data: str = MAIN) -> dict:
-        """name → (EvalTiles, per-image defect type) of a setting: ``all`` and, with ``leave_out``, the
-        left-out type only."""
+    def _eval_key(self, data: str, fold: int) -> tuple:
+        return (data, 0) if self.target(data) else (MAIN, fold)
+
+    def eval_tiles(self, data: str = MAIN, fold: int = 0) -> dict:
+        """name → (EvalTiles, per-image defect type or "good") of a setting: ``all`` and, with ``leave_out``,
+        the left-out type only."""
         from defectfill.downstream.segmenter import eval_tiles_for
         from defectfill.downstream.tiles import images_from_reference
 
-        key = data if self.target(data) else MAIN
-        if key not in self._eval_tiles:
-            eval_dir = self.eval_dir_for(key)
-            types = _defect_types(eval_dir)
+        key = self._eval_key(data, fold)
+        cache = getattr(self, "_eval_tiles", {})
+        self._eval_tiles = cache
+        if key not in cache:
+            eval_dir = self.eval_dir_for(key[1], key[0])
+            types = defect_types(eval_dir)
             images = images_from_reference(eval_dir, self.seg.in_channels)
             groups = [types.get(im.id, "good") for im in images]
             subsets = {"all": (eval_tiles_for(self.seg, images), groups)}
-            if self.left_out and key == MAIN:
+            if self.left_out and key[0] == MAIN:
                 keep = [im for im, g in zip(images, groups) if g == self.left_out]
                 subsets[f"type_{self.left_out}"] = (eval_tiles_for(self.seg, keep), [self.left_out] * len(keep))
-            self._eval_tiles[key] = subsets
-        return self._eval_tiles[key]
+            cache.clear()  # one fold's tiles at a time: units run fold by fold
+            cache[key] = subsets
+        return cache[key]
 
-    def eval_detection(self, data: str = MAIN) -> dict[str, str]:
+    def eval_detection(self, data: str = MAIN, fold: int = 0) -> dict[str, str]:
         """name → data.yaml of the evaluation detection folders of a setting (all, and the left-out type only)."""
         from defectfill.detect.dataset import build_eval_dataset
 
-        key = data if self.target(data) else MAIN
-        if key not in self._eval_det:
-            det = self.cfg.detector
-            kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
-                      good_tiles_per_image=det.get("eval_good_tiles_per_image"))
-            root = self.out / "work" / "eval_det"
-            folders = {"all": (root / ("all" if key == MAIN else key), None)}
-            if key == MAIN and self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):
-                folders[f"type_{self.left_out}"] = (root / f"type_{self.left_out}", [self.left_out])
-            found = {}
-            for name, (folder, types) in folders.items():
-                if not (folder / "data.yaml").is_file():
-                    build_eval_dataset(self.eval_dir_for(key), folder, defect_types=types, **kw,
-                                       **({"include_good": False} if types else {}))
-                found[name] = str(folder / "data.yaml")
-            self._eval_det[key] = found
-        return self._eval_det[key]
+        key = self._eval_key(data, fold)
+        det = self.cfg.detector
+        kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
+                  good_tiles_per_image=det.get("eval_good_tiles_per_image"))
+        root = self.out / "work" / "eval_det" / f"{key[0]}-f{key[1]}"
+        folders = {"all": (root / "all", None)}
+        if key[0] == MAIN and self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):
+            folders[f"type_{self.left_out}"] = (root / f"type_{self.left_out}", [self.left_out])
+        found = {}
+        for name, (folder, types) in folders.items():
+            if not (folder / "data.yaml").is_file():
+                build_eval_dataset(self.eval_dir_for(key[1], key[0]), folder, defect_types=types, **kw,
+                                   **({"include_good": False} if types else {}))
+            found[name] = str(folder / "data.yaml")
+        return found
 
 
-# ----------------------------------------------------------------------------- locking
+# ----------------------------------------------------------------------------- units
 
 
-HOST = socket.gethostname()
-TEMP_RE = re.compile(r"\.tmp-(\d+)$")  # atomic_write_text, atomic_directory, materialize: <name>.tmp-<pid>
-WAIT_POLL_S = 2.0  # how often a process that ran out of work looks at the units other processes hold
-
-
-def _start_ticks(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot, ``/proc/<pid>/stat``), or None where unknown:
-    with the pid it names one process, so a reused pid is not mistaken for a lock's holder."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
-def _pid_alive(pid: int, start: str | None = None) -> bool:
-    """Whether ``pid`` runs on this host (a zombie, e.g. a SIGKILLed child not yet reaped, is dead;
-    with ``start``, a different process that reuses the pid is dead too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        pass
-    except (OSError, OverflowError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: kill(pid, 0) is all we know
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    return start is None or fields[19] == start
-
-
-def _holder(lock: Path) -> tuple[str, str] | None:
-    """``(state, who)`` of a lock: ``state`` is ``local`` (a live process here), ``remote`` (another host: its
-    liveness is unknown, so it counts as alive) or ``dead``; None when there is no lock."""
-    try:
-        text = lock.read_text()
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ("dead", "unreadable")
-    lines = text.strip().splitlines()
-    try:
-        pid, host = lines[0].strip().split("@", 1)
-        pid = int(pid)
-    except (IndexError, ValueError):  # garbage; a lock is written whole (link), but be lenient while young
-        return ("local", "unknown") if not text and age < 30 else ("dead", text.strip()[:40] or "empty")
-    start = next((x.split("=", 1)[1] for x in lines[1:] if x.startswith("start=")), None)
-    if host != HOST:
-        return ("remote", lines[0].strip())
-    return ("local" if _pid_alive(pid, start) else "dead", lines[0].strip())
-
-
-def _create_lock(lock: Path) -> bool:
-    """Create ``lock`` with its content in one step (hard link of a written temp file): a reader never
-    sees an empty lock. False when it exists."""
-    start = _start_ticks(os.getpid())
-    text = f"{os.getpid()}@{HOST}\n" + (f"start={start}\n" if start else "")
-    tmp = lock.with_name(f".{lock.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, lock)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _takeover_mutex(folder: Path):
-    """Serialise taking over dead holders' locks (``flock``, released by the kernel even on SIGKILL), so
-    two processes never both replace the same stale lock."""
-    import fcntl
-
-    with open(folder / ".takeover", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _claim(lock: Path) -> bool:
-    """Create ``lock`` exclusively (``pid@host`` and the process start time inside); a lock of a dead
-    local process (exited, killed, a zombie, or a reused pid) is taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    if _create_lock(lock):
-        return True
-    with _takeover_mutex(lock.parent):
-        held = _holder(lock)
-        if held is not None and held[0] != "dead":
-            return False
-        if held is not None:
-            _log(f"{lock.name}: holder {held[1]} is gone; taking the unit over")
-            lock.unlink(missing_ok=True)
-        return _create_lock(lock)
-
-
-def _remote_locks(out: Path) -> list[str]:
-    """Holders on other hosts of this output folder's unit locks."""
-    held = [_holder(p) for p in sorted((out / "locks").glob("*.lock"))]
-    return [h[1] for h in held if h and h[0] == "remote"]
-
-
-def sweep(out: Path) -> list[Path]:
-    """Remove what dead processes left in ``out``: ``*.tmp-<pid>`` files and folders of a pid no longer
-    alive here, and the ``error.json`` of a cell that has its ``result.json`` (a run killed between the
-    two). Temp files are kept while any lock belongs to another host (its pids cannot be checked)."""
-    removed = []
-    if not out.is_dir():
-        return removed
-    if not _remote_locks(out):
-        for folder, dirs, files in os.walk(out):
-            for name in [*files, *dirs]:
-                m = TEMP_RE.search(name)
-                if m is None or _pid_alive(int(m.group(1))):
-                    continue
-                path = Path(folder) / name
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                    dirs.remove(name) if name in dirs else None
-                else:
-                    path.unlink(missing_ok=True)
-                removed.append(path)
-    for result in (out / "cells").glob("*/result.json"):
-        error = result.with_name("error.json")
-        if error.exists():
-            error.unlink(missing_ok=True)
-            removed.append(error)
-    return removed
-
-
-# ----------------------------------------------------------------------------- cells
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _segmenter_cell(ctx: Context, cell: Cell, train_imgs, val_imgs, synthetic) -> dict:
-    from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
-
-    seg = SegmenterConfig(**{**asdict(ctx.seg), "seed": cell.seed})
-    t0 = time.perf_counter()
-    model, log = train_segmenter(seg, [*train_imgs, *synthetic], val_imgs)
-    evaluations = {name: evaluate_segmenter(model, tiles, threshold=log.get("val_threshold"),
-                                            batch_size=seg.eval_batch_size, groups=groups)
-                   for name, (tiles, groups) in ctx.eval_tiles(cell.setting).items()}
-    return {"metrics": evaluations["all"], "evaluations": evaluations, "steps": seg.steps,
-            "config": asdict(seg), "seconds": time.perf_counter() - t0, "val_threshold": log.get("val_threshold"),
-            "val": log.get("val"), "train_real_images": len(train_imgs), "val_images": len(val_imgs),
-            "synthetic_used": len(synthetic), "positive_crops": log.get("positive_crops"),
-            "synthetic_positive_crops": log.get("synthetic_positive_crops")}
-
-
-def _openset_cell(ctx: Context, cell: Cell, pool_dir: Path, gen_dir: Path | None) -> dict:
-    """DFC (defectfill.downstream.openset) trained on the pool's real defect crops (the left-out type is
-    not among them) plus the first ``cell.count`` generated samples (their sidecar class), then scored
-    on the evaluation images: known types vs the left-out type (open-set AUROC, fraction of the unknown
-    type flagged, false-unknown rate on known types). Crops: ``crop_around_masks`` on both sides."""
-    from defectfill.downstream.openset import DFCConfig, train_dfc
-    from defectfill.metrics import load_dataset_crops, load_reference_crops
-
-    dfc_cfg = load_config(DFCConfig, **{**ctx.cfg.openset, "seed": cell.seed})
-    size = dfc_cfg.crop
-    real = load_reference_crops(pool_dir, size)
-    pool_types = _defect_types(pool_dir)
-    images, labels = list(real.images), [pool_types[n] for n in real.names]
-    synthetic = []
-    if gen_dir is not None and cell.count:
-        for cls in sorted(set(labels)):
-            got = load_dataset_crops(gen_dir, size, defect_class=cls)
-            synthetic += [(name, img, cls) for name, img in zip(got.names, got.images)]
-        synthetic = sorted(synthetic, key=lambda t: t[0])[:cell.count]
-    images += [img for _, img, _ in synthetic]
-    labels += [cls for _, _, cls in synthetic]
-    t0 = time.perf_counter()
-    dfc = train_dfc(np.stack(images), labels, dfc_cfg)
-    ev = load_reference_crops(ctx.eval_dir, size)
-    ev_types = _defect_types(ctx.eval_dir)
-    known = [i for i, n in enumerate(ev.names) if ev_types[n] in dfc.classes]
-    novel = [i for i, n in enumerate(ev.names) if ev_types[n] == ctx.left_out]
-    if not known or not novel:
-        raise DataError(f"{ctx.eval_dir}: open-set evaluation needs defects of known types and of "
-                        f"{ctx.left_out!r}; got {len(known)} known and {len(novel)} unknown")
-    report = dfc.evaluate(ev.images[known], [ev_types[ev.names[i]] for i in known], ev.images[novel])
-    metrics = {"auroc": report["auroc"], "novel_flagged": report["novel_flagged_fraction"],
-               "known_false_unknown": report["known_false_unknown_rate"], "known_accuracy": report["known_accuracy"],
-               "known_accuracy_open": report["known_accuracy_open"]}
-    return {"metrics": metrics, "evaluations": {"all": metrics}, "openset": report, "config": asdict(dfc_cfg),
-            "classes": dfc.classes, "train_real_crops": len(real), "synthetic_used": len(synthetic),
-            "steps": dfc_cfg.steps, "seconds": time.perf_counter() - t0, "dfc_log": dfc.log}
-
-
-def _detector_cell(ctx: Context, cell: Cell, unit_dir: Path, pool_dir: Path, val_ids: set[str],
-                   gen_dir: Path | None) -> dict:
-    from defectfill.benchmark.worker import run_job
-
-    det = dict(ctx.cfg.detector)
-    if cell.setting.startswith("split_long"):
-        det["split_long"] = float(ctx.cfg.label_noise["split_long"])
-    job = {"kind": "detector", "pool_dir": str(pool_dir), "val_ids": sorted(val_ids), "detector": det,
-           "synthetic_dirs": [str(gen_dir)] if gen_dir is not None and cell.count else [],
-           "limit": cell.count or None, "seed": cell.seed, "work_dir": str(unit_dir / "det" / cell.name),
-           "evals": ctx.eval_detection(cell.setting)}
-    result = run_job(job, unit_dir / "det" / cell.name / "job")
-    return {"metrics": result["evaluations"]["all"], **result, "steps": result["iterations"]}
-
-
-def _generator_run(ctx: Context, unit: Unit, unit_dir: Path, train_dir: Path, clean_dir: Path | None = None) -> dict:
-    """Fit + generate in a child process (cached in ``unit_dir/generator.json``), then generation metrics."""
-    from defectfill.benchmark.worker import run_job
-
-    cached = unit_dir / "generator.json"
+def _generator_run(ctx: Context, unit: Unit, seed: int, fit_dir: Path, gen_root: Path, train_dir: Path,
+                   clean_dir: Path | None = None) -> dict:
+    """Fit (once per fit folder) + generate in a child process (cached in ``gen_root/generator.json``),
+    then generation metrics."""
+    cached = gen_root / "generator.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    gen_dir = unit_dir / "gen"
+    gen_dir = gen_root / "gen"
     shutil.rmtree(gen_dir, ignore_errors=True)
-    job = {"kind": "generator", "spec": unit.spec, "train_dir": str(train_dir),
-           "fit_dir": str(unit_dir / "fit"), "gen_dir": str(gen_dir), "seed": unit.seed,
-           "count": max(_counts(unit.spec, ctx.cfg.synthetic_counts)),
-           "clean_dir": str(clean_dir) if clean_dir else None,
-           "generate": ctx.cfg.generate}
-    run = run_job(job, unit_dir / "generator_job")
+    job = {"kind": "generator", "spec": unit.spec, "train_dir": str(train_dir), "fit_dir": str(fit_dir),
+           "gen_dir": str(gen_dir), "seed": seed, "fit_seed": seed if ctx.seed_dependent(unit.data) else unit.fold,
+           "count": max(counts_of(unit.spec, ctx.cfg.synthetic_counts)),
+           "clean_dir": str(clean_dir) if clean_dir else None, "generate": ctx.cfg.generate}
+    env = {"OMP_NUM_THREADS": str(ctx.cfg.threads)} if ctx.cfg.threads else None
+    run = run_job(job, gen_root / "generator_job", env=env)
     side = _first_sidecar(gen_dir)
     about = json.loads(Path(side).read_text()) if side else {}
     if about.get("base_model"):  # generators built on a base model say which (DefectFill)
         run["base_model"] = {"path": about["base_model"], "note": about.get("base_model_note", "")}
-    try:
-        from defectfill.benchmark.gallery import generation_metrics
+    from defectfill.benchmark.gallery import boundary_realism, generation_metrics
 
+    try:
         t0 = time.perf_counter()
-        run["generation_metrics"] = generation_metrics(gen_dir, train_dir, seed=unit.seed, **ctx.cfg.metrics)
+        run["generation_metrics"] = generation_metrics(gen_dir, train_dir, seed=seed, **ctx.cfg.metrics)
         run["generation_metrics"]["seconds"] = time.perf_counter() - t0
     except Exception as exc:  # metrics are a report column, not a reason to lose the cell
         run["generation_metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        from defectfill.benchmark.gallery import boundary_realism
-
         t0 = time.perf_counter()
         keys = ("features", "features_weights", "device")
-        run["boundary_realism"] = boundary_realism(gen_dir, train_dir, seed=unit.seed,
+        run["boundary_realism"] = boundary_realism(gen_dir, train_dir, seed=seed,
                                                    **{k: v for k, v in ctx.cfg.metrics.items() if k in keys},
                                                    **ctx.cfg.boundary)
         run["boundary_realism"]["seconds"] = time.perf_counter() - t0
@@ -792,70 +356,77 @@ def _stops_the_run(exc: BaseException) -> bool:
     return isinstance(exc, OutputError) or (isinstance(exc, OSError) and exc.errno in STOP_ERRNOS)
 
 
-def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
-    """Fit/generate once, then run ``todo`` cells; every cell ends in result.json or error.json
-    (unless the output folder cannot be written: then the error propagates)."""
-    from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
+def runtime_record(cfg: BenchmarkConfig) -> dict:
+    """What a cell's numbers depend on besides the config: torch threads and versions, the machine."""
+    import torch
 
-    seed = unit.seed
-    base = ctx.out / "work" / f"s{seed}" / unit.data
+    return {"torch_threads": torch.get_num_threads(), "threads_setting": cfg.threads,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
+            "machine": platform.machine(), "processor_count": os.cpu_count()}
+
+
+def _unit_data(ctx: Context, unit: Unit, seed: int) -> tuple[UnitData, dict]:
+    """The split, folders and generated samples of one (unit, seed): (data, generator run record)."""
+    base = ctx.out / "work" / f"f{unit.fold}" / unit.data
+    side = base / f"s{seed}" if ctx.seed_dependent(unit.data) else base
+    train_ids, val_ids = ctx.split(seed, unit.data, unit.fold)
+    train_dir = materialize(ctx.data, train_ids, side / "train")
+    pool_dir = materialize(ctx.data, train_ids | val_ids, side / "pool")
     unit_dir = base / unit.spec["name"]
-    gen_run, gen_dir, error = {}, None, None
-    try:
-        train_ids, val_ids = ctx.split(seed, unit.data)
-        train_dir = materialize(ctx.data, train_ids, base / "train")
-        pool_dir = materialize(ctx.data, train_ids | val_ids, base / "pool")
-        if _kind(unit.spec) != REAL_ONLY:
-            _log(f"{unit.name}: fit + generate")
-            clean_dir = None
-            if ctx.target(unit.data):  # synthesise onto the target fabric's clean images only
-                clean_dir = materialize(ctx.data, ctx.target_clean(unit.data, train_ids), base / "target_clean") / "good"
-            gen_run = _generator_run(ctx, unit, unit_dir, train_dir, clean_dir)
-            gen_dir = Path(gen_run["generated_dir"])
-    except Exception as exc:
-        if _stops_the_run(exc):
-            raise
-        error = exc
-    train_imgs = val_imgs = synthetic_all = None
+    data = UnitData(train_ids, val_ids, pool_dir, train_dir, unit_dir)
+    if kind(unit.spec) == REAL_ONLY:
+        return data, {}
+    _log(f"{unit.name} s{seed}: fit + generate")
+    clean = ctx.clean_ids(unit.data, train_ids)
+    clean_dir = materialize(ctx.data, clean, side / "target_clean") / "good" if clean is not None else None
+    fit_dir = unit_dir / (f"fit_s{seed}" if ctx.seed_dependent(unit.data) else "fit")
+    run = _generator_run(ctx, unit, seed, fit_dir, unit_dir / f"s{seed}", train_dir, clean_dir)
+    data.gen_dir = Path(run["generated_dir"])
+    return data, run
+
+
+def run_unit(ctx: Context, unit: Unit, todo: list[Cell]) -> int:
+    """Per seed: fit (or reuse the fit) and generate once, then run that seed's ``todo`` cells; every cell
+    ends in result.json or error.json (unless the output folder cannot be written: then it propagates)."""
+    import torch
+
+    if ctx.cfg.threads:
+        torch.set_num_threads(ctx.cfg.threads)
     done = 0
-    for cell in todo:
-        cell_dir = ctx.out / "cells" / cell.name
-        start = time.perf_counter()
+    for seed in sorted({c.seed for c in todo}):
+        data, gen_run, error = None, {}, None
         try:
-            if error is not None:
-                raise error
-            if cell.task == "segmenter":
-                if train_imgs is None:
-                    pool = images_from_reference(pool_dir, ctx.seg.in_channels)
-                    train_imgs = [im for im in pool if im.source_id in train_ids]
-                    val_imgs = [im for im in pool if im.source_id in val_ids]
-                    synthetic_all = images_from_synthetic(gen_dir, ctx.seg.in_channels) if gen_dir else []
-                result = _segmenter_cell(ctx, cell, train_imgs, val_imgs, synthetic_all[:cell.count])
-            elif cell.task == OPENSET:
-                result = _openset_cell(ctx, cell, pool_dir, gen_dir)
-            else:
-                result = _detector_cell(ctx, cell, unit_dir, pool_dir, val_ids, gen_dir)
+            data, gen_run = _unit_data(ctx, unit, seed)
         except Exception as exc:
             if _stops_the_run(exc):
                 raise
-            tb = getattr(exc, "log_tail", "") or traceback.format_exc(limit=-6)
-            atomic_write_text(cell_dir / "error.json", json.dumps(
-                {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
-                indent=2))
-            _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            continue
-        record = {**asdict(cell), "cell": cell.name, "unit": unit.name, "eval_source": ctx.eval_source_for(cell.setting),
-                  "generator_class": _kind(unit.spec), "generator_run": gen_run,
-                  "cell_seconds": time.perf_counter() - start,
-                  "sidecar_example": _first_sidecar(gen_dir), **result}
-        atomic_write_text(cell_dir / "result.json", json.dumps(record, indent=2, default=str))
-        (cell_dir / "error.json").unlink(missing_ok=True)
-        main = result["metrics"]
-        score = (f"pixel AP {main['pixel_ap']:.4f}" if cell.task == "segmenter"
-                 else f"open-set AUROC {main['auroc']:.3f}, unknown flagged {main['novel_flagged']:.2f}"
-                 if cell.task == OPENSET else f"mAP50 {main['map50'] or 0:.4f} recall {main['recall'] or 0:.3f}")
-        _log(f"{cell.name}: {score} ({time.perf_counter() - start:.0f} s)")
-        done += 1
+            error = exc
+        for cell in (c for c in todo if c.seed == seed):
+            cell_dir = ctx.out / "cells" / cell.name
+            start = time.perf_counter()
+            task = task_registry.get(cell.task)
+            try:
+                if error is not None:
+                    raise error
+                result = task.run(ctx, cell, data)
+            except Exception as exc:
+                if _stops_the_run(exc):
+                    raise
+                tb = getattr(exc, "log_tail", "") or traceback.format_exc(limit=-6)
+                atomic_write_text(cell_dir / "error.json", json.dumps(
+                    {**asdict(cell), "cell": cell.name, "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
+                    indent=2))
+                _log(f"{cell.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
+            record = {**asdict(cell), "cell": cell.name, "unit": unit.name,
+                      "eval_source": ctx.eval_source_for(cell.fold, cell.setting),
+                      "train_ids": sorted(data.train_ids), "generator_class": kind(unit.spec),
+                      "generator_run": gen_run, "cell_seconds": time.perf_counter() - start,
+                      "runtime": runtime_record(ctx.cfg), "sidecar_example": _first_sidecar(data.gen_dir), **result}
+            atomic_write_text(cell_dir / "result.json", json.dumps(record, indent=2, default=str))
+            (cell_dir / "error.json").unlink(missing_ok=True)
+            _log(f"{cell.name}: {task.summary(result['metrics'])} ({time.perf_counter() - start:.0f} s)")
+            done += 1
     return done
 
 
@@ -866,8 +437,9 @@ def _first_sidecar(root: Path | None) -> str | None:
     return str(sides[0]) if sides else None
 
 
-GRID_KEYS = ("data_dir", "eval_data", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
-             "detector", "generate", "metrics", "boundary", "openset", "label_noise", "leave_out", "new_fabric")
+GRID_KEYS = ("data_dir", "eval_data", "folds", "eval_fraction", "eval_split_seed", "val_fraction", "max_images", "segmenter",
+             "detector", "generate", "metrics", "boundary", "openset", "label_noise", "leave_out", "new_fabric",
+             "real_per_type", "threads")
 
 
 def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
@@ -904,40 +476,14 @@ def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
 # ----------------------------------------------------------------------------- checks before any cell
 
 
-def _sub_config(cls, values: dict, key: str):
-    """``cls`` from a sub-mapping of the benchmark config; a ConfigError names ``key``."""
-    try:
-        return load_config(cls, **values)
-    except ConfigError as exc:
-        msg = str(exc)
-        raise ConfigError(f"{key}: {msg[len('config: '):] if msg.startswith('config: ') else msg}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: {' '.join(str(exc).split())}") from exc
-
-
 def check_settings(cfg: BenchmarkConfig) -> None:
-    """The sub-configs every cell uses (segmenter, detector, each generator's generation settings)."""
-    from defectfill.benchmark.worker import check_generation_settings
-    from defectfill.downstream.segmenter import SegmenterConfig
-
-    _sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
-    if OPENSET in cfg.tasks:
-        from defectfill.downstream.openset import DFCConfig
-
-        _sub_config(DFCConfig, cfg.openset, "openset")
-    if "rtdetr" in cfg.tasks:
-        from defectfill.detect.rtdetr import DetectorConfig
-
-        steps = cfg.detector.get("steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"detector.steps: must be a positive integer, got {steps!r}")
-        eval_good = cfg.detector.get("eval_good_tiles_per_image")
-        if eval_good is not None and (isinstance(eval_good, bool) or not isinstance(eval_good, int) or eval_good < 0):
-            raise ConfigError(f"detector.eval_good_tiles_per_image: must be an integer >= 0, got {eval_good!r}")
-        det = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
-        _sub_config(DetectorConfig, {k: v for k, v in det.items() if v is not None}, "detector")
+    """The sub-configs every cell uses (each task's settings, each generator's generation settings)."""
+    for name in cfg.tasks:
+        task_registry.get(name).check(cfg)
+    if "segmenter" not in cfg.tasks:  # the evaluation tiles are cut with the segmenter's settings
+        task_registry.get("segmenter").check(cfg)
     for spec in cfg.generators:
-        if _kind(spec) != REAL_ONLY:
+        if kind(spec) != REAL_ONLY:
             check_generation_settings(spec, cfg.generate)
 
 
@@ -959,17 +505,15 @@ def check_data(cfg: BenchmarkConfig) -> None:
 
 def check_inputs(cfg: BenchmarkConfig, out: Path, units: list[Unit]) -> Context:
     """Everything the pending ``units`` need, checked before any cell: settings, data, model. Writes nothing."""
-    from defectfill.generators import import_class
-
     check_settings(cfg)
     check_data(cfg)
     checked = set()
     for unit in units:
         spec = unit.spec
-        if _kind(spec) != REAL_ONLY and spec["name"] not in checked:
+        if kind(spec) != REAL_ONLY and spec["name"] not in checked:
             checked.add(spec["name"])
             try:
-                import_class(_kind(spec)).check_init_args(spec.get("init_args"))
+                import_class(kind(spec)).check_init_args(spec.get("init_args"))
             except ConfigError as exc:
                 raise ConfigError(f"generator {spec['name']!r}: {exc}") from exc
     return Context(cfg, out)
@@ -990,16 +534,6 @@ def _failed_since(out: Path, cell: Cell, since: float) -> bool:
         return False
 
 
-def _release(lock: Path) -> None:
-    """Remove our own lock (never one another process has taken over)."""
-    try:
-        first = lock.read_text().splitlines()[0].strip()
-    except (OSError, IndexError):
-        return
-    if first == f"{os.getpid()}@{HOST}":
-        lock.unlink(missing_ok=True)
-
-
 def _try_unit(ctx: Context, out: Path, unit: Unit, since: float) -> int | None:
     """Run a unit's missing cells if its lock can be claimed: the number of cells run, None when another
     live process holds it."""
@@ -1009,13 +543,13 @@ def _try_unit(ctx: Context, out: Path, unit: Unit, since: float) -> int | None:
     if not todo():
         return 0
     lock = out / "locks" / f"{unit.name}.lock"
-    if not _claim(lock):
+    if not claim(lock):
         return None
     try:
         cells = todo()  # another process may have finished the unit meanwhile
         return run_unit(ctx, unit, cells) if cells else 0
     finally:
-        _release(lock)
+        release(lock)
 
 
 def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait: bool) -> tuple[int, list[str]]:
@@ -1030,7 +564,7 @@ def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait:
             ran += n
     announced = False
     while waiting and wait:
-        holders = [_holder(out / "locks" / f"{u.name}.lock") for u in waiting]
+        holders = [holder(out / "locks" / f"{u.name}.lock") for u in waiting]
         if all(h is not None and h[0] == "remote" for h in holders):
             break  # another host's processes: their liveness cannot be checked from here
         if not announced:
@@ -1107,7 +641,7 @@ def run_benchmark(cfg: BenchmarkConfig, wait: bool = True) -> dict:
             _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
             ran, busy = _run_pending(ctx, out, pending, since, wait)
             sweep(out)
-        report = write_report(out)
+        report = write_report(out, cfg.stats)
     status = grid_status(out, units)
     report["run"] = {"cells_run": ran, "cells_skipped": skipped, "units_busy_elsewhere": busy,
                      "cells_failed": len(status["failed_cells"]), **status}
@@ -1135,7 +669,7 @@ def benchmark_main(argv: list[str] | None = None) -> int:
         if not (out / "cells").is_dir():
             raise DataError(f"{out}: no cells to report (run the benchmark into this output folder first)")
         with output_errors(out, "rerun with --report-only"):
-            report = {**write_report(out), "run": {"cells_run": 0}}
+            report = {**write_report(out, cfg.stats), "run": {"cells_run": 0}}
         print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
                           "report": str(out / "results.md")}))
         return 0

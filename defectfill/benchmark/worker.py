@@ -95,14 +95,26 @@ def check_generation_settings(spec: dict, generate: dict) -> None:
         raise ConfigError(f"generator {name!r}: generate: {' '.join(str(exc).split())}") from exc
 
 
+FIT_DONE = "fit_done.json"  # in a fit folder: the checkpoint a finished fit returned (reused by later jobs)
+
+
 def generator_job(job: dict) -> dict:
+    """Fit (unless ``fit_dir`` already holds a finished fit: then it is reused) and generate."""
     t0 = time.perf_counter()
-    ckpt = fit_generator(job["spec"], Path(job["train_dir"]), Path(job["fit_dir"]), job["seed"])
+    done = Path(job["fit_dir"]) / FIT_DONE
+    reused = done.is_file()
+    if reused:
+        ckpt = Path(json.loads(done.read_text())["checkpoint"])
+    else:
+        ckpt = fit_generator(job["spec"], Path(job["train_dir"]), Path(job["fit_dir"]), job["fit_seed"])
+        atomic_write_text(done, json.dumps({"checkpoint": str(ckpt), "seed": job["fit_seed"],
+                                            "train_dir": job["train_dir"]}))
     t1 = time.perf_counter()
     summary = generate_with(job["spec"], job["generate"], Path(ckpt), Path(job["train_dir"]), Path(job["gen_dir"]),
                             job["count"], job["seed"], Path(job["clean_dir"]) if job.get("clean_dir") else None)
     t2 = time.perf_counter()
-    return {"checkpoint": str(ckpt), "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
+    return {"checkpoint": str(ckpt), "fit_reused": reused, "fit_seed": job["fit_seed"],
+            "generated_dir": job["gen_dir"], "generated_samples": summary.get("samples"),
             "rejected_samples": summary.get("rejected"), "inspection": summary.get("inspection"),
             "fit_seconds": t1 - t0, "generate_seconds": t2 - t1,
             "fit_generate_seconds": t2 - t0}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from PIL import Image
 
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.data.masks import mask_components
+from defectfill.data.splits import split_by_source  # noqa: F401  (re-exported: detect's split)
 from defectfill.errors import DataError
 from defectfill.formats.images import IMAGE_EXTS, read_image, read_mask
 from defectfill.runinfo import atomic_directory, atomic_write_text
@@ -174,33 +174,6 @@ def synthetic_cap(n_real_labelled: int, synthetic_fraction: float | None) -> int
     if not 0 <= synthetic_fraction < 1:
         raise ValueError(f"synthetic_fraction must be in [0, 1] or None, got {synthetic_fraction}")
     return math.floor(synthetic_fraction * n_real_labelled / (1 - synthetic_fraction) + 1e-9)
-
-
-# ----------------------------------------------------------------------------- split (pure)
-
-
-def split_by_source(groups: dict[str, Sequence[str]], val_fraction: float, seed: int) -> set[str]:
-    """Ids that go to ``val``: per group, ``round(val_fraction * n)`` ids drawn with a seeded permutation.
-
-    The permutation of a group depends only on ``(seed, group name)``. With ``val_fraction < 1`` a
-    group keeps at least one id in train (a single-id group stays in train). ``val_fraction == 1``
-    sends everything to val. If no group gives an id to val although ``val_fraction > 0`` and there
-    are at least two ids, one id of the largest group moves to val.
-    """
-    if not 0 < val_fraction <= 1:
-        raise ValueError(f"val_fraction must be in (0, 1], got {val_fraction}")
-    val: set[str] = set()
-    for name in sorted(groups):
-        ids = sorted(groups[name])
-        k = len(ids) if val_fraction == 1 else min(math.floor(val_fraction * len(ids) + 0.5), len(ids) - 1)
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        val.update(ids[i] for i in rng.permutation(len(ids))[:max(k, 0)])
-    total = sum(len(v) for v in groups.values())
-    if not val and total >= 2:
-        name = max(sorted(groups), key=lambda g: len(groups[g]))
-        ids = sorted(groups[name])
-        val.add(ids[int(np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(ids))[0])])
-    return val
 
 
 # ----------------------------------------------------------------------------- readers
