@@ -166,6 +166,32 @@ def test_evaluation_region_drops_off_region_negatives_and_keeps_all_pixel_figure
     assert out["tiles"] == 6 and out["tile_auroc"] == pytest.approx(1.0)
 
 
+def test_all_pixel_figures_equal_an_evaluation_without_regions():
+    from defectfill.downstream.segmenter import NegativeCounts, average_precision_split
+
+    images = toy_images(4, 3)
+    plain = evaluate_segmenter(SmoothModel(), EvalTiles(images, tile=32), threshold=0.3)
+    keys = ("pixel_ap", "pixel_f1@0.5", "pixel_f1_best", "pixel_f1@threshold", "pixels", "positive_pixels")
+    for drop_defect in (False, True):  # regions holding every defect pixel, and regions that drop one
+        regions = fabric_regions(images)
+        regions[0][:, :40] = False
+        if drop_defect:
+            y, x = np.argwhere(images[1].mask)[0]
+            regions[1][y, x] = False
+        out = evaluate_segmenter(SmoothModel(), EvalTiles(images, tile=32, regions=regions), threshold=0.3)
+        assert out["pixels"] < plain["pixels"]
+        assert {k: out["all_pixels"][k] for k in keys} == pytest.approx({k: plain[k] for k in keys}, abs=1e-12)
+    # counting float32 scores against float32 thresholds is exact: the same counts as in float64
+    g = torch.Generator().manual_seed(1)
+    pos, neg = torch.rand(300, generator=g), torch.rand(20000, generator=g) ** 3
+    c32, c64 = NegativeCounts(pos, neg, chunk=4096), NegativeCounts(pos, neg.double())
+    assert torch.equal(c32.fp_asc, c64.fp_asc)
+    both = NegativeCounts(pos, neg[:5000]).extended(neg[5000:])
+    assert torch.equal(both.fp_asc, c64.fp_asc) and both.numel() == 20000
+    assert average_precision_split(pos[:100], both) == pytest.approx(average_precision(
+        torch.cat([pos[:100], neg]), torch.cat([torch.ones(100), torch.zeros(20000)])), abs=1e-12)
+
+
 def test_per_type_ap_by_hand():
     per = ap_by_group({"x": torch.tensor([0.9, 0.4]), "y": torch.tensor([0.7]), "z": torch.tensor([])},
                       torch.tensor([0.8, 0.5, 0.1]))
@@ -174,6 +200,96 @@ def test_per_type_ap_by_hand():
     assert set(per["by_group"]) == {"x", "y"} and per["macro"] == pytest.approx(0.625)
     out = evaluate_segmenter(ValueModel(), EvalTiles(_hand_images(), tile=2), groups=["x", "good"])
     assert out["pixel_ap_by_type"]["x"]["ap"] == pytest.approx(9 / 14, abs=1e-6) == out["pixel_ap_macro"]
+
+
+def _component_images():
+    """Two 6x10 images with distinct grey values: ``a`` has three defect components (one only
+    8-connected, one off the counted region), ``b`` is good; regions drop a few pixels of each."""
+    rng = np.random.default_rng(5)
+    values = rng.permutation(np.arange(20, 240, 1))[:120].astype(np.uint8)
+    a, b = values[:60].reshape(6, 10).copy(), values[60:].reshape(6, 10).copy()
+    mask = np.zeros((6, 10), bool)
+    comp1, comp2, comp3 = [(1, 1), (1, 2), (2, 1)], [(4, 5), (3, 6)], [(0, 9)]  # comp2 touches diagonally only
+    for y, x in comp1 + comp2 + comp3:
+        mask[y, x] = True
+    a[1, 2], a[2, 1] = 250, 245  # comp1's maximum (off the region) and its counted maximum
+    region_a = np.ones((6, 10), bool)
+    region_a[1, 2] = region_a[0, 9] = False  # comp1 loses its max, comp3 all of its pixels
+    region_a[5, 0] = False
+    b[2, 2] = 252  # b's brightest pixel is off the region
+    region_b = np.ones((6, 10), bool)
+    region_b[2, 2] = False
+    images = [SourceImage("a_img", a, mask, "a_src"), SourceImage("b", b, np.zeros((6, 10), bool), "b", "good")]
+    return images, [region_a, region_b], (comp1, comp2, comp3)
+
+
+def test_per_source_records_by_hand():
+    images, regions, (comp1, comp2, _) = _component_images()
+    tiles = EvalTiles(images, tile=4, regions=regions)  # rows 0, 2 (owns 4-5); columns 0, 4, 6 (owns 8-9)
+    plain = evaluate_segmenter(ValueModel(), tiles)
+    out = evaluate_segmenter(ValueModel(), tiles, per_source=True, bins=16)
+    assert "per_source" not in plain and set(out) - set(plain) == {"per_source"}
+    assert all(out[k] == plain[k] for k in plain if k != "seconds")
+    ra, rb = out["per_source"]
+    a, b = images[0].image / 255, images[1].image / 255
+    assert (ra["id"], ra["type"], rb["id"], rb["type"]) == ("a_src", "defect", "b", "good")
+    # comp1 scores its counted max (245, not the off-region 250), comp2 is ONE component, comp3 is skipped
+    expected = [max(a[y, x] for y, x in comp1 if (y, x) != (1, 2)), max(a[y, x] for y, x in comp2)]
+    assert ra["region_scores"] == pytest.approx(expected, abs=1e-5)
+    assert expected[0] == pytest.approx(245 / 255)
+    assert ra["image_score"] == pytest.approx(max(a[regions[0]]), abs=1e-5) == pytest.approx(245 / 255, abs=1e-5)
+    assert rb["region_scores"] == [] and rb["image_score"] == pytest.approx(max(b[regions[1]]), abs=1e-5)
+    assert rb["image_score"] < 252 / 255
+    counted_pos = a[regions[0] & images[0].mask]
+    counted_neg = [a[regions[0] & ~images[0].mask], b[regions[1]]]
+    assert ra["pos_hist"] == np.bincount((counted_pos * 16).astype(int), minlength=16).tolist()
+    assert ra["neg_hist"] == np.bincount((counted_neg[0] * 16).astype(int), minlength=16).tolist()
+    assert rb["neg_hist"] == np.bincount((counted_neg[1] * 16).astype(int), minlength=16).tolist()
+    assert sum(rb["pos_hist"]) == 0 and len(ra["pos_hist"]) == 16
+    assert sum(ra["pos_hist"]) + sum(rb["pos_hist"]) == out["positive_pixels"] == 4
+    assert sum(sum(r["pos_hist"]) + sum(r["neg_hist"]) for r in out["per_source"]) == out["pixels"] == 120 - 4
+    grouped = evaluate_segmenter(ValueModel(), tiles, per_source=True, groups=["nep", "good"])["per_source"]
+    assert [r["type"] for r in grouped] == ["nep", "good"] and len(grouped[0]["pos_hist"]) == 1024
+
+
+class SmoothModel(torch.nn.Module):
+    """Continuous, partly informative scores: dark 3x3 means score high, plus a pseudo-random term."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        m = torch.nn.functional.avg_pool2d(x[:, :1], 3, stride=1, padding=1, count_include_pad=False)
+        return 6 * (0.45 - m) + 2.5 * torch.sin(5000 * m)
+
+
+def test_per_source_histograms_pool_to_the_exact_pixel_ap():
+    from defectfill.downstream.segmenter import histogram_average_precision
+
+    images = toy_images(6, 1)
+    tiles = eval_tiles_for(SegmenterConfig(crop=32, size=32), images)  # fabric regions, 32 px tiles
+    out = evaluate_segmenter(SmoothModel(), tiles, per_source=True, groups=[f"g{i}" for i in range(6)])
+    records = out["per_source"]
+    assert [r["id"] for r in records] == [im.source_id for im in images]
+    pos = np.sum([r["pos_hist"] for r in records], axis=0)
+    neg = np.sum([r["neg_hist"] for r in records], axis=0)
+    assert pos.sum() == out["positive_pixels"] and pos.sum() + neg.sum() == out["pixels"]
+    assert 0.2 < out["pixel_ap"] < 0.6 and out["pixel_positive_rate"] < 0.02  # neither trivial nor chance
+    assert histogram_average_precision(pos, neg) == pytest.approx(out["pixel_ap"], abs=0.002)
+    coarse = evaluate_segmenter(SmoothModel(), tiles, per_source=True, bins=16)["per_source"]
+    pos16, neg16 = (np.sum([r[k] for r in coarse], axis=0) for k in ("pos_hist", "neg_hist"))
+    assert abs(histogram_average_precision(pos16, neg16) - out["pixel_ap"]) > 0.01  # the test can tell bins apart
+    # a subset of images pools the same way as evaluating that subset alone
+    sub = evaluate_segmenter(SmoothModel(), eval_tiles_for(SegmenterConfig(crop=32, size=32), images[:3]))
+    pos3, neg3 = (np.sum([r[k] for r in records[:3]], axis=0) for k in ("pos_hist", "neg_hist"))
+    assert histogram_average_precision(pos3, neg3) == pytest.approx(sub["pixel_ap"], abs=0.002)
+    assert all(r["region_scores"] == [] for r, im in zip(records, images) if not im.has_defect)
+    assert all(len(r["region_scores"]) >= 1 for r, im in zip(records, images) if im.has_defect)
+    # hand values of the histogram AP: .9P .8N (one bin each) -> AP 1; one shared bin -> P = 1/2
+    assert histogram_average_precision([0, 1], [1, 0]) == pytest.approx(1.0)
+    assert histogram_average_precision([0, 2], [0, 2]) == pytest.approx(0.5)
+    assert np.isnan(histogram_average_precision([0, 0], [3, 1]))
 
 
 def test_fabric_regions_leave_out_white_border_but_keep_defects():

@@ -241,25 +241,77 @@ def _as_flat(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
     return s, y
 
 
-def curve_at_positive_scores(pos_scores: torch.Tensor, neg_scores: torch.Tensor, chunk: int = 1 << 22):
+class NegativeCounts:
+    """``fp[j] = #negatives >= t_j`` at every distinct score ``t_j`` of a set of positive scores,
+    counted in ONE pass over the negatives (chunks of ``bucketize``, memory O(chunk + #distinct
+    positives)). Pass it instead of the negative scores to the curve functions below: the curve of
+    these positives or of any subset of them (e.g. one defect type's pixels against all negatives)
+    is then read from it exactly, without another pass over the (many) negatives. ``neg_scores``
+    may be one tensor or a list of parts; :meth:`extended` adds a part, counting only that part."""
+
+    def __init__(self, pos_scores: torch.Tensor, neg_scores: torch.Tensor | Sequence[torch.Tensor],
+                 chunk: int = 1 << 22) -> None:
+        self.parts = [neg_scores] if isinstance(neg_scores, torch.Tensor) else list(neg_scores)
+        self.thresholds = torch.unique(pos_scores.reshape(-1).to(torch.float64), sorted=True)  # ascending
+        self.fp_asc = sum((self._count(part, chunk) for part in self.parts),
+                          torch.zeros(self.thresholds.numel(), dtype=torch.float64))
+
+    def _count(self, neg: torch.Tensor, chunk: int) -> torch.Tensor:
+        """``#neg >= thr[j]`` for every threshold (float64)."""
+        thr = self.thresholds
+        if neg.dtype == torch.float32 and torch.equal(thr.to(torch.float32).to(torch.float64), thr):
+            thr = thr.to(torch.float32)  # exact: float32 scores against float32-representable thresholds
+        else:
+            neg = neg.to(torch.float64)
+        flat = neg.reshape(-1)
+        hist = torch.zeros(thr.numel() + 1, dtype=torch.float64)
+        for i in range(0, flat.numel(), chunk):
+            idx = torch.bucketize(flat[i:i + chunk], thr, right=True)  # #thr <= s
+            hist += torch.bincount(idx, minlength=thr.numel() + 1).to(torch.float64)
+        return torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])[1:]  # [j] = #neg >= thr[j]
+
+    def extended(self, more: torch.Tensor, chunk: int = 1 << 22) -> NegativeCounts:
+        """The counts over our negatives plus ``more`` (same thresholds); only ``more`` is counted."""
+        out = object.__new__(NegativeCounts)
+        out.parts, out.thresholds = [*self.parts, more], self.thresholds
+        out.fp_asc = self.fp_asc + self._count(more, chunk)
+        return out
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.parts)
+
+    def count_at_least(self, threshold: float) -> float:
+        return float(sum((p >= threshold).sum() for p in self.parts))
+
+    def at(self, thresholds: torch.Tensor) -> torch.Tensor | None:
+        """``#neg >= t`` for ascending float64 ``thresholds`` that are all among ours, else None."""
+        if self.thresholds.numel() == 0:
+            return None if thresholds.numel() else self.fp_asc
+        idx = torch.searchsorted(self.thresholds, thresholds).clamp(max=self.thresholds.numel() - 1)
+        return self.fp_asc[idx] if torch.equal(self.thresholds[idx], thresholds) else None
+
+
+Negatives = torch.Tensor | NegativeCounts
+
+
+def curve_at_positive_scores(pos_scores: torch.Tensor, neg_scores: Negatives, chunk: int = 1 << 22):
     """Operating points at each distinct positive score ``t`` (descending), rule ``score >= t``.
 
     Returns ``(thresholds, tp, fp)``: ``tp[j] = #pos >= t_j``, ``fp[j] = #neg >= t_j`` (float64).
-    Negatives are counted in chunks with ``bucketize``, so memory stays O(chunk + #distinct positives).
-    These are the only thresholds where recall changes, so AP and the best F1 over *all*
-    thresholds are exact from them.
+    Negatives are counted in chunks with ``bucketize`` (:class:`NegativeCounts`; pass one to reuse
+    its counts). These are the only thresholds where recall changes, so AP and the best F1 over
+    *all* thresholds are exact from them.
     """
     thr, counts = torch.unique(pos_scores.to(torch.float64), sorted=True, return_counts=True)  # ascending
-    hist = torch.zeros(thr.numel() + 1, dtype=torch.float64)
-    for i in range(0, neg_scores.numel(), chunk):
-        idx = torch.bucketize(neg_scores[i:i + chunk].to(torch.float64), thr, right=True)  # #thr <= s
-        hist += torch.bincount(idx, minlength=thr.numel() + 1).to(torch.float64)
-    fp_asc = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])[1:]  # fp_asc[j] = #neg >= thr[j]
+    fp_asc = neg_scores.at(thr) if isinstance(neg_scores, NegativeCounts) else None
+    if fp_asc is None:
+        parts = neg_scores.parts if isinstance(neg_scores, NegativeCounts) else neg_scores
+        fp_asc = NegativeCounts(thr, parts, chunk).fp_asc
     tp_asc = torch.flip(torch.cumsum(torch.flip(counts.to(torch.float64), [0]), 0), [0])
     return torch.flip(thr, [0]), torch.flip(tp_asc, [0]), torch.flip(fp_asc, [0])
 
 
-def average_precision_split(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
+def average_precision_split(pos_scores: torch.Tensor, neg_scores: Negatives) -> float:
     """AP from positive and negative scores (sklearn definition); nan without positives."""
     n_pos = pos_scores.numel()
     if n_pos == 0:
@@ -275,10 +327,11 @@ def average_precision(scores, labels) -> float:
     return average_precision_split(s[y], s[~y])
 
 
-def f1_at(pos_scores: torch.Tensor, neg_scores: torch.Tensor, threshold: float) -> dict:
+def f1_at(pos_scores: torch.Tensor, neg_scores: Negatives, threshold: float) -> dict:
     """Precision, recall and F1 of the rule ``score >= threshold`` (F1 = 2TP / (2TP + FP + FN))."""
     tp = float((pos_scores >= threshold).sum())
-    fp = float((neg_scores >= threshold).sum())
+    fp = (neg_scores.count_at_least(threshold) if isinstance(neg_scores, NegativeCounts)
+          else float((neg_scores >= threshold).sum()))
     n_pos = pos_scores.numel()
     denom = 2 * tp + fp + (n_pos - tp)
     return {"precision": tp / (tp + fp) if tp + fp else 0.0,
@@ -286,7 +339,7 @@ def f1_at(pos_scores: torch.Tensor, neg_scores: torch.Tensor, threshold: float) 
             "f1": 2 * tp / denom if denom else float("nan")}
 
 
-def best_f1(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> dict:
+def best_f1(pos_scores: torch.Tensor, neg_scores: Negatives) -> dict:
     """The best F1 over all thresholds (highest threshold on ties); ``threshold`` nan without positives."""
     n_pos = pos_scores.numel()
     if n_pos == 0:
@@ -332,8 +385,10 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, size: int | No
     return torch.sigmoid(logits[:, 0].float()).cpu()
 
 
-def _pixel_metrics(pos_s: torch.Tensor, neg_s: torch.Tensor, threshold: float | None) -> dict:
+def _pixel_metrics(pos_s: torch.Tensor, neg_s: Negatives, threshold: float | None) -> dict:
     """Pixel AP, F1 @0.5, best F1 (optimistic) and, with ``threshold``, F1/precision/recall at it."""
+    if not isinstance(neg_s, NegativeCounts):
+        neg_s = NegativeCounts(pos_s, neg_s)  # one pass over the negatives for AP and best F1
     at_half, best = f1_at(pos_s, neg_s, 0.5), best_f1(pos_s, neg_s)
     n_pix = pos_s.numel() + neg_s.numel()
     out = {"pixel_ap": average_precision_split(pos_s, neg_s),
@@ -350,11 +405,12 @@ def _pixel_metrics(pos_s: torch.Tensor, neg_s: torch.Tensor, threshold: float | 
     return out
 
 
-def ap_by_group(pos_by_group: dict[str, torch.Tensor], neg_scores: torch.Tensor) -> dict:
+def ap_by_group(pos_by_group: dict[str, torch.Tensor], neg_scores: Negatives) -> dict:
     """Per group (defect type): AP of its defect pixels against ALL negative pixels, and the macro mean.
 
     ``{"by_group": {g: {"ap", "positive_pixels"}}, "macro": mean AP over groups with positives}``;
-    one type's pixels cannot dominate the macro figure as they dominate pooled pixel AP.
+    one type's pixels cannot dominate the macro figure as they dominate pooled pixel AP. Pass
+    :class:`NegativeCounts` of all positives to count the negatives once for every group.
     """
     by = {g: {"ap": average_precision_split(p, neg_scores), "positive_pixels": p.numel()}
           for g, p in sorted(pos_by_group.items()) if p.numel()}
@@ -362,8 +418,58 @@ def ap_by_group(pos_by_group: dict[str, torch.Tensor], neg_scores: torch.Tensor)
     return {"by_group": by, "macro": float(np.mean(aps)) if aps else float("nan")}
 
 
+def histogram_counts(scores: np.ndarray, bins: int) -> np.ndarray:
+    """int64 counts of ``scores`` (probabilities in [0, 1]) in ``bins`` uniform bins of [0, 1]:
+    bin index ``min(int(p * bins), bins - 1)`` (computed in float64; values below 0 go to bin 0)."""
+    idx = np.clip((np.asarray(scores, dtype=np.float64).reshape(-1) * bins).astype(np.int64), 0, bins - 1)
+    return np.bincount(idx, minlength=bins).astype(np.int64)
+
+
+def histogram_average_precision(pos_hist: Sequence[int], neg_hist: Sequence[int]) -> float:
+    """AP (the sklearn definition, ties grouped) when every pixel scores its bin: the bins are the
+    thresholds, highest first. Pooled over images by summing their ``per_source`` histograms; with
+    1024 bins it is close to the exact :func:`average_precision_split` (nan without positives)."""
+    pos = np.asarray(pos_hist, dtype=np.float64)[::-1]
+    neg = np.asarray(neg_hist, dtype=np.float64)[::-1]
+    if pos.shape != neg.shape:
+        raise ValueError(f"histograms differ in length ({pos.size}, {neg.size})")
+    n_pos = pos.sum()
+    if n_pos == 0:
+        return float("nan")
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
+    hit = pos > 0
+    return float((pos[hit] / n_pos * tp[hit] / (tp[hit] + fp[hit])).sum())
+
+
+def _label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a bool mask: (int labels, 0 = background; count)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels, int(n)
+
+
+def source_record(image: SourceImage, probs: np.ndarray, counted: np.ndarray, kind: str, bins: int) -> dict:
+    """The ``per_source`` record of one evaluation image from its full probability map and its
+    counted-pixel map (both HxW): see :func:`evaluate_segmenter`."""
+    mask = image.mask
+    pos_p, neg_p = probs[counted & mask], probs[counted & ~mask]
+    scores = probs[counted]
+    region_scores: list[float] = []
+    if mask.any():
+        labels, n = _label_components(mask)
+        lab = labels[counted & mask]
+        best = np.full(n + 1, -np.inf)
+        np.maximum.at(best, lab, pos_p.astype(np.float64))
+        region_scores = [float(v) for v in best[1:] if np.isfinite(v)]
+    return {"id": image.source_id or image.id, "type": kind,
+            "pos_hist": histogram_counts(pos_p, bins).tolist(), "neg_hist": histogram_counts(neg_p, bins).tolist(),
+            "image_score": float(scores.max()) if scores.size else None, "region_scores": region_scores}
+
+
 def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float | None = None,
-                       batch_size: int = 16, groups: Sequence[str] | None = None) -> dict:
+                       batch_size: int = 16, groups: Sequence[str] | None = None, per_source: bool = False,
+                       bins: int = 1024) -> dict:
     """Pixel AP, pixel F1 (@0.5, best = optimistic, and @``threshold`` when given), tile AUROC, counts.
 
     Pixel metrics use every counted pixel of every image exactly once (the tiles' owned regions;
@@ -374,21 +480,52 @@ def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float
     recall (defect tiles scoring >= it). With ``groups`` (one label per evaluation image, e.g. the
     defect type): per-group pixel AP against all negatives, their macro mean (``pixel_ap_macro``)
     and, with ``threshold``, tile recall per group. The model is put in eval mode and restored.
+
+    With ``per_source``: ``out["per_source"]``, one record per evaluation image (``eval_tiles.images``
+    order), so pooled and per-image figures can be recomputed over any subset of images later:
+    ``{"id": source id, "type": groups[i] (else "defect"/"good" by the mask), "pos_hist"/"neg_hist":
+    counts (``bins`` ints, uniform on [0, 1], index ``min(int(p * bins), bins - 1)``) of the predicted
+    probabilities of the image's counted defect / non-defect pixels (the same pixels as the pooled
+    metrics: summed over images, ``pos_hist`` totals ``positive_pixels``), "image_score": max
+    probability over the counted pixels (None if none), "region_scores": per 8-connected component of
+    the defect mask (label order = scan order of its first pixel), the max probability over its
+    counted pixels (components without one skipped; [] for good images)}``.
+    :func:`histogram_average_precision` gives the pooled AP from summed histograms.
     """
+    if per_source and bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     pos, neg, pos_all, neg_all, tile_scores, tile_labels, tile_groups = [], [], [], [], [], [], []
     pos_by_group: dict[str, list[torch.Tensor]] = {}
+    records: list[dict | None] = [None] * len(eval_tiles.images)
+    maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image index -> (probabilities, counted), while open
+    left = np.bincount([t.image_index for t in eval_tiles.tiles], minlength=len(eval_tiles.images))
     try:
         for tiles, images, masks, owns, insides, regions in eval_tiles.batches(batch_size):
             probs = predict_probabilities(model, images, eval_tiles.size).numpy()
             counted = owns & regions
+            if per_source:
+                for t, p, c in zip(tiles, probs, counted):
+                    k = t.image_index
+                    if k not in maps:
+                        shape = eval_tiles.images[k].mask.shape
+                        maps[k] = (np.zeros(shape, np.float32), np.zeros(shape, bool))
+                    yf, yt, xf, xt = t.own
+                    own = (slice(yf - t.y0, yt - t.y0), slice(xf - t.x0, xt - t.x0))
+                    maps[k][0][yf:yt, xf:xt] = p[own]
+                    maps[k][1][yf:yt, xf:xt] = c[own]
+                    left[k] -= 1
+                    if left[k] == 0:  # every tile of the image seen: close its record, free its maps
+                        im = eval_tiles.images[k]
+                        kind = groups[k] if groups is not None else ("defect" if im.has_defect else "good")
+                        records[k] = source_record(im, *maps.pop(k), kind, bins)
             pos.append(torch.from_numpy(probs[counted & masks]))
             neg.append(torch.from_numpy(probs[counted & ~masks]))
-            if eval_tiles.regions is not None:
-                pos_all.append(torch.from_numpy(probs[owns & masks]))
-                neg_all.append(torch.from_numpy(probs[owns & ~masks]))
+            if eval_tiles.regions is not None:  # the owned pixels outside the regions
+                pos_all.append(torch.from_numpy(probs[owns & ~regions & masks]))
+                neg_all.append(torch.from_numpy(probs[owns & ~regions & ~masks]))
             for t, p, r, m, own_pos in zip(tiles, probs, regions, masks, counted & masks):
                 if groups is not None and own_pos.any():
                     pos_by_group.setdefault(groups[t.image_index], []).append(torch.from_numpy(p[own_pos]))
@@ -399,14 +536,19 @@ def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float
     finally:
         model.train(was_training)
     pos_s, neg_s = torch.cat(pos), torch.cat(neg)
-    out = {**_pixel_metrics(pos_s, neg_s, threshold),
+    neg_counts = NegativeCounts(pos_s, neg_s)  # the only pass over the negatives (groups' pixels are a subset)
+    out = {**_pixel_metrics(pos_s, neg_counts, threshold),
            "pixel_region": "all" if eval_tiles.regions is None else "fabric",
            "tile_auroc": auroc(torch.tensor(tile_scores), torch.tensor(tile_labels)),
            "images": len(eval_tiles.images), "tiles": len(tile_scores), "positive_tiles": int(sum(tile_labels))}
     if eval_tiles.regions is not None:
-        out["all_pixels"] = _pixel_metrics(torch.cat(pos_all), torch.cat(neg_all), threshold)
+        pos_off, neg_off = torch.cat(pos_all), torch.cat(neg_all)
+        if pos_off.numel() == 0:  # the regions hold every defect pixel (fabric_regions): count the rest only
+            out["all_pixels"] = _pixel_metrics(pos_s, neg_counts.extended(neg_off), threshold)
+        else:
+            out["all_pixels"] = _pixel_metrics(torch.cat([pos_s, pos_off]), torch.cat([neg_s, neg_off]), threshold)
     if groups is not None:
-        per = ap_by_group({g: torch.cat(v) for g, v in pos_by_group.items()}, neg_s)
+        per = ap_by_group({g: torch.cat(v) for g, v in pos_by_group.items()}, neg_counts)
         out["pixel_ap_by_type"], out["pixel_ap_macro"] = per["by_group"], per["macro"]
     if threshold is not None:
         positive = [s for s, y in zip(tile_scores, tile_labels) if y]
@@ -415,6 +557,8 @@ def evaluate_segmenter(model: nn.Module, eval_tiles: EvalTiles, threshold: float
         if groups is not None:
             out["tile_recall@threshold_by_group"] = tile_recall_by_group(tile_scores, tile_labels, tile_groups,
                                                                          threshold)
+    if per_source:
+        out["per_source"] = records
     out["seconds"] = time.perf_counter() - start
     return out
 
