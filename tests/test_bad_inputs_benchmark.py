@@ -403,7 +403,7 @@ def test_a_failed_cell_exits_1_and_is_listed_while_the_others_complete(real_only
     assert (out / "cells" / "segmenter-main-real_only-n0-f0-s1" / "error.json").is_file()
     assert "1 cell(s) failed" in (out / "results.md").read_text()  # the report of the cells that finished
 
-    monkeypatch.setattr(runner, "_segmenter_cell", real_cell)  # the rerun retries only the failed cell
+    monkeypatch.setattr(SegmenterTask, "run", real_run)  # the rerun retries only the failed cell
     assert main(real_only_grid) == 0
     err = capsys.readouterr().err
     assert "3 of 3 cells done, 0 failed" in err and "failed:" not in err

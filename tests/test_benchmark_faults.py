@@ -103,8 +103,8 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
         deadline = time.monotonic() + 240
         while victim is None and time.monotonic() < deadline:
             for unit, pid in _lock_holders(out).items():
-                job = out / "work" / unit.split("-")[0] / "main" / "copy_paste" / "generator_job"
-                running = (job / "log.txt").exists() and not (job / "result.json").exists()
+                jobs = (out / "work" / unit.split("-")[0] / "main" / "copy_paste").glob("s*/generator_job")
+                running = any((j / "log.txt").exists() and not (j / "result.json").exists() for j in jobs)
                 if "copy_paste" in unit and running and len(_group_alive(pid)) > 1:
                     victim = next((p for p in procs if p.pid == pid), None)
                     break
@@ -137,7 +137,8 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
         for log in logs:
             log.close()
     _assert_complete(config, out)
-    gen = json.loads((out / "work" / held[0].split("-")[0] / "main" / "copy_paste" / "generator.json").read_text())
+    gen_json = sorted((out / "work" / held[0].split("-")[0] / "main" / "copy_paste").glob("s*/generator.json"))[0]
+    gen = json.loads(gen_json.read_text())
     assert gen["generated_samples"] == len(list(Path(gen["generated_dir"], "sidecars").glob("*.json"))) == 2
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}

@@ -78,9 +78,10 @@ class BenchmarkConfig:
         _int_list(self.seeds, "seeds", minimum=None)
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
             raise ConfigError(f"folds: must be an integer >= 1 (1: one held-out split), got {self.folds!r}")
-        if len(self.seeds) < (2 if self.folds >= 2 else 3):
-            raise ConfigError(f"seeds: need at least {2 if self.folds >= 2 else 3} seeds "
-                              f"({'with' if self.folds >= 2 else 'without'} cross-validation folds), got {self.seeds}")
+        cv = self.folds >= 2 and not self.eval_data
+        if len(self.seeds) < (2 if cv else 3):
+            raise ConfigError(f"seeds: need at least {2 if cv else 3} seeds "
+                              f"({'with' if cv else 'without'} cross-validation folds), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: repeated seed in {self.seeds}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
