@@ -1,6 +1,19 @@
-"""Downstream benchmark: generators' synthetic data vs real-only on a segmenter and RT-DETR, equal budgets."""
+"""Downstream benchmark: generators' synthetic data vs real-only on a segmenter and RT-DETR, equal budgets.
 
-from defectfill.benchmark.report import write_report
-from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main, run_benchmark
+Names load lazily: the worker child (``python -m defectfill.benchmark.worker``) imports this package
+and must start without torch (its peak memory is a reported number).
+"""
 
 __all__ = ["BenchmarkConfig", "benchmark_main", "run_benchmark", "write_report"]
+
+
+def __getattr__(name):
+    if name == "write_report":
+        from defectfill.benchmark.report import write_report
+
+        return write_report
+    if name in ("BenchmarkConfig", "benchmark_main", "run_benchmark"):
+        from defectfill.benchmark import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

@@ -8,8 +8,9 @@ from dataclasses import asdict
 
 from defectfill.benchmark.tasks import Task, UnitData
 from defectfill.config import load_config
-from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
-from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
+
+# torch-heavy modules are imported where a cell runs: the worker child imports this package and must
+# start small (its peak memory is a reported number)
 
 
 class SegmenterTask(Task):
@@ -22,11 +23,14 @@ class SegmenterTask(Task):
 
     def check(self, cfg) -> None:
         from defectfill.benchmark.config import sub_config
+        from defectfill.downstream.segmenter import SegmenterConfig
 
         sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
 
     def run(self, ctx, cell, data: UnitData) -> dict:
         from defectfill.benchmark import stats
+        from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
+        from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
 
         seg = SegmenterConfig(**{**asdict(load_config(SegmenterConfig, **ctx.cfg.segmenter)), "seed": cell.seed})
         if "train" not in data.cache:
