@@ -121,6 +121,7 @@ class Context:
         self.folds = fold_ids(cfg)
         self._fold_of: dict[str, int] = {}
         self._eval_dirs: dict[str, Path] = {}
+        self._eval_tiles: dict[tuple, dict] = {}  # one (setting, fold) at a time: units run fold by fold
         if cfg.eval_data:
             self._eval_root = Path(cfg.eval_data)
             select_ids(self._eval_root)
@@ -271,8 +272,7 @@ class Context:
         from defectfill.downstream.tiles import images_from_reference
 
         key = self._eval_key(data, fold)
-        cache = getattr(self, "_eval_tiles", {})
-        self._eval_tiles = cache
+        cache = self._eval_tiles
         if key not in cache:
             eval_dir = self.eval_dir_for(key[1], key[0])
             types = defect_types(eval_dir)
@@ -282,7 +282,7 @@ class Context:
             if self.left_out and key[0] == MAIN:
                 keep = [im for im, g in zip(images, groups) if g == self.left_out]
                 subsets[f"type_{self.left_out}"] = (eval_tiles_for(self.seg, keep), [self.left_out] * len(keep))
-            cache.clear()  # one fold's tiles at a time: units run fold by fold
+            cache.clear()
             cache[key] = subsets
         return cache[key]
 
