@@ -150,31 +150,6 @@ def parse_overrides(text: str) -> dict:
     return out
 
 
-def copy_subset(src: Path, ids: set[str], dest: Path) -> Path:
-    """images/, masks/, good/ files of source ids ``ids`` and their manifest rows, copied to ``dest`` (once)."""
-    import csv
-    import shutil
-
-    if (dest / ".complete").exists():
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    for sub in ("images", "masks", "good"):
-        (dest / sub).mkdir(parents=True, exist_ok=True)
-        for f in sorted((src / sub).iterdir()) if (src / sub).is_dir() else []:
-            if f.is_file() and f.stem in ids:
-                shutil.copy2(f, dest / sub / f.name)
-    with (src / "manifest.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [r for r in reader if r.get("id") in ids]
-        fields = reader.fieldnames
-    with (dest / "manifest.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    (dest / ".complete").write_text("ok\n")
-    return dest
-
-
 def copy_paste_samples(train_dir: Path, work: Path, count: int, seed: int, generate: dict, fit_seed: int = 0) -> Path:
     """Fit copy-paste on ``train_dir`` (once) and generate ``count`` samples with ``seed`` (once): the folder."""
     from defectfill.config import GenerateConfig
@@ -202,6 +177,7 @@ def rank_main(args) -> int:
     import torch
     import yaml
 
+    from defectfill.benchmark.runner import materialize
     from defectfill.data.splits import defect_types, select_ids, split_ids
     from defectfill.downstream.segmenter import (SegmenterConfig, auroc, eval_tiles_for, evaluate_segmenter,
                                                  train_segmenter)
@@ -224,7 +200,7 @@ def rank_main(args) -> int:
     rest_d, rest_g = [i for i in defect if i not in held], [g for g in good if g not in held]
     val_ids = split_ids(rest_d, rest_g, types, profile.get("val_fraction", 0.25), split_seed + 1)
     train_ids = (set(rest_d) | set(rest_g)) - val_ids
-    train_dir = copy_subset(data, train_ids, work / "train")
+    train_dir = materialize(data, train_ids, work / "train")
     images = images_from_reference(data, 1)
     train = [im for im in images if im.id in train_ids]
     val = [im for im in images if im.id in val_ids]
