@@ -138,3 +138,25 @@ def test_a_rerun_cell_reproduces_its_numbers(cv):
                                                                    and math.isnan(before["metrics"][key]))
     assert after["evaluations"]["all"]["per_source"] == before["evaluations"]["all"]["per_source"]
     assert after["runtime"]["torch_threads"] == 1
+
+
+@pytest.mark.slow
+def test_no_val_split_and_no_generation_metrics(woven_root, tmp_path):
+    """``val_fraction: 0``: the whole training side trains (nothing held out for a threshold), the
+    threshold-free statistics are still there; ``generation_metrics: false`` records the skip."""
+    cfg = _cfg(woven_root, tmp_path, val_fraction=0, generation_metrics=False,
+               generators=GENERATORS[:2])
+    ctx = Context(cfg, tmp_path)
+    train, val = ctx.split(0, "main", 1)
+    assert val == set() and train == (set(ctx.all_defect) | set(ctx.all_good)) - ctx.eval_ids(1)
+    report = run_benchmark(cfg)
+    assert report["run"]["complete"]
+    cell = _cell(tmp_path, "segmenter-main-shade-n2-f0-s0")
+    assert cell["val_images"] == 0 and cell["val_threshold"] is None
+    assert cell["train_real_images"] == len(ctx.split(0, "main", 0)[0])
+    assert 0 <= cell["metrics"]["pixel_ap"] <= 1 and "pixel_f1@threshold" not in cell["metrics"]
+    assert cell["generator_run"]["generation_metrics"] == {"skipped": "generation_metrics: false in the config"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["generator"] for r in results["paired"]} == {"shade"}
+    with pytest.raises(Exception, match="rtdetr needs its val split"):
+        _cfg(woven_root, tmp_path, val_fraction=0, tasks=["segmenter", "rtdetr"]).validate()

@@ -45,7 +45,7 @@ class BenchmarkConfig:
     folds: int = 5
     eval_fraction: float = 0.3  # folds: 1 only
     eval_split_seed: int = 1234  # folds and held-out split; the same for every seed (paired comparisons)
-    val_fraction: float = 0.25  # of the training side: segmenter threshold and RT-DETR's val split
+    val_fraction: float = 0.25  # of the training side: segmenter threshold and RT-DETR's val split; 0 = none
     max_images: int | None = None  # keep the first N defect and first N good images (by id) of data_dir
     output_dir: str = "runs/benchmark"
     tasks: list = field(default_factory=lambda: ["segmenter"])
@@ -59,6 +59,7 @@ class BenchmarkConfig:
     detector: dict = field(default_factory=dict)  # DetectorConfig overrides + steps (+ eval_good_tiles_per_image)
     generate: dict = field(default_factory=dict)  # GenerateConfig overrides for every generator
     metrics: dict = field(default_factory=dict)  # generation_metrics keywords (crop, features, ...)
+    generation_metrics: bool = True  # false: skip the Fréchet/KID/IC-LPIPS and boundary columns (saves ~1 min a unit)
     boundary: dict = field(default_factory=dict)  # boundary_realism keywords (crop, per_image)
     openset: dict = field(default_factory=dict)  # DFCConfig overrides (the open-set task's classifier)
     stats: dict = field(default_factory=dict)  # {n_boot: 2000, alpha: 0.05, compare: {defectfill: [copy_paste, ...]}}
@@ -130,8 +131,10 @@ class BenchmarkConfig:
         if REAL_ONLY not in names:
             self.generators = [{"name": REAL_ONLY, "class_path": REAL_ONLY, "init_args": {}}, *self.generators]
             names.add(REAL_ONLY)
-        if not 0 < self.val_fraction < 1 or not 0 < self.eval_fraction < 1:
-            raise ConfigError("val_fraction and eval_fraction must be in (0, 1)")
+        if not 0 <= self.val_fraction < 1 or not 0 < self.eval_fraction < 1:
+            raise ConfigError("val_fraction must be in [0, 1) and eval_fraction in (0, 1)")
+        if self.val_fraction == 0 and "rtdetr" in self.tasks:
+            raise ConfigError("val_fraction: 0 (no val split) works for the segmenter only; rtdetr needs its val split")
         if "steps" not in self.detector:
             self.detector = {"steps": 100, **self.detector}
         for key, opt in (("label_noise", self.label_noise), ("leave_out", self.leave_out)):

@@ -208,11 +208,16 @@ class Context:
     def split(self, seed: int, data: str = MAIN, fold: int = 0) -> tuple[set[str], set[str]]:
         """(train ids, val ids) of a setting on a fold; val is fixed per fold (seed only draws few-shot defects)."""
         val_seed = self.cfg.eval_split_seed + 1 + fold
+        fraction = self.cfg.val_fraction
+
+        def val_of(defect: list[str], good: list[str]) -> set[str]:
+            return split_ids(defect, good, self.types, fraction, val_seed) if fraction > 0 else set()
+
         target = self.target(data)
         if target is not None:
             defect = [i for i in self.all_defect if self.fabrics.get(i) != target]
             others = [g for g in self.all_good if self.fabrics.get(g) != target]
-            val = split_ids(defect, others, self.types, self.cfg.val_fraction, val_seed)
+            val = val_of(defect, others)
             ids = set(defect) | set(others) | self.targets[target]["train_clean"]
             return ids - val, ids & val
         held = self.eval_ids(fold)
@@ -220,7 +225,7 @@ class Context:
         good = [g for g in self.all_good if g not in held]
         if data.startswith("without_"):
             defect = [i for i in defect if self.types.get(i) != self.left_out]
-        val = split_ids(defect, good, self.types, self.cfg.val_fraction, val_seed)
+        val = val_of(defect, good)
         train = (set(defect) | set(good)) - val
         if data.startswith(FEW_SHOT):
             k = int(data[len(FEW_SHOT):])
@@ -329,6 +334,10 @@ def _generator_run(ctx: Context, unit: Unit, seed: int, fit_dir: Path, gen_root:
     about = json.loads(Path(side).read_text()) if side else {}
     if about.get("base_model"):  # generators built on a base model say which (DefectFill)
         run["base_model"] = {"path": about["base_model"], "note": about.get("base_model_note", "")}
+    if not ctx.cfg.generation_metrics:
+        run["generation_metrics"] = run["boundary_realism"] = {"skipped": "generation_metrics: false in the config"}
+        atomic_write_text(cached, json.dumps(run, indent=2, default=str))
+        return run
     from defectfill.benchmark.gallery import boundary_realism, generation_metrics
 
     try:
