@@ -160,3 +160,23 @@ def test_no_val_split_and_no_generation_metrics(woven_root, tmp_path):
     assert {r["generator"] for r in results["paired"]} == {"shade"}
     with pytest.raises(Exception, match="rtdetr needs its val split"):
         _cfg(woven_root, tmp_path, val_fraction=0, tasks=["segmenter", "rtdetr"]).validate()
+
+
+def test_a_grid_may_grow_by_settings_but_not_change_them(woven_root, tmp_path):
+    """The standard profile extends the quick one in the same folder: more few-shot sizes and the
+    new-fabric setting are new cells; a different new-fabric protocol or segmenter is refused."""
+    from defectfill.benchmark.runner import check_grid
+    from defectfill.errors import ConfigError
+
+    quick = _cfg(woven_root, tmp_path, real_per_type=["all", 3])
+    check_grid(quick, tmp_path)
+    nf = {"targets": "all", "min_defects": 1, "eval_good_fraction": 0.5}
+    standard = _cfg(woven_root, tmp_path, real_per_type=["all", 1, 3], new_fabric=nf)
+    check_grid(standard, tmp_path)
+    grid = json.loads((tmp_path / "grid.json").read_text())["settings"]
+    assert grid["real_per_type"] == ["1", "3", "all"] and grid["new_fabric"] == nf
+    check_grid(quick, tmp_path)  # the quick profile still resumes there
+    with pytest.raises(ConfigError, match="new_fabric"):
+        check_grid(_cfg(woven_root, tmp_path, new_fabric={**nf, "eval_good_fraction": 0.3}), tmp_path)
+    with pytest.raises(ConfigError, match="segmenter"):
+        check_grid(_cfg(woven_root, tmp_path, segmenter={**SEG, "steps": 5}), tmp_path)

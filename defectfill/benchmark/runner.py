@@ -454,7 +454,8 @@ GRID_KEYS = ("data_dir", "eval_data", "folds", "eval_fraction", "eval_split_seed
 def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
     """Refuse to mix cells of different settings in one output folder (``grid.json`` keeps the first run's).
 
-    Seeds, counts and generators may be added later; a generator's spec may not change. With
+    Seeds, counts, generators and settings (few-shot sizes, new fabric) may be added later; a generator's
+    spec may not change. With
     ``write=False`` only the check runs (nothing is written).
     """
     grid = {"settings": {k: getattr(cfg, k) for k in GRID_KEYS},
@@ -471,7 +472,9 @@ def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: cannot read the grid this folder was run with ({type(exc).__name__}); "
                           f"use a new output_dir, or delete {path} if its cells match this config") from exc
-    changed = [k for k in GRID_KEYS if old_settings.get(k) != grid["settings"][k]]
+    new_settings = grid["settings"]
+    changed = [k for k in GRID_KEYS if old_settings.get(k) != new_settings[k] and not _adds_settings(k, old_settings.get(k),
+                                                                                                      new_settings[k])]
     changed += [f"generators.{n}" for n, g in grid["generators"].items() if n in old_generators
                 and old_generators[n] != g]
     if changed:
@@ -479,7 +482,18 @@ def check_grid(cfg: BenchmarkConfig, out: Path, write: bool = True) -> None:
                           f"{path}); use a new output_dir or delete it")
     if write:
         old_generators.update(grid["generators"])
+        old_settings["real_per_type"] = sorted({*map(str, old_settings.get("real_per_type") or []),
+                                                *map(str, new_settings["real_per_type"])})
+        old_settings["new_fabric"] = old_settings.get("new_fabric") or new_settings["new_fabric"]
         atomic_write_text(path, json.dumps(old, indent=2))
+
+
+def _adds_settings(key: str, old, new) -> bool:
+    """Settings axes a later run may extend without touching earlier cells: more few-shot sizes
+    (``real_per_type``), or the new-fabric setting where the folder had none (or the run asks for none)."""
+    if key == "real_per_type":
+        return True  # every value is its own setting: its cells are named by it
+    return key == "new_fabric" and (old is None or new is None)
 
 
 # ----------------------------------------------------------------------------- checks before any cell
