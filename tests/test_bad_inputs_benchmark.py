@@ -177,6 +177,10 @@ def _unknown_segmenter_key(c):
     return c.argv("segmenter={stepz: 2}"), "stepz"
 
 
+def _resample_seeds_not_bool(c):
+    return c.argv("stats={resample_seeds: maybe}"), "resample_seeds"
+
+
 def _bad_generate_value(c):
     return c.argv("generate={dilation: -1}"), "dilation"
 

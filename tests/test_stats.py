@@ -202,36 +202,45 @@ def make_replicates(seed=0, clusters=("f0", "f1"), seeds=2):
     return reps
 
 
-def reference_bootstrap(replicates, metric, n_boot, seed, alpha=0.05):
-    """Straightforward loop: the documented RNG protocol, then source_metrics on the resampled record lists."""
+def reference_bootstrap(replicates, metric, n_boot, seed, alpha=0.05, resample_replicates=False):
+    """Straightforward loop: the documented RNG protocol, then source_metrics on the resampled record lists
+    (and, with ``resample_replicates``, on the resampled list of each cluster's replicates)."""
     rng = np.random.default_rng(seed)
-    draws = {}
+    draws, picks = {}, {}
     for cl in dict.fromkeys(r["cluster"] for r in replicates):
-        a0 = next(r for r in replicates if r["cluster"] == cl)["a"]
+        members = [r for r in replicates if r["cluster"] == cl]
+        a0 = members[0]["a"]
         defect = sorted(i for i, x in a0.items() if x["type"] != "good")
         good = sorted(i for i, x in a0.items() if x["type"] == "good")
         di = rng.integers(0, len(defect), size=(n_boot, len(defect)))
         gi = rng.integers(0, len(good), size=(n_boot, len(good)))
         draws[cl] = [[defect[j] for j in di[k]] + [good[j] for j in gi[k]] for k in range(n_boot)]
+        if resample_replicates:
+            ri = rng.integers(0, len(members), size=(n_boot, len(members)))
+            picks[cl] = [[members[j] for j in ri[k]] for k in range(n_boot)]
+        else:
+            picks[cl] = [members] * n_boot
     values = []
     for k in range(n_boot):
         ds = []
-        for r in replicates:
-            ids = draws[r["cluster"]][k]
-            d = (stats.source_metrics([r["b"][i] for i in ids])[metric]
-                 - stats.source_metrics([r["a"][i] for i in ids])[metric])
-            if math.isfinite(d):
-                ds.append(d)
+        for cl in draws:
+            ids = draws[cl][k]
+            for r in picks[cl][k]:
+                d = (stats.source_metrics([r["b"][i] for i in ids])[metric]
+                     - stats.source_metrics([r["a"][i] for i in ids])[metric])
+                if math.isfinite(d):
+                    ds.append(d)
         if ds:
             values.append(np.mean(ds))
     return np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
 
 
+@pytest.mark.parametrize("resample_replicates", [False, True])
 @pytest.mark.parametrize("metric", stats.METRICS)
-def test_bootstrap_matches_loop_reference(metric):
+def test_bootstrap_matches_loop_reference(metric, resample_replicates):
     reps = make_replicates(seed=1)
-    res = stats.paired_bootstrap(reps, metric, n_boot=40, seed=3)
-    lo, hi = reference_bootstrap(reps, metric, n_boot=40, seed=3)
+    res = stats.paired_bootstrap(reps, metric, n_boot=40, seed=3, resample_replicates=resample_replicates)
+    lo, hi = reference_bootstrap(reps, metric, n_boot=40, seed=3, resample_replicates=resample_replicates)
     assert res["ci_low"] == pytest.approx(lo, abs=1e-12)
     assert res["ci_high"] == pytest.approx(hi, abs=1e-12)
     expected = [stats.source_metrics(r["b"].values())[metric] - stats.source_metrics(r["a"].values())[metric]
@@ -299,13 +308,18 @@ def test_bootstrap_shares_resample_within_cluster():
     rng = np.random.default_rng(6)
     sources = random_sources(rng, prefix="x")
     a, b = perturbed(sources, rng), perturbed(sources, rng)
-    shared = stats.paired_bootstrap([{"cluster": "f0", "a": a, "b": b}, {"cluster": "f0", "a": b, "b": a}],
-                                    "pixel_ap", n_boot=200)
+    swapped = [{"cluster": "f0", "a": a, "b": b}, {"cluster": "f0", "a": b, "b": a}]
+    shared = stats.paired_bootstrap(swapped, "pixel_ap", n_boot=200, resample_replicates=False)
     assert shared["ci_low"] == pytest.approx(0.0, abs=1e-15) and shared["ci_high"] == pytest.approx(0.0, abs=1e-15)
     assert shared["deltas"][0] == pytest.approx(-shared["deltas"][1]) and shared["deltas"][0] != 0
     apart = stats.paired_bootstrap([{"cluster": "f0", "a": a, "b": b}, {"cluster": "f1", "a": b, "b": a}],
-                                   "pixel_ap", n_boot=200)
+                                   "pixel_ap", n_boot=200, resample_replicates=False)
     assert apart["ci_high"] - apart["ci_low"] > 1e-3
+    # resampling the replicates (training seeds) too: the seed-to-seed spread ±Δ widens the CI to cover
+    # draws where only one of the two replicates was picked, i.e. up to |Δ| on both sides
+    seeds = stats.paired_bootstrap(swapped, "pixel_ap", n_boot=400, resample_replicates=True)
+    d = abs(shared["deltas"][0])
+    assert seeds["ci_low"] < -0.3 * d and seeds["ci_high"] > 0.3 * d
 
 
 def test_bootstrap_nan_replicates_and_errors():

@@ -170,6 +170,8 @@ class BenchmarkConfig:
                 raise ConfigError(f"new_fabric.eval_good_fraction must be in (0, 1), got {fraction!r}")
         if not isinstance(self.stats, dict):
             raise ConfigError(f"stats: must be a mapping, got {self.stats!r}")
+        if not isinstance(self.stats.get("resample_seeds", True), bool):
+            raise ConfigError(f"stats.resample_seeds must be true or false, got {self.stats['resample_seeds']!r}")
         for a, bs in (self.stats.get("compare") or {}).items():
             unknown = ({a} | set(bs)) - names
             if unknown:

@@ -270,10 +270,11 @@ def default_comparisons(generators: list[str]) -> dict[str, list[str]]:
 
 
 def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None = None, n_boot: int = 2000,
-                alpha: float = 0.05, seed: int = 0) -> list[dict]:
+                alpha: float = 0.05, seed: int = 0, resample_replicates: bool = True) -> list[dict]:
     """Per setting family, generator (largest count) and metric: the paired Δ vs real_only over every
     (fold, seed) replicate present in both arms, its bootstrap CI (evaluation sources resampled per
-    cluster, the same draw for both arms), the Wilcoxon signed-rank p-value and the verdict; the same
+    cluster, the same draw for both arms; with ``resample_replicates`` the cluster's seeds too), the
+    Wilcoxon signed-rank p-value and the verdict; the same
     for the generator-vs-generator pairs of ``compare`` (Δ = generator − other)."""
     metrics = TASKS[task].stat_metrics
     cells = [c for c in cells if c["task"] == task and _records(c) is not None]
@@ -300,7 +301,7 @@ def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None
                 continue
             for m in metrics:
                 res = stats.compare([{k: r[k] for k in ("cluster", "a", "b")} for r in reps], m, n_boot=n_boot,
-                                    seed=seed, alpha=alpha)
+                                    seed=seed, alpha=alpha, resample_replicates=resample_replicates)
                 rows.append({"task": task, "setting": fam, "generator": g, "baseline": base, "count": top[g],
                              "metric": m, "replicates": [r["label"] for r in reps],
                              "clusters": len({r["cluster"] for r in reps}), **res})
@@ -441,12 +442,13 @@ def _type_table(by_generator: dict) -> list[str]:
 
 def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> dict:
     """results.json, results.md and the figures from the finished cells of ``output_dir``;
-    ``stats_settings``: the profile's ``stats`` (n_boot, alpha, compare)."""
+    ``stats_settings``: the profile's ``stats`` (n_boot, alpha, compare, resample_seeds)."""
     out = Path(output_dir)
     settings_ = stats_settings or {}
     cells, errors = load_cells(out)
     paired = paired_rows(cells, compare=settings_.get("compare"), n_boot=int(settings_.get("n_boot", 2000)),
-                         alpha=float(settings_.get("alpha", 0.05)))
+                         alpha=float(settings_.get("alpha", 0.05)),
+                         resample_replicates=bool(settings_.get("resample_seeds", True)))
     forest = forest_plots(paired, out)
     rows = aggregate(cells)
     gens = generator_rows(cells)
@@ -512,7 +514,9 @@ def _paired_markdown(report: dict) -> list[str]:
     lines = ["## Paired statistics: which generator helps, with 95 % confidence intervals", "",
              "Δ = generator − baseline on the same evaluation images, fold and seed (a replicate); mean over "
              "replicates. CI: percentile bootstrap that resamples evaluation source images within each fold "
-             "(defect and good images separately; the same draw for both arms and every seed of the fold). "
+             "(defect and good images separately; the same draw for both arms and every seed of the fold) and, "
+             "unless `stats.resample_seeds: false`, the fold's seeds too (two-stage bootstrap: the interval "
+             "covers training variance, not only the choice of evaluation images). "
              "p: two-sided Wilcoxon signed-rank test over the replicates' Δ. Verdict: `better` when the CI lies "
              "above 0, `worse` below, else `not distinguishable`. image/region recall@fa5: recall of defect images "
              "/ defect regions at the score threshold that gives at most 5 % false alarms on the fold's good "

@@ -129,7 +129,8 @@ def _metric_draws(records: list[dict], c_def: np.ndarray, c_good: np.ndarray, me
     return np.divide((c_def * above).sum(axis=1), total, out=np.full(n_boot, np.nan), where=total > 0)
 
 
-def paired_bootstrap(replicates, metric: str, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+def paired_bootstrap(replicates, metric: str, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                     resample_replicates: bool = True) -> dict:
     """Paired cluster bootstrap of Δ = metric(b) − metric(a), averaged over replicates.
 
     ``replicates``: ``[{"cluster", "a": {id: record}, "b": {id: record}}]`` (a = baseline arm, both arms on
@@ -138,9 +139,14 @@ def paired_bootstrap(replicates, metric: str, n_boot: int = 2000, seed: int = 0,
     resamples each cluster's sources with replacement, defect and good sources separately (stratified),
     the SAME draw for both arms and for every replicate of the cluster; the draw's statistic is the mean
     Δ over replicates (nan ignored); CI = (alpha/2, 1 − alpha/2) percentiles of the draws (Efron &
-    Tibshirani 1993, percentile interval). RNG: ``numpy.random.default_rng(seed)``; clusters in order of
-    first appearance, ids sorted within a stratum, defect indices ``rng.integers(0, n_def, (n_boot, n_def))``
-    then good ones likewise. ``n_replicates`` counts replicates with a finite Δ."""
+    Tibshirani 1993, percentile interval). With ``resample_replicates`` (two-stage cluster bootstrap,
+    Davison & Hinkley 1997 §3.8) each draw also resamples the cluster's replicates (its training seeds)
+    with replacement, so the CI covers training variance as well as the choice of evaluation sources;
+    the draw's statistic is then the multiplicity-weighted mean Δ. RNG: ``numpy.random.default_rng(seed)``;
+    clusters in order of first appearance, ids sorted within a stratum, defect indices
+    ``rng.integers(0, n_def, (n_boot, n_def))``, then good ones likewise, then (``resample_replicates``)
+    replicate indices ``rng.integers(0, n_members, (n_boot, n_members))`` in order of appearance.
+    ``n_replicates`` counts replicates with a finite Δ."""
     if metric not in METRICS:
         raise ValueError(f"paired_bootstrap: unknown metric {metric!r}, expected one of {METRICS}")
     replicates = list(replicates)
@@ -162,12 +168,14 @@ def paired_bootstrap(replicates, metric: str, n_boot: int = 2000, seed: int = 0,
         defect = sorted(i for i in ids if members[0]["a"][i]["type"] != "good")
         good = sorted(i for i in ids if members[0]["a"][i]["type"] == "good")
         c_def, c_good = _draw_counts(rng, len(defect), n_boot), _draw_counts(rng, len(good), n_boot)
-        for r in members:
+        weight = _draw_counts(rng, len(members), n_boot) if resample_replicates \
+            else np.ones((n_boot, len(members)))
+        for j, r in enumerate(members):
             arms = [_metric_draws([r[arm][i] for i in defect + good], c_def, c_good, metric) for arm in ("a", "b")]
             d = arms[1] - arms[0]
             ok = np.isfinite(d)
-            total += np.where(ok, d, 0.0)
-            n_ok += ok
+            total += weight[:, j] * np.where(ok, d, 0.0)
+            n_ok += weight[:, j] * ok
     draws = total[n_ok > 0] / n_ok[n_ok > 0]
     if draws.size:
         lo, hi = np.percentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)])
