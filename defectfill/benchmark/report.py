@@ -269,6 +269,60 @@ def default_comparisons(generators: list[str]) -> dict[str, list[str]]:
             if g != REAL_ONLY and g not in CONTROLS}
 
 
+def _arms(cells: list[dict]) -> tuple[dict, dict]:
+    """Each generator's largest count and its cells by (generator, setting, fold, seed)."""
+    top: dict[str, int] = {}
+    for c in cells:
+        top[c["generator"]] = max(top.get(c["generator"], 0), c["count"])
+    return top, {(c["generator"], c["setting"], c.get("fold", 0), c["seed"]): c for c in cells
+                 if c["count"] == top[c["generator"]]}
+
+
+def _replicates(arms: dict, g: str, base: str) -> list[dict]:
+    """Paired replicates of ``g`` vs ``base``: ``{cluster, a, b, label}`` per (setting, fold, seed) in both."""
+    reps = []
+    for (name, setting, fold, sd), c in sorted(arms.items()):
+        b = arms.get((base, setting, fold, sd))
+        if name == g and b is not None:
+            reps.append({"cluster": cluster(c), "a": _records(b), "b": _records(c),
+                         "label": f"{setting}-f{fold}-s{sd}"})
+    return reps
+
+
+def subgroup_rows(cells: list[dict], by: str = "type", task: str = "segmenter", n_boot: int = 2000,
+                  alpha: float = 0.05, seed: int = 0, resample_replicates: bool = True) -> list[dict]:
+    """Where a generator's Δ pixel AP vs real_only comes from: per setting family, generator and value of
+    the evaluation sources' ``by`` field (``type``: defect type; ``fabric``), the paired bootstrap of
+    :func:`stats.compare` on each replicate's records restricted to that group's defect sources plus the
+    good sources (of the same fabric when ``by="fabric"``); replicates without such a defect source are
+    left out."""
+    cells = [c for c in cells if c["task"] == task and _records(c) is not None]
+    rows = []
+    for fam in sorted({family(c["setting"]) for c in cells}, key=lambda f: (f != MAIN, f)):
+        top, arms = _arms([c for c in cells if family(c["setting"]) == fam])
+        if REAL_ONLY not in top:
+            continue
+        for g in sorted(n for n in top if n != REAL_ONLY):
+            reps = _replicates(arms, g, REAL_ONLY)
+            groups = sorted({r.get(by) for rep in reps for r in rep["a"].values()
+                             if r["type"] != "good" and r.get(by)})
+            for value in groups:
+                def keep(r):
+                    return r.get(by) == value if r["type"] != "good" else by != "fabric" or r.get("fabric") == value
+
+                sub = [{"cluster": rep["cluster"], **{arm: {i: r for i, r in rep[arm].items() if keep(r)}
+                                                      for arm in ("a", "b")}} for rep in reps]
+                sub = [r for r in sub if any(x["type"] != "good" for x in r["a"].values())]
+                if not sub:
+                    continue
+                res = stats.compare(sub, "pixel_ap", n_boot=n_boot, seed=seed, alpha=alpha,
+                                    resample_replicates=resample_replicates)
+                n_def = len({i for r in sub for i, x in r["a"].items() if x["type"] != "good"})
+                rows.append({"setting": fam, "generator": g, "baseline": REAL_ONLY, "by": by, "group": value,
+                             "defect_sources": n_def, **{k: v for k, v in res.items() if k != "deltas"}})
+    return rows
+
+
 def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None = None, n_boot: int = 2000,
                 alpha: float = 0.05, seed: int = 0, resample_replicates: bool = True) -> list[dict]:
     """Per setting family, generator (largest count) and metric: the paired Δ vs real_only over every
@@ -280,23 +334,13 @@ def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None
     cells = [c for c in cells if c["task"] == task and _records(c) is not None]
     rows = []
     for fam in sorted({family(c["setting"]) for c in cells}, key=lambda f: (f != MAIN, f)):
-        here = [c for c in cells if family(c["setting"]) == fam]
-        top = {}
-        for c in here:
-            top[c["generator"]] = max(top.get(c["generator"], 0), c["count"])
-        arms = {(c["generator"], c["setting"], c.get("fold", 0), c["seed"]): c for c in here
-                if c["count"] == top[c["generator"]]}
+        top, arms = _arms([c for c in cells if family(c["setting"]) == fam])
         names = sorted(top)
         pairs = [(g, REAL_ONLY) for g in names if g != REAL_ONLY and REAL_ONLY in top]
         comp = compare if compare is not None else default_comparisons(names)
         pairs += [(g, o) for g, others in comp.items() for o in others if g in top and o in top]
         for g, base in pairs:
-            reps = []
-            for (name, setting, fold, sd), c in sorted(arms.items()):
-                b = arms.get((base, setting, fold, sd))
-                if name == g and b is not None:
-                    reps.append({"cluster": cluster(c), "a": _records(b), "b": _records(c),
-                                 "label": f"{setting}-f{fold}-s{sd}"})
+            reps = _replicates(arms, g, base)
             if not reps:
                 continue
             for m in metrics:
@@ -450,6 +494,9 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
                          alpha=float(settings_.get("alpha", 0.05)),
                          resample_replicates=bool(settings_.get("resample_seeds", True)))
     forest = forest_plots(paired, out)
+    boot = {"n_boot": int(settings_.get("n_boot", 2000)), "alpha": float(settings_.get("alpha", 0.05)),
+            "resample_replicates": bool(settings_.get("resample_seeds", True))}
+    subgroups = {by: subgroup_rows(cells, by, **boot) for by in ("type", "fabric")}
     rows = aggregate(cells)
     gens = generator_rows(cells)
     settings = sorted({c["setting"] for c in cells})
@@ -480,6 +527,7 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
     report = {"cells": {c["cell"]: {k: c[k] for k in ("task", "setting", "generator", "count", "seed")}
                         | {"metrics": {m: _metric(c, m) for m in TASK_METRICS[c["task"]]}} for c in cells},
               "paired": [{k: v for k, v in r.items()} for r in paired], "forest_plots": forest,
+              "subgroups": subgroups,
               "replicates": replicate_coverage(cells),
               "rows": rows, "generators": gens, "label_noise": label_noise, "label_fill": fill,
               "leave_out": leave_out, "new_fabric": new_fabric, "pixel_ap_per_type": type_ap,
@@ -540,6 +588,32 @@ def _paired_markdown(report: dict) -> list[str]:
     return lines
 
 
+def _subgroup_markdown(report: dict) -> list[str]:
+    lines = []
+    for by, rows in (report.get("subgroups") or {}).items():
+        if not rows:
+            continue
+        lines += [f"## Where the Δ comes from: pixel AP vs real-only per {'defect type' if by == 'type' else by}",
+                  "",
+                  f"Each evaluation replicate restricted to the defect images of one {by} (and the good images"
+                  + (" of that fabric" if by == "fabric" else "") + "); paired Δ mean and 95 % CI as above "
+                  "(+ better, − worse, blank: not distinguishable); in brackets the number of defect images.", ""]
+        for fam in dict.fromkeys(r["setting"] for r in rows):
+            sel = [r for r in rows if r["setting"] == fam]
+            groups = list(dict.fromkeys(r["group"] for r in sel))
+            n = {r["group"]: r["defect_sources"] for r in sel}
+            lines += [f"### {fam}", "", "| generator | " + " | ".join(f"{g} ({n[g]})" for g in groups) + " |",
+                      "|---" * (len(groups) + 1) + "|"]
+            for gen in dict.fromkeys(r["generator"] for r in sel):
+                cell = {r["group"]: r for r in sel if r["generator"] == gen}
+                mark = {"better": " +", "worse": " −"}
+                lines.append(f"| {gen} | " + " | ".join(
+                    f"{cell[g]['mean']:+.3f} [{cell[g]['ci_low']:+.3f}, {cell[g]['ci_high']:+.3f}]"
+                    f"{mark.get(cell[g]['verdict'], '')}" if g in cell else "–" for g in groups) + " |")
+            lines.append("")
+    return lines
+
+
 def _markdown(report: dict) -> list[str]:
     rows, lines = report["rows"], ["# Benchmark results", ""]
     for e in report["eval_source"]:
@@ -556,7 +630,7 @@ def _markdown(report: dict) -> list[str]:
             lines.append(f"Evaluation data: a HELD-OUT split of data_dir by source (fraction {e.get('fraction')}, "
                          f"split seed {e.get('seed')}; the same images for every seed). "
                          "No separate eval_data was given.")
-    lines += [""] + _paired_markdown(report)
+    lines += [""] + _paired_markdown(report) + _subgroup_markdown(report)
     lines += ["## Tables per setting", "", "Std = sample std over replicates (fold x seed, ddof=1). Δ = paired "
               "difference vs real_only of the same replicate (same task and setting). Every cell of a task has the "
               "same training budget (steps column).", ""]
