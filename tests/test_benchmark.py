@@ -79,7 +79,7 @@ def test_every_planned_cell_is_run_and_reported(bench):
     for text in ("## Segmenter", "## RT-DETR", "## Generators", "Open question 1", "Open question 2",
                  "cell(s) failed", "RANDOM", "tiny RANDOM inpainting pipeline"):
         assert text in md, text
-    for png in ("segmenter_pixel_ap.png", "rtdetr_map50.png", "recall_per_type.png", "gallery_s0.png"):
+    for png in ("segmenter_pixel_ap.png", "rtdetr_map50.png", "recall_per_type.png", "gallery_main.png"):
         assert (out / png).stat().st_size > 1000, png
         assert png in md
 
@@ -158,7 +158,7 @@ def test_generators_report_cost_and_generation_metrics(bench):
         assert math.isfinite(g["frechet_distance"]["mean"]) and g["standard"] is False
         assert g["frechet_name"] == "Fréchet distance (EfficientNet-Lite0 features)" and "RANDOM" not in g["extractor"]
     assert "tiny RANDOM" in gens["defectfill"]["base_model"]["note"]
-    with Image.open(out / "gallery_s0.png") as im:  # clean | mask | copy_paste | defectfill
+    with Image.open(out / "gallery_main.png") as im:  # clean | mask | copy_paste | defectfill
         assert im.width > im.height
 
 

@@ -421,18 +421,22 @@ def recall_chart(recall: dict, path: Path) -> Path | None:
 
 
 def galleries(cells: list[dict], out: Path, rows: int = 6) -> list[str]:
-    """Side-by-side sheets (``gallery_s<seed>.png``): every generator on the same clean images and masks."""
+    """Per setting family, a side-by-side sheet (``gallery_<family>.png``): every generator on the same clean
+    images and masks, from the family's first (setting, fold, seed) replicate with generated samples."""
     from defectfill.benchmark.gallery import side_by_side_sheet
 
-    by_seed: dict[int, dict[str, str]] = {}
+    by_rep: dict[tuple, dict[str, str]] = {}
     for c in sorted(cells, key=lambda c: c["generator"]):
         run = c.get("generator_run") or {}
-        if c["setting"] == MAIN and c.get("fold", 0) == 0 and run.get("generated_dir") \
-                and Path(run["generated_dir"]).is_dir():
-            by_seed.setdefault(c["seed"], {})[c["generator"]] = run["generated_dir"]
-    paths = []
-    for seed, datasets in sorted(by_seed.items())[:1]:
-        path = side_by_side_sheet(datasets, out / f"gallery_s{seed}.png", max_rows=rows)
+        if run.get("generated_dir") and Path(run["generated_dir"]).is_dir():
+            key = (family(c["setting"]) != MAIN, family(c["setting"]), c["setting"], c.get("fold", 0), c["seed"])
+            by_rep.setdefault(key, {})[c["generator"]] = run["generated_dir"]
+    paths, done = [], set()
+    for key, datasets in sorted(by_rep.items()):
+        if key[1] in done:
+            continue
+        done.add(key[1])
+        path = side_by_side_sheet(datasets, out / f"gallery_{key[1]}.png", max_rows=rows)
         if path is not None:
             paths.append(Path(path).name)
     return paths
@@ -630,6 +634,9 @@ def _markdown(report: dict) -> list[str]:
             lines.append(f"Evaluation data: a HELD-OUT split of data_dir by source (fraction {e.get('fraction')}, "
                          f"split seed {e.get('seed')}; the same images for every seed). "
                          "No separate eval_data was given.")
+    for g in report["galleries"]:
+        lines += ["", f"**{g[len('gallery_'):-len('.png')]}**, side by side on the same clean images and masks "
+                  f"(columns: clean, mask, then each generator): ![gallery]({g})"]
     lines += [""] + _paired_markdown(report) + _subgroup_markdown(report)
     lines += ["## Tables per setting", "", "Std = sample std over replicates (fold x seed, ddof=1). Δ = paired "
               "difference vs real_only of the same replicate (same task and setting). Every cell of a task has the "
@@ -778,7 +785,4 @@ def _markdown(report: dict) -> list[str]:
     for key in ("segmenter", "rtdetr", "recall_per_type"):
         if key in figs:
             lines.append(f"![{key}]({figs[key]})")
-    for g in report["galleries"]:
-        lines += ["", f"Side by side, same clean images and masks (columns: clean, mask, then each generator): "
-                  f"![gallery]({g})"]
     return lines
