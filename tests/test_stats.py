@@ -399,3 +399,19 @@ def test_subgroup_rows_split_the_delta_by_defect_type_and_fabric():
     assert by["hole"]["verdict"] == "better"
     fabric = subgroup_rows(cells, "fabric", n_boot=200)
     assert [r["group"] for r in fabric] == ["f0"] and fabric[0]["defect_sources"] == 12
+
+
+def test_pixel_ap_influence_matches_deleting_each_source():
+    reps = make_replicates(seed=11, clusters=("f0",), seeds=1)
+    a, b = reps[0]["a"], reps[0]["b"]
+    got = stats.pixel_ap_influence(a, b)
+
+    def delta(ids):
+        return (stats.source_metrics([b[i] for i in ids])["pixel_ap"]
+                - stats.source_metrics([a[i] for i in ids])["pixel_ap"])
+
+    full = delta(sorted(a))
+    for i in a:
+        assert got[i] == pytest.approx(full - delta([j for j in sorted(a) if j != i]), abs=1e-12)
+    with pytest.raises(ValueError):
+        stats.pixel_ap_influence(a, {k: v for k, v in list(b.items())[1:]})

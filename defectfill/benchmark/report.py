@@ -323,6 +323,30 @@ def subgroup_rows(cells: list[dict], by: str = "type", task: str = "segmenter", 
     return rows
 
 
+def influence_rows(cells: list[dict], task: str = "segmenter", top: int = 8) -> dict[str, list[dict]]:
+    """Which evaluation images decide the Δ pixel AP vs real_only: per setting family, the ``top`` sources
+    with the most negative mean leave-one-out influence (:func:`stats.pixel_ap_influence`) over every
+    generator and replicate they are evaluated in, with their type, fabric and each generator's mean."""
+    cells = [c for c in cells if c["task"] == task and _records(c) is not None]
+    out = {}
+    for fam in sorted({family(c["setting"]) for c in cells}, key=lambda f: (f != MAIN, f)):
+        top_count, arms = _arms([c for c in cells if family(c["setting"]) == fam])
+        if REAL_ONLY not in top_count:
+            continue
+        per: dict[str, dict[str, list[float]]] = {}
+        info: dict[str, dict] = {}
+        for g in sorted(n for n in top_count if n != REAL_ONLY):
+            for rep in _replicates(arms, g, REAL_ONLY):
+                for sid, v in stats.pixel_ap_influence(rep["a"], rep["b"]).items():
+                    if math.isfinite(v):
+                        per.setdefault(sid, {}).setdefault(g, []).append(v)
+                        info[sid] = {"type": rep["a"][sid]["type"], "fabric": rep["a"][sid].get("fabric")}
+        rows = [{"source": sid, **info[sid], "mean": float(np.mean([x for v in gens.values() for x in v])),
+                 "by_generator": {g: float(np.mean(v)) for g, v in gens.items()}} for sid, gens in per.items()]
+        out[fam] = sorted(rows, key=lambda r: r["mean"])[:top]
+    return out
+
+
 def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None = None, n_boot: int = 2000,
                 alpha: float = 0.05, seed: int = 0, resample_replicates: bool = True) -> list[dict]:
     """Per setting family, generator (largest count) and metric: the paired Δ vs real_only over every
@@ -501,6 +525,7 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
     boot = {"n_boot": int(settings_.get("n_boot", 2000)), "alpha": float(settings_.get("alpha", 0.05)),
             "resample_replicates": bool(settings_.get("resample_seeds", True))}
     subgroups = {by: subgroup_rows(cells, by, **boot) for by in ("type", "fabric")}
+    deciders = influence_rows(cells)
     rows = aggregate(cells)
     gens = generator_rows(cells)
     settings = sorted({c["setting"] for c in cells})
@@ -531,7 +556,7 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
     report = {"cells": {c["cell"]: {k: c[k] for k in ("task", "setting", "generator", "count", "seed")}
                         | {"metrics": {m: _metric(c, m) for m in TASK_METRICS[c["task"]]}} for c in cells},
               "paired": [{k: v for k, v in r.items()} for r in paired], "forest_plots": forest,
-              "subgroups": subgroups,
+              "subgroups": subgroups, "deciders": deciders,
               "replicates": replicate_coverage(cells),
               "rows": rows, "generators": gens, "label_noise": label_noise, "label_fill": fill,
               "leave_out": leave_out, "new_fabric": new_fabric, "pixel_ap_per_type": type_ap,
@@ -618,6 +643,22 @@ def _subgroup_markdown(report: dict) -> list[str]:
     return lines
 
 
+def _decider_markdown(report: dict) -> list[str]:
+    found = {f: r for f, r in (report.get("deciders") or {}).items() if r}
+    if not found:
+        return []
+    lines = ["## Which evaluation images decide the Δ", "",
+             "Leave-one-out influence of each evaluation image on the replicate's Δ pixel AP vs real-only "
+             "(Δ with it − Δ without it), averaged over the replicates that evaluate it; the most negative "
+             "first (where the generators lose). Per generator in the last column.", ""]
+    for fam, rows in found.items():
+        lines += [f"### {fam}", "", "| image | type | fabric | mean influence | per generator |", "|---|---|---|---|---|"]
+        lines += [f"| {r['source']} | {r['type']} | {r['fabric']} | {r['mean']:+.4f} | "
+                  + ", ".join(f"{g} {v:+.3f}" for g, v in sorted(r["by_generator"].items())) + " |" for r in rows]
+        lines.append("")
+    return lines
+
+
 def _markdown(report: dict) -> list[str]:
     rows, lines = report["rows"], ["# Benchmark results", ""]
     for e in report["eval_source"]:
@@ -637,7 +678,7 @@ def _markdown(report: dict) -> list[str]:
     for g in report["galleries"]:
         lines += ["", f"**{g[len('gallery_'):-len('.png')]}**, side by side on the same clean images and masks "
                   f"(columns: clean, mask, then each generator): ![gallery]({g})"]
-    lines += [""] + _paired_markdown(report) + _subgroup_markdown(report)
+    lines += [""] + _paired_markdown(report) + _subgroup_markdown(report) + _decider_markdown(report)
     lines += ["## Tables per setting", "", "Std = sample std over replicates (fold x seed, ddof=1). Δ = paired "
               "difference vs real_only of the same replicate (same task and setting). Every cell of a task has the "
               "same training budget (steps column).", ""]
