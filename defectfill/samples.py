@@ -185,38 +185,56 @@ def _remove_incomplete(folder: Path, suffix: str, keep: set[str]) -> list[str]:
 # ----------------------------------------------------------------------------- contact sheet
 
 
-def _fit_cell(array: np.ndarray, resample) -> tuple[Image.Image, float, int, int]:
-    """Resize a crop to fit a CELL square (aspect kept); return it, the scale and its paste offset."""
+def native_window(box: Box | None, width: int, height: int) -> tuple[Box, int]:
+    """A contact-sheet window around ``box`` at native resolution: ``(window, zoom)``.
+
+    The window is :func:`crop_window`'s (64 px or twice the defect) when that fits a CELL, shown
+    enlarged by the integer ``zoom = CELL // side`` (nearest neighbour, pixels stay pixels); a larger
+    one is cut to a CELL-wide window centred on the defect and shown 1:1, never shrunk, so 1-3 px
+    threads stay visible (a long defect is shown in part)."""
+    x0, y0, x1, y1 = crop_window(box, width, height)
+    side = max(x1 - x0, y1 - y0)
+    if side <= CELL:
+        return (x0, y0, x1, y1), max(1, CELL // side)
+    if box is None:
+        box = (width // 2, height // 2, width // 2 + 1, height // 2 + 1)
+    return crop_window(box, width, height, min_side=CELL, context=0.0), 1
+
+
+def _zoom_cell(array: np.ndarray, zoom: int) -> tuple[Image.Image, int, int]:
+    """A crop enlarged ``zoom`` times (nearest neighbour) and its paste offset inside a CELL square."""
     h, w = array.shape[:2]
-    scale = CELL / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    im = Image.fromarray(array).convert("RGB").resize(size, resample)
-    return im, scale, (CELL - size[0]) // 2, (CELL - size[1]) // 2
+    im = Image.fromarray(array).convert("RGB")
+    if zoom > 1:
+        im = im.resize((w * zoom, h * zoom), Image.NEAREST)
+    return im, (CELL - im.width) // 2, (CELL - im.height) // 2
 
 
 def _sheet_row(image: np.ndarray, mask: np.ndarray, clean: np.ndarray | None, boxes: list[Box],
                name: str, font) -> Image.Image:
-    """One contact-sheet row (clean | mask | result) as a (3 cells + gaps) x CELL image."""
+    """One contact-sheet row (clean | mask | result) as a (3 cells + gaps) x CELL image, at native
+    resolution around the first box (:func:`native_window`); boxes drawn 2 px outside the defect."""
     h, w = mask.shape
-    x0, y0, x1, y1 = crop_window(boxes[0] if boxes else None, w, h)
+    (x0, y0, x1, y1), zoom = native_window(boxes[0] if boxes else None, w, h)
     row = Image.new("RGB", (3 * CELL + 2 * GAP, CELL), _PAD)
     if clean is None:
         cell = Image.new("RGB", (CELL, CELL), _NO_CLEAN)
         ImageDraw.Draw(cell).text((6, CELL // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
         row.paste(cell, (0, 0))
     else:
-        im, _, ox, oy = _fit_cell(clean[y0:y1, x0:x1], Image.BILINEAR)
+        im, ox, oy = _zoom_cell(clean[y0:y1, x0:x1], zoom)
         row.paste(im, (ox, oy))
-    im, _, ox, oy = _fit_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), Image.NEAREST)
+    im, ox, oy = _zoom_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), zoom)
     row.paste(im, (CELL + GAP + ox, oy))
-    im, scale, ox, oy = _fit_cell(image[y0:y1, x0:x1], Image.BILINEAR)
+    im, ox, oy = _zoom_cell(image[y0:y1, x0:x1], zoom)
     draw = ImageDraw.Draw(im)
     for bx0, by0, bx1, by1 in boxes:
         if bx1 <= x0 or bx0 >= x1 or by1 <= y0 or by0 >= y1:
             continue
-        left, top = (bx0 - x0) * scale, (by0 - y0) * scale
-        right, bottom = max(left, (bx1 - x0) * scale - 1), max(top, (by1 - y0) * scale - 1)  # thin boxes
-        draw.rectangle([left, top, right, bottom], outline=_RED, width=2)
+        left, top = (bx0 - x0) * zoom - 2, (by0 - y0) * zoom - 2
+        right, bottom = (bx1 - x0) * zoom + 1, (by1 - y0) * zoom + 1
+        draw.rectangle([max(left, 0), max(top, 0), min(right, im.width - 1), min(bottom, im.height - 1)],
+                       outline=_RED, width=1)
     row.paste(im, (2 * (CELL + GAP) + ox, oy))
     label = ImageDraw.Draw(row)
     tw = label.textlength(name, font=font)

@@ -363,3 +363,25 @@ def test_prepare_refuses_after_online_import(tmp_path):
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     assert "REFUSED:" in run.stdout and "YOLO_OFFLINE" in run.stdout
+
+
+def test_contact_sheet_shows_defects_at_native_resolution(tmp_path):
+    from defectfill.samples import native_window
+
+    # a 1 px thread 400 px long: a CELL-wide window at 1:1 (not shrunk), centred on it
+    assert native_window((3000, 10, 3400, 11), 4096, 256) == ((3200 - CELL // 2, 0, 3200 + CELL // 2, CELL), 1)
+    # a small defect: crop_window's 64 px, enlarged by CELL // 64
+    assert native_window((100, 120, 110, 130), 4096, 256) == ((73, 93, 137, 157), CELL // 64)
+    root = tmp_path / "thin"
+    w = SampleWriter(root, CLASSES, contact_sheet_samples=1)
+    mask = np.zeros((256, 4096), dtype=bool)
+    mask[100, 3000:3400] = True
+    w.write(make_sample("thread", mask=mask, image=np.where(mask, 200, 90).astype(np.uint8), clean=grey(256, 4096, 90)))
+    w.finalize()
+    with Image.open(root / "contact_sheet.png") as sheet:
+        a = np.asarray(sheet.convert("L"))
+    x0 = GAP + 2 * (CELL + GAP)
+    result = a[TITLE_H: TITLE_H + CELL, x0: x0 + CELL]
+    # the thread keeps its full grey value (no resampling blur) across the cell, in one row; only the box's
+    # two side edges (2 px outside the defect, clamped to the cell) cross it
+    assert (result == 200).any(axis=1).sum() == 1 and (result == 200).sum() == CELL - 2
