@@ -185,48 +185,35 @@ def _remove_incomplete(folder: Path, suffix: str, keep: set[str]) -> list[str]:
 # ----------------------------------------------------------------------------- contact sheet
 
 
-def native_window(box: Box | None, width: int, height: int) -> tuple[Box, int]:
+def native_window(box: Box | None, width: int, height: int, cell: int = CELL) -> tuple[Box, int]:
     """A contact-sheet window around ``box`` at native resolution: ``(window, zoom)``.
 
-    The window is :func:`crop_window`'s (64 px or twice the defect) when that fits a CELL, shown
-    enlarged by the integer ``zoom = CELL // side`` (nearest neighbour, pixels stay pixels); a larger
-    one is cut to a CELL-wide window centred on the defect and shown 1:1, never shrunk, so 1-3 px
+    The window is :func:`crop_window`'s (64 px or twice the defect) when that fits a ``cell``, shown
+    enlarged by the integer ``zoom = cell // side`` (nearest neighbour, pixels stay pixels); a larger
+    one is cut to a ``cell``-wide window centred on the defect and shown 1:1, never shrunk, so 1-3 px
     threads stay visible (a long defect is shown in part)."""
     x0, y0, x1, y1 = crop_window(box, width, height)
     side = max(x1 - x0, y1 - y0)
-    if side <= CELL:
-        return (x0, y0, x1, y1), max(1, CELL // side)
+    if side <= cell:
+        return (x0, y0, x1, y1), max(1, cell // side)
     if box is None:
         box = (width // 2, height // 2, width // 2 + 1, height // 2 + 1)
-    return crop_window(box, width, height, min_side=CELL, context=0.0), 1
+    return crop_window(box, width, height, min_side=cell, context=0.0), 1
 
 
-def _zoom_cell(array: np.ndarray, zoom: int) -> tuple[Image.Image, int, int]:
-    """A crop enlarged ``zoom`` times (nearest neighbour) and its paste offset inside a CELL square."""
+def zoom_cell(array: np.ndarray, zoom: int, cell: int = CELL) -> tuple[Image.Image, int, int]:
+    """A crop enlarged ``zoom`` times (nearest neighbour) and its paste offset inside a ``cell`` square."""
     h, w = array.shape[:2]
-    im = Image.fromarray(array).convert("RGB")
+    im = Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
     if zoom > 1:
         im = im.resize((w * zoom, h * zoom), Image.NEAREST)
-    return im, (CELL - im.width) // 2, (CELL - im.height) // 2
+    return im, (cell - im.width) // 2, (cell - im.height) // 2
 
 
-def _sheet_row(image: np.ndarray, mask: np.ndarray, clean: np.ndarray | None, boxes: list[Box],
-               name: str, font) -> Image.Image:
-    """One contact-sheet row (clean | mask | result) as a (3 cells + gaps) x CELL image, at native
-    resolution around the first box (:func:`native_window`); boxes drawn 2 px outside the defect."""
-    h, w = mask.shape
-    (x0, y0, x1, y1), zoom = native_window(boxes[0] if boxes else None, w, h)
-    row = Image.new("RGB", (3 * CELL + 2 * GAP, CELL), _PAD)
-    if clean is None:
-        cell = Image.new("RGB", (CELL, CELL), _NO_CLEAN)
-        ImageDraw.Draw(cell).text((6, CELL // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
-        row.paste(cell, (0, 0))
-    else:
-        im, ox, oy = _zoom_cell(clean[y0:y1, x0:x1], zoom)
-        row.paste(im, (ox, oy))
-    im, ox, oy = _zoom_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), zoom)
-    row.paste(im, (CELL + GAP + ox, oy))
-    im, ox, oy = _zoom_cell(image[y0:y1, x0:x1], zoom)
+def outline_boxes(im: Image.Image, boxes: list[Box], window: Box, zoom: int) -> None:
+    """Red 1 px outlines of the ``boxes`` that meet ``window``, 2 px outside each defect (so a thin
+    thread is not hidden under its own box), on ``im`` = the window's crop enlarged ``zoom`` times."""
+    x0, y0, x1, y1 = window
     draw = ImageDraw.Draw(im)
     for bx0, by0, bx1, by1 in boxes:
         if bx1 <= x0 or bx0 >= x1 or by1 <= y0 or by0 >= y1:
@@ -235,6 +222,27 @@ def _sheet_row(image: np.ndarray, mask: np.ndarray, clean: np.ndarray | None, bo
         right, bottom = (bx1 - x0) * zoom + 1, (by1 - y0) * zoom + 1
         draw.rectangle([max(left, 0), max(top, 0), min(right, im.width - 1), min(bottom, im.height - 1)],
                        outline=_RED, width=1)
+
+
+def _sheet_row(image: np.ndarray, mask: np.ndarray, clean: np.ndarray | None, boxes: list[Box],
+               name: str, font) -> Image.Image:
+    """One contact-sheet row (clean | mask | result) as a (3 cells + gaps) x CELL image, at native
+    resolution around the first box (:func:`native_window`); boxes drawn 2 px outside the defect."""
+    h, w = mask.shape
+    window, zoom = native_window(boxes[0] if boxes else None, w, h)
+    x0, y0, x1, y1 = window
+    row = Image.new("RGB", (3 * CELL + 2 * GAP, CELL), _PAD)
+    if clean is None:
+        cell = Image.new("RGB", (CELL, CELL), _NO_CLEAN)
+        ImageDraw.Draw(cell).text((6, CELL // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
+        row.paste(cell, (0, 0))
+    else:
+        im, ox, oy = zoom_cell(clean[y0:y1, x0:x1], zoom)
+        row.paste(im, (ox, oy))
+    im, ox, oy = zoom_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), zoom)
+    row.paste(im, (CELL + GAP + ox, oy))
+    im, ox, oy = zoom_cell(image[y0:y1, x0:x1], zoom)
+    outline_boxes(im, boxes, window, zoom)
     row.paste(im, (2 * (CELL + GAP) + ox, oy))
     label = ImageDraw.Draw(row)
     tw = label.textlength(name, font=font)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from defectfill.metrics.probe import two_sample_auc, realism_probe
+from defectfill.metrics.probe import realism_probe, two_sample_auc
 
 
 def test_auc_matches_the_gaussian_closed_form():

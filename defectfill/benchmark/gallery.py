@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from defectfill.data.masks import mask_to_boxes
 from defectfill.runinfo import atomic_save_image
-from defectfill.samples import _read_mask, _read_rgb, crop_window, spread_indices
+from defectfill.samples import _read_mask, _read_rgb, native_window, outline_boxes, spread_indices, zoom_cell
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +61,6 @@ def _accepted(root: Path) -> set[str]:
         return set()
     return {p.name[: -len(".json")] for p in folder.iterdir()
             if p.is_file() and p.name.endswith(".json") and ".tmp" not in p.name}
-
-
-def _fit(array: np.ndarray, cell: int, resample) -> tuple[Image.Image, float, int, int]:
-    """Resize a crop to fit a ``cell`` square (aspect kept); the image, its scale and paste offset."""
-    h, w = array.shape[:2]
-    scale = cell / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    im = Image.fromarray(np.ascontiguousarray(array)).convert("RGB").resize(size, resample)
-    return im, scale, (cell - size[0]) // 2, (cell - size[1]) // 2
-
-
-def _outline(im: Image.Image, boxes: list[Box], window: Box, scale: float) -> None:
-    """Draw the boxes that meet ``window`` on ``im`` (the window's crop resized by ``scale``), 1 px red."""
-    x0, y0, x1, y1 = window
-    draw = ImageDraw.Draw(im)
-    for bx0, by0, bx1, by1 in boxes:
-        if bx1 <= x0 or bx0 >= x1 or by1 <= y0 or by0 >= y1:
-            continue
-        left, top = (max(bx0, x0) - x0) * scale, (max(by0, y0) - y0) * scale
-        right = max(left, (min(bx1, x1) - x0) * scale - 1)
-        bottom = max(top, (min(by1, y1) - y0) * scale - 1)
-        draw.rectangle([left, top, right, bottom], outline=_RED, width=1)
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> str:
@@ -136,7 +114,7 @@ def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray 
     """One sheet row: clean | mask | one generator per column, all cropped to the same window."""
     h, w = mask.shape
     boxes = mask_to_boxes(mask)
-    window = crop_window(boxes[0] if boxes else None, w, h)
+    window, zoom = native_window(boxes[0] if boxes else None, w, h, cell)
     x0, y0, x1, y1 = window
     n_cols = len(FIXED_COLUMNS) + len(roots)
     row = Image.new("RGB", (n_cols * cell + (n_cols - 1) * GAP, cell), _PAD)
@@ -145,9 +123,9 @@ def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray 
         ImageDraw.Draw(blank).text((6, cell // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
         row.paste(blank, (0, 0))
     else:
-        im, _, ox, oy = _fit(clean[y0:y1, x0:x1], cell, Image.BILINEAR)
+        im, ox, oy = zoom_cell(clean[y0:y1, x0:x1], zoom, cell)
         row.paste(im, (ox, oy))
-    im, _, ox, oy = _fit((mask[y0:y1, x0:x1] * 255).astype(np.uint8), cell, Image.NEAREST)
+    im, ox, oy = zoom_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), zoom, cell)
     row.paste(im, (cell + GAP + ox, oy))
     for col, root in enumerate(roots.values(), start=len(FIXED_COLUMNS)):
         image = _read_rgb(root / "images" / f"{name}.png")
@@ -156,8 +134,8 @@ def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray 
             ImageDraw.Draw(blank).text((6, cell // 2 - 6), "size mismatch", fill=(230, 230, 230), font=font)
             row.paste(blank, (col * (cell + GAP), 0))
             continue
-        im, scale, ox, oy = _fit(image[y0:y1, x0:x1], cell, Image.BILINEAR)
-        _outline(im, boxes, window, scale)
+        im, ox, oy = zoom_cell(image[y0:y1, x0:x1], zoom, cell)
+        outline_boxes(im, boxes, window, zoom)
         row.paste(im, (col * (cell + GAP) + ox, oy))
     draw = ImageDraw.Draw(row)
     label = _fit_text(draw, name, cell - 6, font)
@@ -174,8 +152,8 @@ def side_by_side_sheet(datasets: dict[str, str | os.PathLike], out_path: str | o
     (``defectfill.samples`` layout). Rows are sample names accepted (``sidecars/<name>.json``)
     in EVERY dataset, sorted, at most ``max_rows`` of them evenly spread over the list
     (:func:`~defectfill.samples.spread_indices`). Columns: ``clean | mask | <one per dataset, in
-    dict order>``; every cell of a row shows the same :func:`~defectfill.samples.crop_window`
-    around the mask's first connected component, fitted into a ``cell`` px square, with the
+    dict order>``; every cell of a row shows the same :func:`~defectfill.samples.native_window`
+    around the mask's first connected component at native resolution in a ``cell`` px square, with the
     mask's component boxes outlined in red on the generator columns. A row whose mask (or clean
     image) differs between datasets is not like-for-like: it is dropped with a logged warning.
     Layout: :func:`sheet_size`. Returns None and writes nothing when no row remains (no common

@@ -307,7 +307,7 @@ def subgroup_rows(cells: list[dict], by: str = "type", task: str = "segmenter", 
             groups = sorted({r.get(by) for rep in reps for r in rep["a"].values()
                              if r["type"] != "good" and r.get(by)})
             for value in groups:
-                def keep(r):
+                def keep(r, value=value):
                     return r.get(by) == value if r["type"] != "good" else by != "fabric" or r.get("fabric") == value
 
                 sub = [{"cluster": rep["cluster"], **{arm: {i: r for i, r in rep[arm].items() if keep(r)}
