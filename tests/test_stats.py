@@ -415,3 +415,19 @@ def test_pixel_ap_influence_matches_deleting_each_source():
         assert got[i] == pytest.approx(full - delta([j for j in sorted(a) if j != i]), abs=1e-12)
     with pytest.raises(ValueError):
         stats.pixel_ap_influence(a, {k: v for k, v in list(b.items())[1:]})
+
+
+def test_verdict_summary_lines():
+    from defectfill.benchmark.report import verdict_summary
+
+    def row(g, base, mean, lo, hi, n=15):
+        return {"setting": "main", "generator": g, "baseline": base, "metric": "pixel_ap", "mean": mean,
+                "ci_low": lo, "ci_high": hi, "verdict": stats.verdict(lo, hi), "n_replicates": n}
+
+    lines = verdict_summary([row("gen", "real_only", 0.02, 0.01, 0.03), row("gen", "shade", -0.01, -0.05, 0.02),
+                             row("shade", "real_only", -0.04, -0.06, -0.02),
+                             {**row("gen", "real_only", 9, 9, 9), "metric": "image_recall@fa5"}])
+    assert lines[0] == "| setting | generator | n | Δ vs real_only | Δ vs shade |"
+    assert lines[2] == "| main | gen | 15 | +0.020 [+0.010, +0.030] **better** | -0.010 [-0.050, +0.020] n.d. |"
+    assert lines[3] == "| main | shade | 15 | -0.040 [-0.060, -0.020] **worse** | – |"
+    assert verdict_summary([]) == []

@@ -584,6 +584,26 @@ def replicate_coverage(cells: list[dict]) -> dict:
                 "torch_threads": sorted(t for t in v["threads"] if t is not None)} for k, v in out.items()}
 
 
+def verdict_summary(paired: list[dict], metric: str = "pixel_ap") -> list[str]:
+    """A compact Markdown table: per setting family and generator, Δ ``metric`` [95 % CI] and the verdict
+    against real-only, each control and copy-paste (the rows of :func:`paired_rows`)."""
+    rows = [r for r in paired if r["metric"] == metric]
+    if not rows:
+        return []
+    bases = [b for b in (REAL_ONLY, *REFERENCE_ARMS) if any(r["baseline"] == b for r in rows)]
+    lines = ["| setting | generator | n | " + " | ".join(f"Δ vs {b}" for b in bases) + " |",
+             "|---" * (len(bases) + 3) + "|"]
+    short = {"better": "**better**", "worse": "**worse**", "not distinguishable": "n.d."}
+    for fam in dict.fromkeys(r["setting"] for r in rows):
+        for g in dict.fromkeys(r["generator"] for r in rows if r["setting"] == fam):
+            cell = {r["baseline"]: r for r in rows if r["setting"] == fam and r["generator"] == g}
+            n = cell.get(REAL_ONLY, next(iter(cell.values())))["n_replicates"]
+            lines.append(f"| {fam} | {g} | {n} | " + " | ".join(
+                f"{cell[b]['mean']:+.3f} [{cell[b]['ci_low']:+.3f}, {cell[b]['ci_high']:+.3f}] "
+                f"{short[cell[b]['verdict']]}" if b in cell else "–" for b in bases) + " |")
+    return lines
+
+
 def _paired_markdown(report: dict) -> list[str]:
     rows = report.get("paired") or []
     if not rows:
@@ -598,7 +618,8 @@ def _paired_markdown(report: dict) -> list[str]:
              "above 0, `worse` below, else `not distinguishable`. image/region recall@fa5: recall of defect images "
              "/ defect regions at the score threshold that gives at most 5 % false alarms on the fold's good "
              "images. A generator adds realism only where it beats both realism-free controls (`shade`, "
-             "`noise_blob`); where it does not, its gain is more positive pixels in the right places.", ""]
+             "`noise_blob`); where it does not, its gain is more positive pixels in the right places.", "",
+             "Summary, pixel AP (n.d. = not distinguishable):", "", *verdict_summary(rows), ""]
     cov = report.get("replicates") or {}
     for fam in sorted({r["setting"] for r in rows}, key=lambda f: (f != MAIN, f)):
         c = cov.get(fam, {})
