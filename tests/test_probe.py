@@ -56,10 +56,11 @@ def _scene(rng, value, size=64):
 
 
 def _write_generated(root, scenes, defect_class):
-    for sub in ("images", "masks", "sidecars"):
+    for sub in ("images", "masks", "sidecars", "clean"):
         (root / sub).mkdir(parents=True)
     for k, (img, mask) in enumerate(scenes):
         Image.fromarray(img).save(root / "images" / f"g{k:03d}.png")
+        Image.fromarray(np.where(mask, 128, img).astype(np.uint8)).save(root / "clean" / f"g{k:03d}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"g{k:03d}.png")
         (root / "sidecars" / f"g{k:03d}.json").write_text(json.dumps({"defect_class": defect_class}))
 
@@ -83,6 +84,9 @@ def test_probe_tells_a_wrong_defect_from_a_faithful_one(tmp_path):
     bright = realism_probe([tmp_path / "bright"], ref, crop=32, extractor=MeanStdFeatures(), worst=3)
     assert faithful["auc"] < 0.75 and bright["auc"] == 1.0
     assert bright["kid_mean"] > 10 * abs(faithful["kid_mean"])  # KID agrees: far vs near
+    # the clean images (no defect) are far from the real dark threads; the faithful defect closes the gap
+    assert faithful["context_auc"] > 0.9 and faithful["realism_gain"] > 0.2
+    assert bright["realism_gain"] <= 0.1
     assert bright["n_real"] == 24 and bright["n_synthetic"] == 24 and bright["extractor"] == "mean/std"
     assert set(bright["per_type"]) == {"thread"} and bright["per_type"]["thread"]["n_real"] == 12
     assert bright["per_type"]["thread"]["auc"] == 1.0

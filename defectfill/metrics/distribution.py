@@ -268,12 +268,14 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
     return read_image(path, mode)
 
 
-def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | None = None) -> DefectCrops:
+def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | None = None,
+                       image_folder: str = "images") -> DefectCrops:
     """Defect-centred crops (:func:`crop_around_masks`) of a GENERATED dataset (``defectfill.samples`` layout).
 
     Samples are the accepted ones (a ``sidecars/<name>.json`` marks a sample complete;
-    ``rejected/`` is ignored), read from ``images/<name>.png`` (as RGB) and ``masks/<name>.png``
-    (defect where >= 128), sorted by name. ``defect_class`` keeps only that sidecar class.
+    ``rejected/`` is ignored), read from ``<image_folder>/<name>.png`` (as RGB; ``"clean"``: the
+    defect-free image each sample was painted on, same window) and ``masks/<name>.png`` (defect where
+    >= 128), sorted by name. ``defect_class`` keeps only that sidecar class.
     A missing file or an empty mask raises DataError naming the file.
     """
     root = Path(dataset_dir)
@@ -290,7 +292,7 @@ def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | N
                 raise DataError(f"{path}: cannot read sidecar ({err})") from err
             if record.get("defect_class") != defect_class:
                 continue
-        image_path, mask_path = root / "images" / f"{name}.png", root / "masks" / f"{name}.png"
+        image_path, mask_path = root / image_folder / f"{name}.png", root / "masks" / f"{name}.png"
         for p in (image_path, mask_path):
             if not p.is_file():
                 raise DataError(f"{p}: missing (sample {name} has a sidecar)")

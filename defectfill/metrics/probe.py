@@ -61,7 +61,7 @@ def _sidecar_class(root: Path, name: str) -> str | None:
 
 def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Path, crop: int = 64,
                   extractor=None, seed: int = 0, folds: int = 5, worst: int = 8,
-                  defect_types: Sequence[str] | None = None, kid: bool = True) -> dict:
+                  defect_types: Sequence[str] | None = None, kid: bool = True, context: bool = True) -> dict:
     """The C2ST (:func:`two_sample_auc`) of real defect crops of ``reference_dir`` against the pooled
     defect crops of ``generated_dirs`` (``defectfill.samples`` layout; accepted samples), overall and per
     defect type (a sample's sidecar ``defect_class``; a real image's manifest ``defect_type``).
@@ -72,6 +72,11 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
     crop, kid_mean, kid_std, per_type: {type: {auc, n_real, n_synthetic}}, most_synthetic: [{dir, name,
     score}]}`` (``most_synthetic``: the ``worst`` generated crops the probe found most synthetic out of
     fold; ``kid_*``: :func:`~defectfill.metrics.frechet_kid` on the same crops and features, when ``kid``).
+
+    ``context_auc`` (when ``context`` and the datasets keep their ``clean/`` images): the same test on the
+    clean images the samples were painted on, cropped at the same windows: what the probe sees of the
+    placement and the fabric alone. A painted defect that looks real lowers the AUC below it; one the
+    probe cannot see leaves it there. ``realism_gain = context_auc − auc``.
     """
     import torch
 
@@ -83,9 +88,11 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
     ds = load_reference_dataset(reference_dir, defect_types=defect_types)
     real_crops = [crop_around_masks(s.image, s.mask, crop)[0] for s in ds.samples]
     real_types = [s.defect_type for s in ds.samples]
-    gen_crops, gen_types, gen_where = [], [], []
+    gen_crops, gen_types, gen_where, context_crops = [], [], [], []
     for d in generated_dirs:
         crops = load_dataset_crops(d, crop)
+        if context and (Path(d) / "clean").is_dir():
+            context_crops += list(load_dataset_crops(d, crop, image_folder="clean").images)
         gen_crops += list(crops.images)
         gen_types += [_sidecar_class(Path(d), n) for n in crops.names]
         gen_where += [(str(d), n) for n in crops.names]
@@ -99,6 +106,7 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
 
     fr, fg = feats(real_crops), feats(gen_crops)
     res = two_sample_auc(fr, fg, folds=folds, seed=seed)
+    context_auc = two_sample_auc(fr, feats(context_crops), folds=folds, seed=seed)["auc"] if context_crops else None
     order = np.argsort(-np.asarray(res["scores"])) if res["scores"] else []
     most = [{"dir": gen_where[i][0], "name": gen_where[i][1], "score": res["scores"][i]} for i in order[:worst]]
     per_type = {}
@@ -113,4 +121,6 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
         kid_mean, kid_std = dist["kid_mean"], dist["kid_std"]
     return {"auc": res["auc"], "n_real": res["n_real"], "n_synthetic": res["n_synthetic"], "folds": res["folds"],
             "extractor": getattr(extractor, "name", type(extractor).__name__), "crop": int(crop),
-            "kid_mean": kid_mean, "kid_std": kid_std, "per_type": per_type, "most_synthetic": most}
+            "kid_mean": kid_mean, "kid_std": kid_std, "context_auc": context_auc,
+            "realism_gain": context_auc - res["auc"] if context_auc is not None and res["auc"] is not None else None,
+            "per_type": per_type, "most_synthetic": most}
