@@ -196,8 +196,6 @@ def native_window(box: Box | None, width: int, height: int, cell: int = CELL) ->
     side = max(x1 - x0, y1 - y0)
     if side <= cell:
         return (x0, y0, x1, y1), max(1, cell // side)
-    if box is None:
-        box = (width // 2, height // 2, width // 2 + 1, height // 2 + 1)
     return crop_window(box, width, height, min_side=cell, context=0.0), 1
 
 

@@ -518,12 +518,10 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
     out = Path(output_dir)
     settings_ = stats_settings or {}
     cells, errors = load_cells(out)
-    paired = paired_rows(cells, compare=settings_.get("compare"), n_boot=int(settings_.get("n_boot", 2000)),
-                         alpha=float(settings_.get("alpha", 0.05)),
-                         resample_replicates=bool(settings_.get("resample_seeds", True)))
-    forest = forest_plots(paired, out)
     boot = {"n_boot": int(settings_.get("n_boot", 2000)), "alpha": float(settings_.get("alpha", 0.05)),
             "resample_replicates": bool(settings_.get("resample_seeds", True))}
+    paired = paired_rows(cells, compare=settings_.get("compare"), **boot)
+    forest = forest_plots(paired, out)
     subgroups = {by: subgroup_rows(cells, by, **boot) for by in ("type", "fabric")}
     deciders = influence_rows(cells)
     rows = aggregate(cells)
