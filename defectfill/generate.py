@@ -136,13 +136,15 @@ class DefectFillSynthesizer(Generator):
         return load_config(DefectFillTrainConfig, self.train_config, **{**self.train_overrides, **values})
 
     def fit(self, dataset, output_dir, seed: int = 0) -> Path:
-        """Fine-tune the LoRA + token on `dataset` (DefectFill's `train`); returns the LoRA folder."""
+        """Fine-tune the LoRA + token on `dataset` (DefectFill's `train`); returns the LoRA folder. An
+        interrupted fit in `output_dir` (checkpoints, no final LoRA) resumes from its newest checkpoint,
+        unless the config says `overwrite`."""
         from defectfill.models.tiny import ensure_tiny_model
         from defectfill.trainer import train
 
         cfg = self._train_cfg(data_dir=str(Path(dataset.root)), output_dir=str(output_dir), seed=int(seed))
         cfg.model = ensure_tiny_model(cfg.model)
-        lora = train(cfg)
+        lora = train(cfg, resume_from_checkpoint=None if cfg.overwrite else "latest")
         if self.base_model_note:
             from defectfill.runinfo import atomic_write_text
 

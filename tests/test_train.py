@@ -136,6 +136,25 @@ def test_resume_after_checkpoint_matches_uninterrupted_run(trained_run, tiny_mod
     assert rows == [json.loads(line) for line in ref_metrics.splitlines()]  # same values as uninterrupted
 
 
+def test_registry_fit_resumes_an_interrupted_fit(trained_run, tiny_model_dir, reference_root, tmp_path):
+    """The benchmark refits in the same folder after an interruption: `fit` continues from the newest
+    checkpoint (not a refusal, not a restart) and ends with the uninterrupted run's weights."""
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.generate import DefectFillSynthesizer
+
+    ref_out, ref_lora = trained_run
+    out = tmp_path / "fit"
+    out.mkdir()
+    shutil.copytree(ref_out / "checkpoint-3", out / "checkpoint-3")
+    unfitted = DefectFillSynthesizer.from_init_args({"config": str(TINY_YAML), "model": str(tiny_model_dir)})
+    lora = unfitted.fit(load_reference_dataset(reference_root), out, seed=0)
+    assert json.loads((out / "run_info.json").read_text())["resumed_from"].endswith("checkpoint-3")
+    a, b = lora_tensors(ref_lora), lora_tensors(lora)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, reference_root, tmp_path):
     """A real SIGKILL after the first checkpoint, `--resume_from_checkpoint latest`, same end weights."""
     steps = ["--max_train_steps", "24", "--set", "checkpointing_steps=2"]
