@@ -123,6 +123,9 @@ def test_cv_grid_runs_and_its_statistics_match_hand_computed_values(cv):
     assert "## Paired statistics" in md and any(f"**{v}**" in md for v in ("better", "worse", "not distinguishable"))
     assert (out / results["forest_plots"]["main"]).is_file()
     assert results["replicates"]["main"]["torch_threads"] == [1]
+    # main fits each generator once per fold and every seed of the fold reuses it: 2 fits, 4 replicates
+    assert results["replicates"]["main"]["fits"] == {g: {"fits": 2, "replicates": 4} for g in ("copy_paste", "shade")}
+    assert "copy_paste 2 fits for 4 replicates" in md
 
 
 def test_a_rerun_cell_reproduces_its_numbers(cv):

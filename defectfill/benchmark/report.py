@@ -569,17 +569,40 @@ def write_report(output_dir: str | Path, stats_settings: dict | None = None) -> 
 
 
 def replicate_coverage(cells: list[dict]) -> dict:
-    """Per setting family: replicates (fold x seed, or fabric x seed), folds, seeds, threads recorded."""
+    """Per setting family: replicates (fold x seed, or fabric x seed), folds, seeds, threads recorded, and
+    per fitted generator ``fits``: ``{generator: {"fits", "replicates"}}`` (distinct checkpoints its cells
+    used): fewer fits than replicates means a fit is reused across seeds, so those seeds vary the
+    generated samples and the downstream model but not the generator's weights."""
     out: dict[str, dict] = {}
     for c in cells:
         d = out.setdefault(family(c["setting"]), {"replicates": set(), "clusters": set(), "seeds": set(),
-                                                  "threads": set()})
+                                                  "threads": set(), "fits": {}})
         d["replicates"].add(f"{c['setting']}-{replicate(c)}")
         d["clusters"].add(cluster(c))
         d["seeds"].add(c["seed"])
         d["threads"].add((c.get("runtime") or {}).get("torch_threads"))
+        ckpt = (c.get("generator_run") or {}).get("checkpoint")
+        if ckpt:
+            f = d["fits"].setdefault(c["generator"], (set(), set()))
+            f[0].add(ckpt)
+            f[1].add(f"{c['setting']}-{replicate(c)}")
     return {k: {"replicates": len(v["replicates"]), "clusters": len(v["clusters"]), "seeds": sorted(v["seeds"]),
-                "torch_threads": sorted(t for t in v["threads"] if t is not None)} for k, v in out.items()}
+                "torch_threads": sorted(t for t in v["threads"] if t is not None),
+                "fits": {g: {"fits": len(f[0]), "replicates": len(f[1])} for g, f in sorted(v["fits"].items())}}
+            for k, v in out.items()}
+
+
+def _fits_markdown(fits: dict) -> str:
+    """One sentence: how many fits each generator's replicates rest on."""
+    if not fits:
+        return ""
+    parts = [f"{g} {f['fits']} fit{'s' if f['fits'] != 1 else ''} for {f['replicates']} replicates"
+             for g, f in fits.items()]
+    reused = [g for g, f in fits.items() if f["fits"] < f["replicates"]]
+    tail = (f" Where fits are fewer than replicates ({', '.join(reused)}), a fit serves several seeds: those "
+            "seeds vary the generated samples and the segmenter, not the generator's weights, and the interval does not "
+            "cover the variance between refits on the same data.") if reused else " Every replicate has its own fit."
+    return "Generator fits: " + "; ".join(parts) + "." + tail
 
 
 def verdict_summary(paired: list[dict], metric: str = "pixel_ap") -> list[str]:
@@ -623,7 +646,8 @@ def _paired_markdown(report: dict) -> list[str]:
         c = cov.get(fam, {})
         lines += [f"### {fam}", "",
                   f"{c.get('replicates', '?')} replicates over {c.get('clusters', '?')} evaluation clusters, seeds "
-                  f"{c.get('seeds')}, torch threads per cell {c.get('torch_threads')}.", ""]
+                  f"{c.get('seeds')}, torch threads per cell {c.get('torch_threads')}. "
+                  + _fits_markdown(c.get("fits") or {}), ""]
         if fam in (report.get("forest_plots") or {}):
             lines += [f"![forest {fam}]({report['forest_plots'][fam]})", ""]
         lines += ["| generator | vs | metric | n | Δ mean | 95 % CI | p (Wilcoxon) | verdict |",
