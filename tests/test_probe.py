@@ -84,6 +84,13 @@ def test_probe_tells_a_wrong_defect_from_a_faithful_one(tmp_path):
     bright = realism_probe([tmp_path / "bright"], ref, crop=32, extractor=MeanStdFeatures(), worst=3)
     assert faithful["auc"] < 0.75 and bright["auc"] == 1.0
     assert bright["kid_mean"] > 10 * abs(faithful["kid_mean"])  # KID agrees: far vs near
+    # the probe's KID (from its own features) is frechet_kid of the same crops
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.metrics import crop_around_masks, frechet_kid, load_dataset_crops
+
+    real = [crop_around_masks(s.image, s.mask, 32)[0] for s in load_reference_dataset(ref).samples]
+    direct = frechet_kid(real, list(load_dataset_crops(tmp_path / "bright", 32).images), MeanStdFeatures())
+    assert bright["kid_mean"] == pytest.approx(direct["kid_mean"], rel=1e-9)
     # the clean images (no defect) are far from the real dark threads; the faithful defect closes the gap
     assert faithful["context_auc"] > 0.9 and faithful["realism_gain"] > 0.2
     assert bright["realism_gain"] <= 0.1

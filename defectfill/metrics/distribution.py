@@ -92,46 +92,35 @@ class _PassThrough(torch.nn.Module):
 # ---------------------------------------------------------------------------- Fréchet distance / KID
 
 
-def frechet_kid(
-    real_images: Sequence[np.ndarray] | np.ndarray,
-    fake_images: Sequence[np.ndarray] | np.ndarray,
-    extractor: FeatureExtractor,
-    kid_subset_size: int | None = None,
-    kid_subsets: int = DEFAULT_KID_SUBSETS,
-    size: int | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> dict:
-    """Fréchet distance (Heusel et al. 2017) and KID (Binkowski et al. 2018) of fake vs real, via torchmetrics.
+def image_features(images: Sequence[np.ndarray] | np.ndarray, extractor: FeatureExtractor, size: int | None = None,
+                   batch_size: int = 32) -> torch.Tensor:
+    """``(N, D)`` float64 features of uint8 images as :func:`frechet_kid` sees them: grey repeated to RGB,
+    resized to ``size`` (default: the extractor's ``input_size``, else 128)."""
+    size = size if size is not None else extractor.input_size or DEFAULT_SIZE
+    return extract_features(to_uint8_batch(images, size), extractor, batch_size)
 
-    Images are uint8 (H, W) or (H, W, 3) arrays, resized to ``size`` (default: the extractor's
-    ``input_size``, else 128). Features are extracted once per image, in float64, and given to
-    ``FrechetInceptionDistance`` and ``KernelInceptionDistance``. KID uses ``kid_subsets`` random
-    subsets of ``kid_subset_size`` (default ``min(n_real, n_fake, 1000)``) per set, drawn with
-    ``seed`` (the global RNG is left untouched). Returns ``{frechet_distance, kid_mean, kid_std,
-    kid_subset_size, kid_subsets, n_real, n_fake, size, extractor, standard, frechet_name,
-    kid_name}``; ``standard`` is the extractor's flag (False: not comparable with published
-    FID/KID) and the names say so (:func:`~defectfill.metrics.features.metric_names`).
-    """
+
+def frechet_kid_from_features(f_real: torch.Tensor, f_fake: torch.Tensor, kid_subset_size: int | None = None,
+                              kid_subsets: int = DEFAULT_KID_SUBSETS, seed: int = 0) -> dict:
+    """Fréchet distance (Heusel et al. 2017) and KID (Binkowski et al. 2018) of two ``(N, D)`` feature sets,
+    via torchmetrics. KID uses ``kid_subsets`` random subsets of ``kid_subset_size`` (default
+    ``min(n_real, n_fake, 1000)``) per set, drawn with ``seed`` (the global RNG is left untouched).
+    Returns ``{frechet_distance, kid_mean, kid_std, kid_subset_size, kid_subsets, n_real, n_fake}``."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    if size is None:
-        size = extractor.input_size or DEFAULT_SIZE
-    real = to_uint8_batch(real_images, size)
-    fake = to_uint8_batch(fake_images, size)
-    n_real, n_fake = real.shape[0], fake.shape[0]
+    f_real, f_fake = torch.as_tensor(f_real, dtype=torch.float64), torch.as_tensor(f_fake, dtype=torch.float64)
+    n_real, n_fake = f_real.shape[0], f_fake.shape[0]
     if min(n_real, n_fake) < 2:
         raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
                          f"{n_fake} fake")
+    if f_real.shape[1] != f_fake.shape[1]:
+        raise ValueError(f"feature sizes differ: real {f_real.shape[1]}, fake {f_fake.shape[1]}")
     if kid_subset_size is None:
         kid_subset_size = min(n_real, n_fake, MAX_KID_SUBSET)
     if not 2 <= kid_subset_size <= min(n_real, n_fake):
         raise ValueError(f"kid_subset_size must be in [2, {min(n_real, n_fake)}] (the smaller set), "
                          f"got {kid_subset_size}")
-    f_real = extract_features(real, extractor, batch_size)
-    f_fake = extract_features(fake, extractor, batch_size)
-
     fid = FrechetInceptionDistance(feature=_PassThrough(f_real.shape[1]), normalize=False)
     fid.update(f_real, real=True)
     fid.update(f_fake, real=False)
@@ -144,21 +133,42 @@ def frechet_kid(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
+    return {"frechet_distance": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std),
+            "kid_subset_size": int(kid_subset_size), "kid_subsets": int(kid_subsets),
+            "n_real": int(n_real), "n_fake": int(n_fake)}
+
+
+def frechet_kid(
+    real_images: Sequence[np.ndarray] | np.ndarray,
+    fake_images: Sequence[np.ndarray] | np.ndarray,
+    extractor: FeatureExtractor,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = DEFAULT_KID_SUBSETS,
+    size: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict:
+    """Fréchet distance and KID of fake vs real images (:func:`frechet_kid_from_features` on
+    :func:`image_features`).
+
+    Images are uint8 (H, W) or (H, W, 3) arrays, resized to ``size`` (default: the extractor's
+    ``input_size``, else 128). Features are extracted once per image, in float64. Returns
+    ``{frechet_distance, kid_mean, kid_std, kid_subset_size, kid_subsets, n_real, n_fake, size, extractor,
+    standard, frechet_name, kid_name}``; ``standard`` is the extractor's flag (False: not comparable with
+    published FID/KID) and the names say so (:func:`~defectfill.metrics.features.metric_names`).
+    """
+    if size is None:
+        size = extractor.input_size or DEFAULT_SIZE
+    n_real, n_fake = len(real_images), len(fake_images)
+    if min(n_real, n_fake) < 2:
+        raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
+                         f"{n_fake} fake")
+    out = frechet_kid_from_features(image_features(real_images, extractor, size, batch_size),
+                                    image_features(fake_images, extractor, size, batch_size),
+                                    kid_subset_size, kid_subsets, seed)
     names = metric_names(extractor)
-    return {
-        "frechet_distance": float(fid.compute()),
-        "kid_mean": float(kid_mean),
-        "kid_std": float(kid_std),
-        "kid_subset_size": int(kid_subset_size),
-        "kid_subsets": int(kid_subsets),
-        "n_real": int(n_real),
-        "n_fake": int(n_fake),
-        "size": int(size),
-        "extractor": extractor.name,
-        "standard": bool(extractor.standard),
-        "frechet_name": names["frechet"],
-        "kid_name": names["kid"],
-    }
+    return {**out, "size": int(size), "extractor": extractor.name, "standard": bool(extractor.standard),
+            "frechet_name": names["frechet"], "kid_name": names["kid"]}
 
 
 # ---------------------------------------------------------------------------- defect-centred crops

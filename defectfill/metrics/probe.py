@@ -71,18 +71,17 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
     ``load_features("efficientnet-lite0")``). Returns ``{auc, n_real, n_synthetic, folds, extractor,
     crop, kid_mean, kid_std, per_type: {type: {auc, n_real, n_synthetic}}, most_synthetic: [{dir, name,
     score}]}`` (``most_synthetic``: the ``worst`` generated crops the probe found most synthetic out of
-    fold; ``kid_*``: :func:`~defectfill.metrics.frechet_kid` on the same crops and features, when ``kid``).
+    fold; ``kid_*``: KID of the same features (:func:`~defectfill.metrics.distribution.frechet_kid_from_features`),
+    when ``kid``). Crops are resized to the extractor's input size, as for KID.
 
     ``context_auc`` (when ``context`` and the datasets keep their ``clean/`` images): the same test on the
     clean images the samples were painted on, cropped at the same windows: what the probe sees of the
     placement and the fabric alone. A painted defect that looks real lowers the AUC below it; one the
     probe cannot see leaves it there. ``realism_gain = context_auc − auc``.
     """
-    import torch
-
     from defectfill.data.datasets import load_reference_dataset
-    from defectfill.metrics import frechet_kid, load_dataset_crops, load_features
-    from defectfill.metrics.distribution import crop_around_masks
+    from defectfill.metrics import load_dataset_crops, load_features
+    from defectfill.metrics.distribution import crop_around_masks, frechet_kid_from_features, image_features
 
     extractor = extractor if extractor is not None else load_features("efficientnet-lite0", seed=seed)
     ds = load_reference_dataset(reference_dir, defect_types=defect_types)
@@ -98,11 +97,7 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
         gen_where += [(str(d), n) for n in crops.names]
 
     def feats(images):
-        if not images:
-            return np.zeros((0, extractor.num_features))
-        x = np.stack([np.repeat(im[..., None], 3, -1) if im.ndim == 2 else im for im in images])
-        t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        return np.concatenate([extractor(t[i:i + 64]).cpu().numpy() for i in range(0, len(t), 64)])
+        return image_features(images, extractor).numpy() if images else np.zeros((0, extractor.num_features))
 
     fr, fg = feats(real_crops), feats(gen_crops)
     res = two_sample_auc(fr, fg, folds=folds, seed=seed)
@@ -117,7 +112,7 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
         per_type[t] = {k: sub[k] for k in ("auc", "n_real", "n_synthetic")}
     kid_mean = kid_std = None
     if kid and min(len(real_crops), len(gen_crops)) >= 2:
-        dist = frechet_kid(real_crops, gen_crops, extractor, seed=seed)
+        dist = frechet_kid_from_features(fr, fg, seed=seed)
         kid_mean, kid_std = dist["kid_mean"], dist["kid_std"]
     return {"auc": res["auc"], "n_real": res["n_real"], "n_synthetic": res["n_synthetic"], "folds": res["folds"],
             "extractor": getattr(extractor, "name", type(extractor).__name__), "crop": int(crop),
