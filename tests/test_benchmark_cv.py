@@ -183,3 +183,20 @@ def test_a_grid_may_grow_by_settings_but_not_change_them(woven_root, tmp_path):
         check_grid(_cfg(woven_root, tmp_path, new_fabric={**nf, "eval_good_fraction": 0.3}), tmp_path)
     with pytest.raises(ConfigError, match="segmenter"):
         check_grid(_cfg(woven_root, tmp_path, segmenter={**SEG, "steps": 5}), tmp_path)
+
+
+def test_a_second_process_does_not_rewrite_the_report_another_is_writing(cv):
+    """Processes sharing a grid finish together; only the one holding the report lock writes it."""
+    from defectfill.benchmark.locks import claim, release
+
+    cfg, out, _ = cv
+    lock = out / "locks" / "report.lock"
+    before = (out / "results.md").stat().st_mtime_ns
+    assert claim(lock)  # held by this (live) process, as another grid process would hold it
+    try:
+        report = run_benchmark(cfg)
+    finally:
+        release(lock)
+    assert report["rows"] == [] and report["report_by"] and report["run"]["complete"]
+    assert (out / "results.md").stat().st_mtime_ns == before
+    assert run_benchmark(cfg)["rows"] and (out / "results.md").stat().st_mtime_ns > before

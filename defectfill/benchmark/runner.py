@@ -639,7 +639,6 @@ def run_benchmark(cfg: BenchmarkConfig, wait: bool = True) -> dict:
     before anything is written to the output folder; a write failure there (disk full, read-only)
     raises OutputError, leaving the finished cells complete for a rerun.
     """
-    from defectfill.benchmark.report import write_report
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -664,11 +663,30 @@ def run_benchmark(cfg: BenchmarkConfig, wait: bool = True) -> dict:
             _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
             ran, busy = _run_pending(ctx, out, pending, since, wait)
             sweep(out)
-        report = write_report(out, cfg.stats)
+        report = _write_report_once(out, cfg)
     status = grid_status(out, units)
     report["run"] = {"cells_run": ran, "cells_skipped": skipped, "units_busy_elsewhere": busy,
                      "cells_failed": len(status["failed_cells"]), **status}
     return report
+
+
+REPORT_LOCK = "report.lock"
+
+
+def _write_report_once(out: Path, cfg: BenchmarkConfig) -> dict:
+    """Write the report unless another live process on this folder is writing it (processes that share a
+    grid finish together; one report from the same cells is enough). Then: ``{rows: [], report_by}``."""
+    from defectfill.benchmark.report import write_report
+
+    lock = out / "locks" / REPORT_LOCK
+    if not claim(lock):
+        by = holder(lock)
+        _log(f"another process ({by[1] if by else 'unknown'}) is writing the report; this one does not")
+        return {"rows": [], "report_by": by[1] if by else None}
+    try:
+        return write_report(out, cfg.stats)
+    finally:
+        release(lock)
 
 
 @one_line_errors
