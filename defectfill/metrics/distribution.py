@@ -92,6 +92,12 @@ class _PassThrough(torch.nn.Module):
 # ---------------------------------------------------------------------------- Fréchet distance / KID
 
 
+def _check_set_sizes(n_real: int, n_fake: int) -> None:
+    if min(n_real, n_fake) < 2:
+        raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
+                         f"{n_fake} fake")
+
+
 def image_features(images: Sequence[np.ndarray] | np.ndarray, extractor: FeatureExtractor, size: int | None = None,
                    batch_size: int = 32) -> torch.Tensor:
     """``(N, D)`` float64 features of uint8 images as :func:`frechet_kid` sees them: grey repeated to RGB,
@@ -111,9 +117,7 @@ def frechet_kid_from_features(f_real: torch.Tensor, f_fake: torch.Tensor, kid_su
 
     f_real, f_fake = torch.as_tensor(f_real, dtype=torch.float64), torch.as_tensor(f_fake, dtype=torch.float64)
     n_real, n_fake = f_real.shape[0], f_fake.shape[0]
-    if min(n_real, n_fake) < 2:
-        raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
-                         f"{n_fake} fake")
+    _check_set_sizes(n_real, n_fake)
     if f_real.shape[1] != f_fake.shape[1]:
         raise ValueError(f"feature sizes differ: real {f_real.shape[1]}, fake {f_fake.shape[1]}")
     if kid_subset_size is None:
@@ -160,9 +164,7 @@ def frechet_kid(
     if size is None:
         size = extractor.input_size or DEFAULT_SIZE
     n_real, n_fake = len(real_images), len(fake_images)
-    if min(n_real, n_fake) < 2:
-        raise ValueError(f"Fréchet distance / KID need at least 2 real and 2 fake images, got {n_real} real and "
-                         f"{n_fake} fake")
+    _check_set_sizes(n_real, n_fake)
     out = frechet_kid_from_features(image_features(real_images, extractor, size, batch_size),
                                     image_features(fake_images, extractor, size, batch_size),
                                     kid_subset_size, kid_subsets, seed)
