@@ -30,7 +30,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from defectfill.config import GenerateConfig, load_config
-    from defectfill.generate import run_generation
+    from defectfill.errors import GenerationError
+    from defectfill.generate import run_generation, shortfall
 
     cfg = load_config(GenerateConfig, args.config, args.overrides, generator=args.generator,
                       checkpoint=args.checkpoint, model=args.model, lora_dir=args.lora,
@@ -39,8 +40,14 @@ def _generate(args: argparse.Namespace) -> None:
                       seed=args.seed, output_dir=args.output_dir, selection=args.selection,
                       defect_type=args.defect_type, reference_dir=args.reference, roi_dir=args.roi)
     summary = run_generation(cfg)
-    if summary:
-        print(f"dataset: {cfg.output_dir}  {summary}")
+    if not summary:  # not the main process
+        return
+    print(f"dataset: {cfg.output_dir}  {summary}")
+    short = shortfall(summary, cfg.num_samples)
+    if short and not summary["samples"]:
+        raise GenerationError(f"{cfg.output_dir}: {short}")
+    if short:
+        print(short)
 
 
 def _fit(args: argparse.Namespace) -> None:

@@ -30,6 +30,43 @@ def check_mask_threshold(value: int) -> None:
                           f"got {value}")
 
 
+def check_choice(key: str, value: Any, choices) -> None:
+    """ConfigError naming ``key``, the bad value and every valid choice, when ``value`` is not one."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def scheduler_types() -> tuple[str, ...]:
+    """The learning-rate schedules diffusers' ``get_scheduler`` knows (its ``SchedulerType`` values)."""
+    from diffusers.optimization import SchedulerType
+
+    return tuple(t.value for t in SchedulerType)
+
+
+# Accelerate's trackers (``LoggerType``) -> the pip package that provides each; "jsonl" is ours.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "comet_ml": "comet-ml",
+                    "aim": "aim", "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab"}
+
+
+def check_trackers(names: list[str]) -> None:
+    """``log_with``: every name is ``jsonl``, ``all`` or one of Accelerate's trackers, and that tracker's
+    package is installed (else: which package to install)."""
+    import importlib
+
+    from accelerate.utils import LoggerType
+
+    known = ("jsonl", *(t.value for t in LoggerType))
+    for name in names:
+        check_choice("log_with", name, known)
+        if name in TRACKER_PACKAGES:
+            imports = importlib.import_module("accelerate.utils")
+            available = getattr(imports, f"is_{name}_available", None)
+            if available is not None and not available():
+                raise ConfigError(f"log_with: tracker {name!r} is not installed (pip install {TRACKER_PACKAGES[name]})")
+
+
 def check_image_sizes(crop_size: int | None, resolution: int | None) -> None:
     """crop_size: positive and at most MAX_CROP_SIZE; resolution: positive and a multiple of 8 (the
     VAE factor). None (GenerateConfig: take it from the LoRA) passes."""
@@ -139,6 +176,10 @@ class DefectFillTrainConfig:
                               f"||M' ⊙ (eps - eps_hat)||²) or alpha (weighted by M'), got {self.object_loss_weighting!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check_choice("lr_scheduler", self.lr_scheduler, scheduler_types())
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        check_trackers(self.log_with)
         if "{token}" not in self.defect_prompt or "{token}" not in self.object_prompt:
             raise ConfigError("defect_prompt and object_prompt must both contain {token}")
         if not 0 < self.box_min_frac <= self.box_max_frac <= 1:
@@ -300,6 +341,9 @@ class GenerateConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.selection not in ("lpips-lite0", "lpips", "l1", "l2", "ssim"):
             raise ConfigError(f"selection must be lpips-lite0, lpips, l1, l2 or ssim, got {self.selection!r}")
+        from defectfill.selection import LPIPS_NETS
+
+        check_choice("lpips_net", self.lpips_net, LPIPS_NETS)
         if self.lpips_weights and self.selection != "lpips":
             raise ConfigError(f"lpips_weights is for selection: lpips (the paper's LPIPS); selection is "
                               f"{self.selection!r}: set selection: lpips or drop lpips_weights")

@@ -28,6 +28,10 @@ class ConfigError(DefectfillError):
     """A config file or value is invalid; the message names the key or file."""
 
 
+class GenerationError(DefectfillError):
+    """A generation run accepted none of the samples it was asked for; the message gives the reasons."""
+
+
 class OutputError(DefectfillError):
     """An output path cannot be written (exists as a file, read-only, disk full); the message names it."""
 

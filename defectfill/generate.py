@@ -11,6 +11,7 @@ runs resume without gaps or duplicates and `accelerate launch` shares slots acro
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,6 +317,39 @@ class SlotPlanner:
         if self.reference is None:
             for i in range(min(self.cfg.num_samples, max(len(self.clean_files), len(self.mask_files)))):
                 self.slot(i, read_pixels=False)
+        else:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        """Auto masks: every clean image leaves room inside the placement border, and at least one has
+        room on fabric (``valid_region``) for the smallest reference shape at the smallest scale."""
+        from defectfill.data.placement import (
+            PLACEMENT_BORDER,
+            SCALE_RANGE,
+            NoFabricPlacement,
+            crop_to_bbox,
+            draw_allowed_origin,
+            resize_mask,
+        )
+
+        least = 2 * PLACEMENT_BORDER + 1
+        for path in self.clean_files:
+            height, width = self._sizes[path]
+            if height < least or width < least:
+                raise DataError(f"{path}: clean image {width}x{height} is too small for a placed defect mask "
+                                f"(at least {least}x{least} px: {PLACEMENT_BORDER} px border on each side)")
+        crop = min((crop_to_bbox(s.mask) for s in self.pool), key=lambda c: int(c.sum()))
+        h, w = crop.shape
+        shape = resize_mask(crop, max(1, round(h * SCALE_RANGE[0])), max(1, round(w * SCALE_RANGE[0])))
+        for path in self.clean_files:
+            try:
+                draw_allowed_origin(shape, self.valid_region(path, read_image(path)), PLACEMENT_BORDER,
+                                    np.random.default_rng(0))
+                return
+            except NoFabricPlacement:
+                continue
+        raise DataError(f"{self.cfg.clean_dir}: no clean image has room on fabric for even the smallest reference "
+                        f"mask ({shape.shape[1]}x{shape.shape[0]} px); check fabric_only / roi_dir or the images")
 
     def valid_region(self, clean_path: Path, clean: np.ndarray) -> np.ndarray:
         """Where a mask may go on this clean image: fabric (unless ``fabric_only`` is off) ∩ its ROI mask."""
@@ -347,6 +381,9 @@ class SlotPlanner:
                             f"clean image {clean_path.name} is {width}x{height}")
         if not mask.any():
             raise DataError(f"{mask_path}: mask is empty at threshold {self.cfg.mask_threshold}")
+        if mask.all():
+            raise DataError(f"{mask_path}: mask covers the whole image at threshold {self.cfg.mask_threshold}: "
+                            f"nothing is left to keep clean (a defect mask marks the defect only)")
         slot = Slot(index, f"{index:06d}", clean_path, mask, self.class_names[0], str(mask_path), seed)
         if read_pixels:
             slot.clean = read_image(clean_path)
@@ -435,10 +472,31 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     planner = SlotPlanner(cfg, meta)
     planner.check()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it
-    with output_errors(cfg.output_dir):
-        writer = SampleWriter(cfg.output_dir, planner.class_names, min_component_area=cfg.min_component_area,
-                              contact_sheet_samples=cfg.contact_sheet_samples)
-        return _generate_into(cfg, planner, state, writer, synthesizer_factory)
+    out = Path(cfg.output_dir)
+    existed, was_empty = out.exists(), not out.exists() or not any(out.iterdir())
+    try:
+        with output_errors(cfg.output_dir):
+            writer = SampleWriter(cfg.output_dir, planner.class_names, min_component_area=cfg.min_component_area,
+                                  contact_sheet_samples=cfg.contact_sheet_samples)
+            return _generate_into(cfg, planner, state, writer, synthesizer_factory)
+    except BaseException:
+        if was_empty and state.is_main_process:
+            remove_if_no_samples(out, keep_folder=existed)
+        raise
+
+
+def remove_if_no_samples(folder: Path, keep_folder: bool = False) -> bool:
+    """Undo the empty layout a failed run made in ``folder`` (empty before it): when no file was written
+    anywhere under it, remove its sub-folders and, unless ``keep_folder``, the folder itself. A refused
+    run leaves nothing behind. Returns whether anything was removed."""
+    if not folder.is_dir() or any(p.is_file() for p in folder.rglob("*")):
+        return False
+    if keep_folder:
+        for sub in folder.iterdir():
+            shutil.rmtree(sub, ignore_errors=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def _generate_into(cfg: GenerateConfig, planner: SlotPlanner, state, writer, synthesizer_factory) -> dict:
@@ -481,6 +539,18 @@ def _quantiles(values: list[float]) -> dict:
     a = np.asarray(values, dtype=np.float64)
     return {"n": int(a.size), "mean": float(a.mean()), "p10": float(np.percentile(a, 10)),
             "median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
+
+
+def shortfall(summary: dict, asked: int) -> str | None:
+    """None when a run accepted every one of the ``asked`` samples; else one line: how many were accepted
+    and why the others were rejected (the sidecars' ``reject_code`` counts)."""
+    accepted = int(summary.get("samples", 0))
+    if accepted >= asked:
+        return None
+    reasons = (summary.get("inspection") or {}).get("rejected_by_reason") or {}
+    why = ", ".join(f"{code} {n}" for code, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"accepted {accepted} of {asked} requested samples; rejected by reason: {why or 'none recorded'} "
+            f"(see rejected/ and each sidecar's reject_code)")
 
 
 def inspection_summary(accepted: list[dict], rejected: list[dict]) -> dict:

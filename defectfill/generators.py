@@ -179,13 +179,12 @@ class FitConfig:
 def fit_generator(cfg: FitConfig) -> Path:
     """Check everything cheap first (class, init_args, data), then fit; writes `fit_info.json` (resolved
     config, seed, versions, checkpoint) into `output_dir` and returns the checkpoint folder."""
+    import json
+    import time
     from dataclasses import asdict
 
     from defectfill.data.datasets import load_reference_dataset
-    from defectfill.errors import check_writable
-    import json
-    import time
-
+    from defectfill.errors import check_writable, output_errors
     from defectfill.runinfo import atomic_write_text, package_versions
 
     cfg.validate()
@@ -194,9 +193,10 @@ def fit_generator(cfg: FitConfig) -> Path:
     check_writable(cfg.output_dir, "output folder")
     dataset = load_reference_dataset(cfg.data_dir)
     generator = cls.from_init_args(dict(cfg.init_args or {}))
-    checkpoint = Path(generator.fit(dataset, cfg.output_dir, cfg.seed))
-    record = {"config": asdict(cfg), "seed": cfg.seed, "generator_class": f"{cls.__module__}:{cls.__name__}",
-              "checkpoint": str(checkpoint), "versions": package_versions(),
-              "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_text(Path(cfg.output_dir) / "fit_info.json", json.dumps(record, indent=2, default=str))
+    with output_errors(cfg.output_dir):
+        checkpoint = Path(generator.fit(dataset, cfg.output_dir, cfg.seed))
+        record = {"config": asdict(cfg), "seed": cfg.seed, "generator_class": f"{cls.__module__}:{cls.__name__}",
+                  "checkpoint": str(checkpoint), "versions": package_versions(),
+                  "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(Path(cfg.output_dir) / "fit_info.json", json.dumps(record, indent=2, default=str))
     return checkpoint

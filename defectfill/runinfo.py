@@ -56,19 +56,28 @@ def atomic_save_image(image, path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike):
-    """Yield a temporary sibling folder; on success it replaces `path` in one rename."""
+    """Yield a temporary sibling folder; on success it replaces `path` by renames (an existing `path` is
+    moved aside first and restored if the final rename fails). On any failure the temporary folder goes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        if path.exists():
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists():
+                os.replace(old, path)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_run_info(directory: str | os.PathLike, config: dict, seed: int, **extra) -> Path:

@@ -215,11 +215,30 @@ def _train_finished_folder(c):
     return c.train(), str(c.out)
 
 
+def _train_manifest_row_without_image(c):
+    with (c.data / "manifest.csv").open("a") as f:
+        f.write("ghost_0001,hole,woven_00,defect,1024,256,10,images/ghost_0001.png,masks/ghost_0001.png\n")
+    return c.train(), "ghost_0001"
+
+
+def _train_tracker_not_installed(c):
+    from accelerate import utils
+
+    from defectfill.config import TRACKER_PACKAGES
+
+    missing = [t for t in TRACKER_PACKAGES if not getattr(utils, f"is_{t}_available")()]
+    if not missing:
+        pytest.skip("every tracker Accelerate knows is installed here")
+    return c.train(f"log_with=[{missing[0]}]"), f"pip install {TRACKER_PACKAGES[missing[0]]}"
+
+
 TRAIN_CONFIG_CASES = {  # override -> key named in the error
     "mask_threshold=0": "mask_threshold", "mask_threshold=300": "mask_threshold", "crop_size=0": "crop_size",
     "crop_size=100000": "crop_size", "resolution=100": "resolution", "lora_rank=0": "lora_rank",
     "alpha=1.5": "alpha", "train_batch_size=0": "train_batch_size", "mixed_precision=fp8": "mixed_precision",
-    "max_train_steps=ten": "max_train_steps",
+    "max_train_steps=ten": "max_train_steps", "lr_scheduler=foo": "lr_scheduler",
+    "log_with=[wandbx]": "log_with", "lr_warmup_steps=-1": "lr_warmup_steps",
+    "object_loss_weighting=sum": "object_loss_weighting",
 }
 
 
@@ -315,11 +334,33 @@ def _gen_missing_roi(c):
     return c.generate("--roi", str(c.root / "no-roi")), "no-roi"
 
 
+def _gen_whole_image_masks(c):
+    masks = c.masks_folder()
+    for p in masks.iterdir():
+        w, h = Image.open(p).size
+        Image.fromarray(np.full((h, w), 255, np.uint8)).save(p)
+    return c.generate("--masks", str(masks)), sorted(masks.iterdir())[0].name
+
+
+def _gen_clean_too_small_for_auto_masks(c):
+    small = c.clean / "tiny.png"
+    Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(small)
+    return c.generate("--reference", str(c.data)), "tiny.png"
+
+
+def _gen_no_fabric_for_auto_masks(c):
+    for p in c.clean.iterdir():  # saturated white: no fabric anywhere
+        w, h = Image.open(p).size
+        Image.fromarray(np.full((h, w, 3), 255, np.uint8)).save(p)
+    return c.generate("--reference", str(c.data)), str(c.clean)
+
+
 GENERATE_CONFIG_CASES = {  # extra flags -> key named in the error
     ("--set", "resolution=100"): "resolution", ("--set", "crop_size=0"): "crop_size",
     ("--set", "mask_threshold=0"): "mask_threshold", ("--set", "mask_threshold=256"): "mask_threshold",
     ("--set", "crop_size=100000"): "crop_size", ("--num-samples", "0"): "num_samples",
     ("--selection", "fid"): "selection", ("--set", "dilation=-1"): "dilation",
+    ("--set", "lpips_net=resnet"): "lpips_net", ("--set", "min_visible_fraction=2"): "min_visible_fraction",
 }
 
 
@@ -370,6 +411,22 @@ def _detect_build_corrupt_mask(c):
 
 def _detect_build_out_is_file(c):
     return ["detect", "build", "--reference", str(c.data), "--out", str(a_file(c.out))], str(c.out)
+
+
+def _detect_build_class_names_and_single_class(c):
+    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out), "--class-names", "hole",
+            "--set", "single_class=true"], "single_class"
+
+
+def _detect_build_class_names_match_nothing(c):
+    types = sorted({line.split(",")[1] for line in (c.data / "manifest.csv").read_text().splitlines()[1:]})
+    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out),
+            "--class-names", ",".join([*types, "holes"])], "holes"
+
+
+def _detect_build_bad_optimizer(c):
+    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out), "--set", "optimizer=adamz"], \
+        "optimizer"
 
 
 def _detect_train_missing_yaml(c):
@@ -430,7 +487,7 @@ def no_weights(monkeypatch):
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 40, len(CASES)
+    assert len(CASES) >= 60, len(CASES)
     assert {n.split("_")[0] for n in CASES} == {"train", "gen", "detect", "gan"}
 
 

@@ -150,7 +150,10 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
     _assert_complete(config, out)
 
 
-def test_disk_full_mid_run_is_one_line_and_a_rerun_resumes(tmp_path, small_data, capsys, monkeypatch):
+@pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free disk space"),
+                                        (errno.EROFS, "fix the path or its permissions")], ids=["enospc", "erofs"])
+def test_write_fault_mid_run_is_one_line_and_a_rerun_resumes(code, hint, tmp_path, small_data, capsys, monkeypatch):
+    """Disk full, or the file system turned read-only, at the second cell's result."""
     import defectfill.benchmark.runner as runner
 
     config = _grid(tmp_path, small_data, [{"name": "real_only", "kind": "real_only"}])
@@ -160,8 +163,8 @@ def test_disk_full_mid_run_is_one_line_and_a_rerun_resumes(tmp_path, small_data,
     def full_disk(path, text):
         if Path(path).name == "result.json":
             calls.append(path)
-            if len(calls) == 2:  # the second cell's result: the disk is full
-                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            if len(calls) == 2:  # the second cell's result
+                raise OSError(code, os.strerror(code), str(path))
         return real_write(path, text)
 
     monkeypatch.setattr(runner, "atomic_write_text", full_disk)
@@ -170,7 +173,7 @@ def test_disk_full_mid_run_is_one_line_and_a_rerun_resumes(tmp_path, small_data,
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert "segmenter-main-real_only-n0-f0-s1/result.json" in errors[0] and "free disk space" in errors[0], errors
+    assert "segmenter-main-real_only-n0-f0-s1/result.json" in errors[0] and hint in errors[0], errors
     first = out / "cells" / "segmenter-main-real_only-n0-f0-s0" / "result.json"
     assert json.loads(first.read_text())["cell"] == "segmenter-main-real_only-n0-f0-s0"
     assert not (out / "cells" / "segmenter-main-real_only-n0-f0-s1").exists()  # no error.json: not a failed cell

@@ -25,14 +25,14 @@ def test_defaults_without_file():
 
 def test_yaml_file_values(tmp_path):
     path = _yaml(tmp_path, "lora_rank: 16\nobject_name: leather\nlambda_def: 1\nhflip: false\n"
-                           "defect_types: hole\nlog_with: [jsonl, tensorboard]\nmax_samples: null\n")
+                           "defect_types: hole\nlog_with: [jsonl, all]\nmax_samples: null\n")
     cfg = load_config(DefectFillTrainConfig, path)
     assert cfg.lora_rank == 16
     assert cfg.object_name == "leather"
     assert cfg.lambda_def == 1.0 and isinstance(cfg.lambda_def, float)  # int in YAML -> float field
     assert cfg.hflip is False
     assert cfg.defect_types == ["hole"]  # a scalar for a list field becomes a one-item list
-    assert cfg.log_with == ["jsonl", "tensorboard"]
+    assert cfg.log_with == ["jsonl", "all"]
     assert cfg.max_samples is None
     # untouched keys keep their defaults
     assert cfg.lambda_obj == 0.2 and cfg.num_boxes == 30
@@ -53,7 +53,7 @@ def test_overrides_are_typed_and_beat_the_file(tmp_path):
             "lambda_attn=0.1",
             "vflip=false",
             "defect_types=[hole, stain]",
-            "log_with=tensorboard",
+            "log_with=all",
             "max_samples=12",
             "object_name=leather",
             "checkpoints_total_limit=null",
@@ -64,7 +64,7 @@ def test_overrides_are_typed_and_beat_the_file(tmp_path):
     assert cfg.lambda_attn == pytest.approx(0.1)
     assert cfg.vflip is False
     assert cfg.defect_types == ["hole", "stain"]
-    assert cfg.log_with == ["tensorboard"]
+    assert cfg.log_with == ["all"]
     assert cfg.max_samples == 12
     assert cfg.object_name == "leather"
     assert cfg.checkpoints_total_limit is None

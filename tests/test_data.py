@@ -67,7 +67,7 @@ def test_load_grayscale_pair(tmp_path):
 def test_manifest_types_filter_order_and_color(tmp_path):
     rgb = np.stack([_gray(), _gray() // 2, _gray() // 3], -1)
     pairs = {"c": (_gray(), _spot_mask()), "a": (rgb, _spot_mask()), "b": (_gray(), _spot_mask())}
-    root = _write(tmp_path, pairs, {"a": "hole", "b": "stain", "c": "hole", "z": "unused"})
+    root = _write(tmp_path, pairs, {"a": "hole", "b": "stain", "c": "hole"})
     (root / "good").mkdir()
     Image.fromarray(_gray()).save(root / "good" / "g1.jpg")
     Image.fromarray(_gray()).save(root / "good" / "g0.png")
@@ -81,6 +81,10 @@ def test_manifest_types_filter_order_and_color(tmp_path):
     assert [s.id for s in load_reference_dataset(root, max_samples=2).samples] == ["a", "b"]
     with pytest.raises(DataError, match="select no samples"):
         load_reference_dataset(root, defect_types=["crease"])
+    with (root / "manifest.csv").open("a") as f:  # a row whose image is in neither images/ nor good/
+        f.write("z,unused\n")
+    with pytest.raises(DataError, match=r"manifest.csv: 1 row\(s\) name no image in images/ or good/: z "):
+        load_reference_dataset(root)
 
 
 def test_other_image_extensions(tmp_path):

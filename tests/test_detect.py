@@ -540,3 +540,24 @@ def test_box_fill_stats_by_hand():
     split = box_fill_stats([mask], split_long=2)
     assert split["boxes"] == 2 and split["mean_fill"] == pytest.approx(100 / 2500)
     assert box_fill_stats([np.zeros((64, 64), bool)], tile=64)["boxes"] == 0
+
+
+def test_build_class_names_turn_per_type_classes_on_and_caps_are_said(reference, synthetic, tmp_path, capsys):
+    out = tmp_path / "named"
+    assert detect_main(["build", "--reference", str(reference), "--out", str(out), "--class-names", "line,hole",
+                        "--synthetic", str(synthetic), "--set", "val_fraction=0.5", "--set", "synthetic_fraction=0.2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "line", 1: "hole"}  # the given order
+    manifest = json.loads((out / "manifest.json").read_text())
+    mix = manifest["synthetic_mix"]
+    assert mix["synthetic_tiles"] < mix["synthetic_tiles_before_cap"] == 3
+    assert printed[-1] == (f"synthetic tiles capped: kept {mix['synthetic_tiles']} of 3 (synthetic_fraction 0.2 of "
+                           f"{mix['real_labelled_tiles']} real labelled training tiles; set synthetic_fraction=null "
+                           f"for no cap)")
+    assert detect_main(["build", "--reference", str(reference), "--out", str(tmp_path / "x"),
+                        "--class-names", "line,hole,crack"]) == 2
+    assert "['crack'] match no defect type in the data (found: hole, line)" in capsys.readouterr().err
+    uncapped = tmp_path / "uncapped"
+    assert detect_main(["build", "--reference", str(reference), "--out", str(uncapped), "--synthetic", str(synthetic),
+                        "--set", "synthetic_fraction=null"]) == 0
+    assert "synthetic tiles capped" not in capsys.readouterr().out

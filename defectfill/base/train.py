@@ -336,10 +336,12 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
 
     if meta.get("scaling_factor"):
         vae.register_to_config(scaling_factor=meta["scaling_factor"])
-    phase_loop("vae", 0, cfg.vae_steps)
-    phase_loop("unet", cfg.vae_steps, cfg.total_steps)
-    bar.close()
-    log.close()
+    try:
+        phase_loop("vae", 0, cfg.vae_steps)
+        phase_loop("unet", cfg.vae_steps, cfg.total_steps)
+    finally:  # an error line then starts on its own line, after the bar
+        bar.close()
+        log.close()
     if accelerator.is_main_process:
         ema.copy_to(unet.parameters())
         with output_errors(out, "rerun the same command to write the model from the last checkpoint"):

@@ -125,6 +125,12 @@ def load_reference_dataset(
                 raise DataError(f"{manifest_path}: no row for id '{stem}' ({images[stem]})")
             types[stem] = manifest[stem]["defect_type"]
         fabrics = {i: row["fabric_type"] for i, row in manifest.items() if row.get("fabric_type")}
+        good_ids = set(_list_images(root / "good")) if (root / "good").is_dir() else set()
+        orphans = sorted(set(manifest) - set(images) - good_ids)
+        if orphans:
+            shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+            raise DataError(f"{manifest_path}: {len(orphans)} row(s) name no image in {images_dir.name}/ or good/: "
+                            f"{shown} (add the images or drop the rows; defect_types / max_samples select a subset)")
 
     samples, grayscale = [], True
     for stem in sorted(images):

@@ -21,6 +21,8 @@ from scipy import ndimage, signal
 from defectfill.data.datasets import ReferenceDataset
 
 _EIGHT = np.ones((3, 3), dtype=int)  # 8-connectivity
+PLACEMENT_BORDER = 8  # px between a placed mask and the image edge (place_on_fabric's default)
+SCALE_RANGE = (0.75, 1.25)  # place_on_fabric's default scale of a reference shape
 
 
 def auto_masks_for(dataset: ReferenceDataset, defect_type: str | None) -> list[np.ndarray]:
@@ -127,8 +129,8 @@ def place_reference_mask(
     height: int,
     width: int,
     rng: np.random.Generator,
-    scale_range: tuple[float, float] = (0.75, 1.25),
-    border: int = 8,
+    scale_range: tuple[float, float] = SCALE_RANGE,
+    border: int = PLACEMENT_BORDER,
     allow_rotation: bool = True,
     valid: np.ndarray | None = None,
     max_tries: int = 64,
@@ -150,8 +152,8 @@ def place_on_fabric(
     width: int,
     rng: np.random.Generator,
     valid: np.ndarray | None = None,
-    scale_range: tuple[float, float] = (0.75, 1.25),
-    border: int = 8,
+    scale_range: tuple[float, float] = SCALE_RANGE,
+    border: int = PLACEMENT_BORDER,
     allow_rotation: bool = True,
     max_tries: int = 64,
 ) -> Placement:
@@ -241,14 +243,14 @@ def place_on_fabric(
                 break
             rejected += 1
         else:
-            y0, x0 = _draw_allowed_origin(shape, valid, border, rng)
+            y0, x0 = draw_allowed_origin(shape, valid, border, rng)
 
     out = np.zeros((height, width), dtype=bool)
     out[y0 : y0 + th, x0 : x0 + tw] = shape
     return Placement(index, flip_h, flip_v, k, (th, tw), (y0, x0), out, rejected, crop.shape)
 
 
-def _draw_allowed_origin(
+def draw_allowed_origin(
     shape: np.ndarray, valid: np.ndarray, border: int, rng: np.random.Generator
 ) -> tuple[int, int]:
     """A uniform top-left (y0, x0) among those putting all of ``shape`` on ``valid``, inside ``border``."""

@@ -43,7 +43,7 @@ from PIL import Image
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.data.masks import mask_components
 from defectfill.data.splits import split_by_source  # noqa: F401  (re-exported: detect's split)
-from defectfill.errors import DataError
+from defectfill.errors import ConfigError, DataError
 from defectfill.formats.images import IMAGE_EXTS, read_image, read_mask
 from defectfill.runinfo import atomic_directory, atomic_write_text
 from defectfill.samples import spread_indices, yolo_lines
@@ -323,18 +323,27 @@ class _TileWriter:
 
 
 def _class_names(ref_types: set[str], syn_types: set[str], class_names: Sequence[str] | None,
-                 single_class: bool) -> list[str]:
-    """The dataset's class list; DataError when an explicit list misses a type that occurs."""
+                 single_class: bool, allow_absent: bool = False) -> list[str]:
+    """The dataset's class list. DataError when an explicit list misses a type that occurs, or names a
+    type that does not occur (unless ``allow_absent``: an evaluation folder takes the training set's
+    names, some of which it may lack; but at least one must occur)."""
     if single_class:
+        if class_names is not None:
+            raise ConfigError(f"class_names {list(class_names)} and single_class: true conflict (one class "
+                              f"'{SINGLE_CLASS}'); drop one, or set single_class: false")
         return [SINGLE_CLASS]
+    found = ref_types | syn_types
     if class_names is None:
-        return sorted(ref_types | syn_types)
+        return sorted(found)
     names = list(class_names)
     if not names or len(set(names)) != len(names):
         raise ValueError(f"class_names must be unique and non-empty, got {class_names!r}")
-    missing = sorted((ref_types | syn_types) - set(names))
+    missing = sorted(found - set(names))
     if missing:
         raise DataError(f"defect type(s) {missing} are not in class_names {names}")
+    absent = [n for n in names if n not in found]
+    if absent and (not allow_absent or len(absent) == len(names)):
+        raise DataError(f"class_names {absent} match no defect type in the data (found: {', '.join(sorted(found))})")
     return names
 
 
@@ -449,7 +458,8 @@ def build_detection_dataset(
     ref = load_reference_dataset(reference_dir, mask_threshold=mask_threshold, defect_types=defect_types)
     syn_sets = [(Path(d).expanduser().resolve(), synthetic_samples(d)[:synthetic_limit]) for d in synthetic_dirs]
     names = _class_names({s.defect_type for s in ref.samples},
-                         {s["defect_class"] for _, items in syn_sets for s in items}, class_names, single_class)
+                         {s["defect_class"] for _, items in syn_sets for s in items}, class_names, single_class,
+                         allow_absent=eval_only)
     good = _list_good(Path(reference_dir)) if include_good else []
 
     if val_ids is not None:

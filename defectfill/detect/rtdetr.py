@@ -45,6 +45,10 @@ DEFAULT_MODEL = LITE0_MODEL
 METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1")
 
 
+# ultralytics' BaseTrainer.build_optimizer accepts these names (case-insensitive); it keeps them in a local set
+OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop")
+
+
 @dataclass
 class DetectorConfig:
     """Dataset, training and evaluation knobs of one detector run (YAML keys = field names)."""
@@ -117,6 +121,8 @@ class DetectorConfig:
             raise ConfigError("workers and patience must be >= 0")
         if self.lr0 <= 0:
             raise ConfigError(f"lr0 must be positive, got {self.lr0}")
+        if self.optimizer.lower() not in {o.lower() for o in OPTIMIZERS}:
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         for key in ("backbone_pretrained", "backbone_frozen"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"{key} must be true, false or null, got {getattr(self, key)!r}")
@@ -360,17 +366,38 @@ def _cmd_build(args: argparse.Namespace) -> None:
     from defectfill.detect.dataset import build_detection_dataset, build_eval_dataset
 
     cfg = _load_cfg(args)
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    if names is not None:
+        if cfg.single_class and _sets_key(args, "single_class"):
+            raise ConfigError(f"--class-names {','.join(names)} and single_class: true conflict (one class "
+                              f"'defect'); drop one, or set single_class=false")
+        cfg.single_class = False  # class names mean one class per defect type
     check_writable(args.out, "dataset folder")
     kwargs = cfg.dataset_kwargs()
     if args.eval:
         kwargs.pop("val_fraction")
         kwargs.pop("seed")
-        names = args.class_names.split(",") if args.class_names else None
         manifest = build_eval_dataset(args.reference, args.out, class_names=names, **kwargs)
     else:
-        manifest = build_detection_dataset(args.reference, args.out, synthetic_dirs=args.synthetic, **kwargs)
+        manifest = build_detection_dataset(args.reference, args.out, synthetic_dirs=args.synthetic,
+                                           class_names=names, **kwargs)
     counts = {s: manifest["splits"][s]["images"] for s in ("train", "val")}
     print(f"dataset: {Path(args.out).resolve() / 'data.yaml'}  tiles {counts}  classes {manifest['class_names']}")
+    mix = manifest.get("synthetic_mix") or {}
+    if mix.get("synthetic_tiles_before_cap", 0) > mix.get("synthetic_tiles", 0):
+        print(f"synthetic tiles capped: kept {mix['synthetic_tiles']} of {mix['synthetic_tiles_before_cap']} "
+              f"(synthetic_fraction {mix['synthetic_fraction']} of {mix['real_labelled_tiles']} real labelled "
+              f"training tiles; set synthetic_fraction=null for no cap)")
+
+
+def _sets_key(args: argparse.Namespace, key: str) -> bool:
+    """Whether ``--config`` or a ``--set`` names ``key`` (rather than leaving it at its default)."""
+    if any(o.partition("=")[0].strip() == key for o in args.overrides):
+        return True
+    if args.config:
+        values = yaml.safe_load(Path(args.config).read_text()) or {}
+        return isinstance(values, dict) and key in values
+    return False
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
