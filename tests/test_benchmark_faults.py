@@ -149,6 +149,16 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")} == mtimes
     _assert_complete(config, out)
 
+    # the same grid uninterrupted, in one process: every cell's metrics are identical (single-threaded CPU)
+    clean = tmp_path / "clean.yaml"
+    clean.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "output_dir": str(tmp_path / "clean")}))
+    ref = subprocess.run([*cmd[:-1], str(clean)], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    for result in out.glob("cells/*/result.json"):
+        twin = tmp_path / "clean" / "cells" / result.parent.name / "result.json"
+        got, want = (json.loads(f.read_text())["metrics"] for f in (result, twin))
+        assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+
 
 @pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free disk space"),
                                         (errno.EROFS, "fix the path or its permissions")], ids=["enospc", "erofs"])
