@@ -512,3 +512,26 @@ def test_tile_recall_by_group_by_hand():
     groups = ["nep", "nep", "hole", "nep", "hole"]
     assert tile_recall_by_group(scores, labels, groups, 0.5) == {
         "hole": {"recall": 1.0, "tiles": 1}, "nep": {"recall": 0.5, "tiles": 2}}
+
+
+def test_synthetic_phase_pretrains_on_synthetic_then_fine_tunes_on_real():
+    """steps 6, synthetic_phase 0.5: steps 0-2 draw every positive from synthetic images (fraction 1),
+    steps 3-5 from real ones; phase 1 is today's mixing, weight for weight."""
+    images = mix_images()
+    cfg = SegmenterConfig(**{**TINY, "crop": 8, "size": 8, "positive_fraction": 1.0, "synthetic_fraction": 1.0,
+                             "synthetic_phase": 0.5})
+    _, log = train_segmenter(cfg, images)
+    assert (log["positive_crops"], log["synthetic_positive_crops"]) == (6 * 4, 3 * 4)
+    tiles = TileSet(images, crop=8, size=8, positive_fraction=1.0, synthetic_fraction=1.0)
+    assert all(tiles.batch(0, 4)["synthetic"]) and not any(tiles.batch(0, 4, real_positives_only=True)["synthetic"])
+
+    whole = SegmenterConfig(**{**TINY, "crop": 8, "size": 8, "positive_fraction": 1.0, "synthetic_fraction": 0.5})
+    _, log = train_segmenter(whole, images)  # phase 1 (default): the mixed stream of every step
+    mixed = TileSet(images, crop=8, size=8, positive_fraction=1.0, synthetic_fraction=0.5)
+    assert log["synthetic_positive_crops"] == sum(sum(mixed.batch(step, 4)["synthetic"]) for step in range(6))
+
+    synthetic_only = [im for im in images if im.origin != "real"]
+    with pytest.raises(DataError, match="synthetic_phase=0.5 .* no real training image"):
+        train_segmenter(cfg, synthetic_only)
+    with pytest.raises(ConfigError, match="synthetic_phase"):
+        SegmenterConfig(synthetic_phase=1.5).validate()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectfill.downstream.tiles import EvalTiles, SourceImage, TileSet, fabric_regions
-from defectfill.errors import ConfigError
+from defectfill.errors import ConfigError, DataError
 from defectfill.runinfo import atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
@@ -71,6 +71,9 @@ class SegmenterConfig:
     positive_fraction: float = 0.5
     # share of positive crops cut from synthetic defect images (None: by weight over all; see TileSet)
     synthetic_fraction: float | None = 0.3
+    # share of the steps, from the start, in which synthetic defects supply positives; after it every positive
+    # is real (synthetic pretraining, then real fine-tuning: synthetic_fraction 1, synthetic_phase 0.5)
+    synthetic_phase: float = 1.0
     hflip: bool = True
     vflip: bool = True
     negative_margin: int = 8
@@ -92,6 +95,7 @@ class SegmenterConfig:
             ("steps", self.steps >= 0), ("crop", self.crop >= 1), ("size", self.size >= 1),
             ("positive_fraction", 0 <= self.positive_fraction <= 1),
             ("synthetic_fraction", self.synthetic_fraction is None or 0 <= self.synthetic_fraction <= 1),
+            ("synthetic_phase", 0 <= self.synthetic_phase <= 1),
             ("negative_margin", self.negative_margin >= 0), ("log_every", self.log_every >= 1),
             ("eval_batch_size", self.eval_batch_size >= 1),
         ]
@@ -606,6 +610,12 @@ def lr_factor(step: int, steps: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
+def synthetic_phase_end(steps: int, synthetic_phase: float) -> int:
+    """First step whose positives are all real: ``round(synthetic_phase * steps)`` (``steps`` when the
+    phase is 1, i.e. synthetic positives throughout)."""
+    return steps if synthetic_phase >= 1 else int(round(synthetic_phase * steps))
+
+
 def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[SourceImage],
                     val_tiles: EvalTiles | Sequence[SourceImage] | None = None) -> tuple[UNet, dict]:
     """Train a U-Net for exactly ``cfg.steps`` Adam steps of BCE (``pos_weight``) on ``train_tiles``.
@@ -625,10 +635,14 @@ def train_segmenter(cfg: SegmenterConfig, train_tiles: TileSet | Sequence[Source
     pos_weight = torch.tensor([cfg.pos_weight], device=device)
     history, window, start = [], [], time.perf_counter()
     positives = synthetic_positives = 0
+    real_from = synthetic_phase_end(cfg.steps, cfg.synthetic_phase)
+    if real_from < cfg.steps and tiles.positive_fraction > 0 and not tiles.has_real_positives:
+        raise DataError(f"synthetic_phase={cfg.synthetic_phase} ends in real fine-tuning, but no real training "
+                        "image has a defect")
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule)
-        batch = tiles.batch(step, cfg.batch_size)
+        batch = tiles.batch(step, cfg.batch_size, real_positives_only=step >= real_from)
         positives += sum(batch["positive"])
         synthetic_positives += sum(p and s for p, s in zip(batch["positive"], batch["synthetic"]))
         logits = model(batch["images"].to(device))

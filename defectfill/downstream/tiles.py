@@ -300,14 +300,21 @@ class TileSet:
         w = np.array([self.images[i].weight for i in pool], dtype=np.float64)
         return pool[int(rng.choice(len(pool), p=w / w.sum()))]
 
-    def _positive_pool(self, rng: np.random.Generator) -> list[int]:
-        """The defect images a positive is picked from (the ``synthetic_fraction`` group draw)."""
+    @property
+    def has_real_positives(self) -> bool:
+        return bool(self._real_positives)
+
+    def _positive_pool(self, rng: np.random.Generator, real_only: bool = False) -> list[int]:
+        """The defect images a positive is picked from (the ``synthetic_fraction`` group draw; only the
+        real ones when ``real_only``)."""
+        if real_only and self._real_positives:
+            return self._real_positives
         if self.synthetic_fraction is None or not (self._synthetic_positives and self._real_positives):
             return self.positives
         return self._synthetic_positives if rng.random() < self.synthetic_fraction else self._real_positives
 
-    def _positive(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-        k = self._pick(rng, self._positive_pool(rng))
+    def _positive(self, rng: np.random.Generator, real_only: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+        k = self._pick(rng, self._positive_pool(rng, real_only))
         im, pixels = self.images[k], self._defect_pixels[k]
         h, w = im.mask.shape
         y, x = np.unravel_index(pixels[int(rng.integers(len(pixels)))], (h, w))
@@ -329,15 +336,16 @@ class TileSet:
                 break
         return crop_padded(im.image, y0, x0, self.crop), crop_padded(im.mask, y0, x0, self.crop), k
 
-    def batch(self, step: int, batch_size: int) -> dict:
+    def batch(self, step: int, batch_size: int, real_positives_only: bool = False) -> dict:
         """``images`` (B,C,S,S) in [0,1], ``masks`` (B,1,S,S) in {0,1}, ``ids``, and bool lists
-        ``positive`` (defect-centred crop) and ``synthetic`` (cut from a synthetic image)."""
+        ``positive`` (defect-centred crop) and ``synthetic`` (cut from a synthetic image).
+        ``real_positives_only``: every positive from a real defect image (the fine-tuning phase)."""
         rng = np.random.default_rng([self.seed, step])
         expected = self.positive_fraction * batch_size
         n_pos = int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
         crops, masks, picked = [], [], []
         for i in range(batch_size):
-            img, msk, k = self._positive(rng) if i < n_pos else self._negative(rng)
+            img, msk, k = self._positive(rng, real_positives_only) if i < n_pos else self._negative(rng)
             img, msk = random_flips(img, msk, rng, self.hflip, self.vflip)
             crops.append(img)
             masks.append(msk)
