@@ -28,7 +28,7 @@ def clean_image(i: int) -> np.ndarray:
     return rng.integers(90, 130, (H, W), dtype=np.uint8)
 
 
-def write_generator(root, fill: int, names=NAMES, shifted: tuple[str, ...] = ()) -> SampleWriter:
+def write_generator(root, fill: int, names=NAMES, shifted: tuple[str, ...] = (), sidecar=None) -> SampleWriter:
     """A fake generated dataset: same clean images and masks per name, defect pixels set to ``fill``."""
     writer = SampleWriter(root, ["hole"])
     for name in names:
@@ -37,7 +37,8 @@ def write_generator(root, fill: int, names=NAMES, shifted: tuple[str, ...] = ())
         clean = clean_image(i)
         image = clean.copy()
         image[mask] = fill
-        writer.write(Sample(name=name, image=image, mask=mask, defect_class="hole", clean=clean))
+        writer.write(Sample(name=name, image=image, mask=mask, defect_class="hole", clean=clean,
+                            sidecar=dict(sidecar or {})))
     return writer
 
 
@@ -59,27 +60,29 @@ def test_sheet_layout_and_columns_differ_where_content_differs(generated, tmp_pa
     assert out == tmp_path / "sheet.png" and out.is_file()
     assert not list(tmp_path.glob("*.tmp-*"))
     sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    # 2 fixed columns + 3 generators, 5 common rows
-    expected = (5 * CELL + 6 * GAP, TITLE_H + 5 * (CELL + GAP) + GAP)
+    # 3 fixed columns (clean, mask, real reference) + 3 generators, 5 common rows
+    expected = (6 * CELL + 7 * GAP, TITLE_H + 5 * (CELL + GAP) + GAP)
     assert sheet_size(3, 5, CELL) == expected
     assert (sheet.shape[1], sheet.shape[0]) == expected
     for row in range(5):
         cells = {}
-        for col in range(5):
+        for col in range(6):
             x0, y0, x1, y1 = cell_box(row, col)
             cells[col] = sheet[y0:y1, x0:x1]
+        # no reference recorded in these sidecars: a flat grey cell (but for its text)
+        assert np.median(cells[2]) == 128
         # the generator columns differ pairwise (their defect fills differ) ...
-        for a, b in ((2, 3), (2, 4), (3, 4)):
+        for a, b in ((3, 4), (3, 5), (4, 5)):
             assert np.abs(cells[a] - cells[b]).mean() > 5
         # ... and equal the clean crop away from the defect (same window in every column)
         far = (slice(CELL - 6, CELL - 2), slice(2, 6))  # bottom-left corner, outside the defect box
-        for col in (2, 3, 4):
+        for col in (3, 4, 5):
             assert np.abs(cells[col][far] - cells[0][far]).max() <= 2
         # the mask column is the crop of the mask: some white, some black
         grey = cells[1].mean(axis=2)
         assert (grey > 200).any() and (grey < 50).any()
     # a red outline marks the defect box on generator columns only
-    x0, y0, x1, y1 = cell_box(0, 2)
+    x0, y0, x1, y1 = cell_box(0, 3)
     red = (sheet[y0:y1, x0:x1, 0] > 200) & (sheet[y0:y1, x0:x1, 1] < 60) & (sheet[y0:y1, x0:x1, 2] < 60)
     assert red.any()
 
@@ -194,3 +197,30 @@ def test_generation_metrics_skips_with_one_sample(small_reference, tmp_path):
     assert m["frechet_distance"] is None and m["kid_mean"] is None and m["ic_lpips"] is None
     assert m["frechet_name"] is None and m["extractor"] is None
     assert isinstance(m["skipped"], str) and "2" in m["skipped"]
+
+
+def test_sheet_shows_the_real_defect_whose_mask_a_sample_reuses(tmp_path):
+    """The sidecar's placement.reference_id in generator_config.reference_dir: that real image, cropped
+    around its own mask (a dark 6 px blot on a light field here), in the third column."""
+    ref = tmp_path / "ref"
+    for sub in ("images", "masks"):
+        (ref / sub).mkdir(parents=True)
+    image = np.full((H, W), 220, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    image[30:36, 200:206], mask[30:36, 200:206] = 10, 255
+    Image.fromarray(image).save(ref / "images" / "r7.png")
+    Image.fromarray(mask).save(ref / "masks" / "r7.png")
+    (ref / "manifest.csv").write_text("id,defect_type\nr7,knot\n")
+    side = {"placement": {"reference_id": "r7"}, "generator_config": {"reference_dir": str(ref)}}
+    write_generator(tmp_path / "a", 20, names=NAMES[:1], sidecar=side)
+    sheet = np.asarray(Image.open(side_by_side_sheet({"a": tmp_path / "a"}, tmp_path / "s.png", cell=CELL)))
+    x0, y0, x1, y1 = cell_box(0, 2)
+    real = sheet[y0:y1, x0:x1].astype(int)
+    # 64 px window around the 6x6 blot, zoomed 80 // 64 = 1: exactly its 36 dark pixels above the label strip
+    assert (real[:CELL - 15].max(axis=2) < 40).sum() == 36
+    assert (real[20:60, 20:60] > 200).mean() > 0.5  # the light field around it, not a grey blank
+
+    side["placement"]["reference_id"] = "missing"
+    write_generator(tmp_path / "b", 20, names=NAMES[:1], sidecar=side)
+    sheet = np.asarray(Image.open(side_by_side_sheet({"b": tmp_path / "b"}, tmp_path / "t.png", cell=CELL)))
+    assert np.median(sheet[y0:y1, x0:x1]) == 128  # unreadable reference: grey, the sheet still written

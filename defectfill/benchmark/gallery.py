@@ -4,8 +4,9 @@ Generators run with the same seed on the same clean images write the same sample
 the same masks (``defectfill.samples`` layout), so one name is one like-for-like comparison:
 
 * :func:`side_by_side_sheet` — a PNG contact sheet, one row per common sample name,
-  columns ``clean | mask | <generator 1> | <generator 2> | ...``, all cropped to the SAME
-  window around the mask's first connected component.
+  columns ``clean | mask | real reference | <generator 1> | <generator 2> | ...``, all but the
+  real reference (the real defect whose mask the sample reuses, around its own mask) cropped to the
+  SAME window around the mask's first connected component.
 * :func:`generation_metrics` — Fréchet distance / KID (:func:`defectfill.metrics.frechet_kid`)
   and masked IC-LPIPS (:func:`defectfill.metrics.ic_lpips`) of one generated dataset's
   defect-centred crops against the real reference crops, by default all on the pretrained
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 GAP = 4  # spacing between cells and around the sheet (px)
 TITLE_H = 24  # column-title bar height (px)
-FIXED_COLUMNS = ("clean", "mask")  # before one column per generator
+FIXED_COLUMNS = ("clean", "mask", "real reference")  # before one column per generator
 _BG = (32, 32, 32)
 _PAD = (64, 64, 64)
 _NO_CLEAN = (128, 128, 128)
@@ -46,7 +47,7 @@ Box = tuple[int, int, int, int]
 
 
 def sheet_size(n_generators: int, rows: int, cell: int = 160) -> tuple[int, int]:
-    """(width, height) of a :func:`side_by_side_sheet` with ``n_generators`` columns after clean | mask.
+    """(width, height) of a :func:`side_by_side_sheet` with ``n_generators`` columns after the fixed ones.
 
     ``width = n_cols * cell + (n_cols + 1) * GAP`` and ``height = TITLE_H + rows * (cell + GAP) + GAP``.
     """
@@ -86,6 +87,56 @@ def _requested_mask(root: Path, name: str) -> np.ndarray:
     return mask_util.decode(rle).astype(bool) if rle else _read_mask(root / "masks" / f"{name}.png")
 
 
+def _reference(name: str, roots: dict[str, Path]):
+    """The real defect whose mask ``name`` reuses (the sidecar's ``placement.reference_id`` in its
+    ``generator_config.reference_dir``) as a ReferenceSample, or why there is none to show."""
+    import json
+
+    from defectfill.data.datasets import load_reference_sample
+    from defectfill.errors import DataError
+
+    for root in roots.values():
+        try:
+            side = json.loads((root / "sidecars" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        ref_id = (side.get("placement") or {}).get("reference_id")
+        ref_dir = (side.get("generator_config") or {}).get("reference_dir")
+        if ref_id and ref_dir:
+            try:
+                return load_reference_sample(ref_dir, ref_id)
+            except DataError as exc:
+                return f"{ref_id} unreadable: {exc}"
+    return "no reference recorded"
+
+
+def _blank(cell: int, text: str, font) -> Image.Image:
+    im = Image.new("RGB", (cell, cell), _NO_CLEAN)
+    ImageDraw.Draw(im).text((6, cell // 2 - 6), text, fill=(230, 230, 230), font=font)
+    return im
+
+
+def _reference_cell(reference, cell: int, font) -> Image.Image:
+    """The real reference defect at native resolution around its own first component, boxed, with its
+    type and id; a grey cell saying why when there is none."""
+    if isinstance(reference, str):
+        return _blank(cell, reference[:24], font)
+    mask = reference.mask
+    h, w = mask.shape
+    boxes = mask_to_boxes(mask)
+    window, zoom = native_window(boxes[0] if boxes else None, w, h, cell)
+    x0, y0, x1, y1 = window
+    out = Image.new("RGB", (cell, cell), _PAD)
+    im, ox, oy = zoom_cell(reference.image[y0:y1, x0:x1], zoom, cell)
+    outline_boxes(im, boxes, window, zoom)
+    out.paste(im, (ox, oy))
+    draw = ImageDraw.Draw(out)
+    label = _fit_text(draw, f"{reference.defect_type} {reference.id}", cell - 6, font)
+    draw.rectangle([0, cell - 14, draw.textlength(label, font=font) + 6, cell], fill=(0, 0, 0))
+    draw.text((3, cell - 13), label, fill=(255, 255, 255), font=font)
+    return out
+
+
 def _row_inputs(name: str, roots: dict[str, Path]) -> tuple[np.ndarray, np.ndarray | None] | str:
     """(requested mask, clean) of ``name`` when identical across datasets, else the reason it is not
     like-for-like."""
@@ -111,7 +162,8 @@ def _row_inputs(name: str, roots: dict[str, Path]) -> tuple[np.ndarray, np.ndarr
 
 def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray | None,
          cell: int, font) -> Image.Image:
-    """One sheet row: clean | mask | one generator per column, all cropped to the same window."""
+    """One sheet row: clean | mask | real reference | one generator per column; all but the reference
+    (a different image: the real defect whose mask the sample reuses) cropped to the same window."""
     h, w = mask.shape
     boxes = mask_to_boxes(mask)
     window, zoom = native_window(boxes[0] if boxes else None, w, h, cell)
@@ -119,20 +171,17 @@ def _row(name: str, roots: dict[str, Path], mask: np.ndarray, clean: np.ndarray 
     n_cols = len(FIXED_COLUMNS) + len(roots)
     row = Image.new("RGB", (n_cols * cell + (n_cols - 1) * GAP, cell), _PAD)
     if clean is None:
-        blank = Image.new("RGB", (cell, cell), _NO_CLEAN)
-        ImageDraw.Draw(blank).text((6, cell // 2 - 6), "no clean image", fill=(230, 230, 230), font=font)
-        row.paste(blank, (0, 0))
+        row.paste(_blank(cell, "no clean image", font), (0, 0))
     else:
         im, ox, oy = zoom_cell(clean[y0:y1, x0:x1], zoom, cell)
         row.paste(im, (ox, oy))
     im, ox, oy = zoom_cell((mask[y0:y1, x0:x1] * 255).astype(np.uint8), zoom, cell)
     row.paste(im, (cell + GAP + ox, oy))
+    row.paste(_reference_cell(_reference(name, roots), cell, font), (2 * (cell + GAP), 0))
     for col, root in enumerate(roots.values(), start=len(FIXED_COLUMNS)):
         image = _read_rgb(root / "images" / f"{name}.png")
         if image.shape[:2] != mask.shape:
-            blank = Image.new("RGB", (cell, cell), _NO_CLEAN)
-            ImageDraw.Draw(blank).text((6, cell // 2 - 6), "size mismatch", fill=(230, 230, 230), font=font)
-            row.paste(blank, (col * (cell + GAP), 0))
+            row.paste(_blank(cell, "size mismatch", font), (col * (cell + GAP), 0))
             continue
         im, ox, oy = zoom_cell(image[y0:y1, x0:x1], zoom, cell)
         outline_boxes(im, boxes, window, zoom)
@@ -151,8 +200,9 @@ def side_by_side_sheet(datasets: dict[str, str | os.PathLike], out_path: str | o
     ``datasets`` maps a column title (generator name) to its generated dataset folder
     (``defectfill.samples`` layout). Rows are sample names accepted (``sidecars/<name>.json``)
     in EVERY dataset, sorted, at most ``max_rows`` of them evenly spread over the list
-    (:func:`~defectfill.samples.spread_indices`). Columns: ``clean | mask | <one per dataset, in
-    dict order>``; every cell of a row shows the same :func:`~defectfill.samples.native_window`
+    (:func:`~defectfill.samples.spread_indices`). Columns: ``clean | mask | real reference | <one per
+    dataset, in dict order>``; the real reference is the real defect whose mask the sample reuses (type and
+    id written on it; grey when the sidecars record none); every other cell of a row shows the same :func:`~defectfill.samples.native_window`
     around the mask's first connected component at native resolution in a ``cell`` px square, with the
     mask's component boxes outlined in red on the generator columns. A row whose mask (or clean
     image) differs between datasets is not like-for-like: it is dropped with a logged warning.

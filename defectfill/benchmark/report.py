@@ -720,7 +720,7 @@ def _markdown(report: dict) -> list[str]:
                          "No separate eval_data was given.")
     for g in report["galleries"]:
         lines += ["", f"**{g[len('gallery_'):-len('.png')]}**, side by side on the same clean images and masks "
-                  f"(columns: clean, mask, then each generator): ![gallery]({g})"]
+                  f"(columns: clean, mask, the real defect whose mask shape was reused, then each generator): ![gallery]({g})"]
     lines += [""] + _paired_markdown(report) + _subgroup_markdown(report) + _decider_markdown(report)
     lines += ["## Tables per setting", "", "Std = sample std over replicates (fold x seed, ddof=1). Δ = paired "
               "difference vs real_only of the same replicate (same task and setting). Every cell of a task has the "

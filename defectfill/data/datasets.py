@@ -80,6 +80,40 @@ def _read_manifest(path: Path) -> dict[str, dict]:
         raise DataError(f"{path}: cannot read manifest ({_one_line(err)})") from err
 
 
+def _read_pair(image_path: Path, mask_path: Path, mask_threshold: int):
+    """(PIL image, bool mask) of one reference defect; DataError naming the file on a bad pair."""
+    img, msk = open_image(image_path), open_image(mask_path, "mask")
+    if img.size != msk.size:
+        raise DataError(
+            f"{mask_path}: mask size {msk.size[0]}x{msk.size[1]} does not match "
+            f"image {image_path.name} size {img.size[0]}x{img.size[1]}"
+        )
+    mask = binarize_mask(msk, mask_threshold)
+    if not mask.any():
+        raise DataError(f"{mask_path}: mask is empty (no pixel >= threshold {mask_threshold})")
+    if mask.all():
+        raise DataError(f"{mask_path}: mask covers the whole image (every pixel >= threshold {mask_threshold}); "
+                        f"a reference defect needs defect-free surroundings: check the mask or mask_threshold")
+    return img, mask
+
+
+def load_reference_sample(root: str | Path, sample_id: str, mask_threshold: int = 128) -> ReferenceSample:
+    """One defect of a reference dataset by id (image and mask read as :func:`load_reference_dataset`
+    reads them), without decoding the rest of the folder. DataError when the id has no image/mask."""
+    root = Path(root)
+    paths = []
+    for folder in (root / "images", root / "masks"):
+        found = _list_images(folder).get(sample_id) if folder.is_dir() else None
+        if found is None:
+            raise DataError(f"{folder}: no file for id '{sample_id}'")
+        paths.append(found)
+    img, mask = _read_pair(*paths, mask_threshold)
+    manifest = root / "manifest.csv"
+    row = _read_manifest(manifest).get(sample_id, {}) if manifest.exists() else {}
+    return ReferenceSample(sample_id, to_uint8(img, "RGB"), mask, row.get("defect_type", "defect"), *paths,
+                           row.get("fabric_type") or None)
+
+
 def load_reference_dataset(
     root: str | Path,
     mask_threshold: int = 128,
@@ -135,18 +169,7 @@ def load_reference_dataset(
     samples, grayscale = [], True
     for stem in sorted(images):
         image_path, mask_path = images[stem], masks[stem]
-        img, msk = open_image(image_path), open_image(mask_path, "mask")
-        if img.size != msk.size:
-            raise DataError(
-                f"{mask_path}: mask size {msk.size[0]}x{msk.size[1]} does not match "
-                f"image {image_path.name} size {img.size[0]}x{img.size[1]}"
-            )
-        mask = binarize_mask(msk, mask_threshold)
-        if not mask.any():
-            raise DataError(f"{mask_path}: mask is empty (no pixel >= threshold {mask_threshold})")
-        if mask.all():
-            raise DataError(f"{mask_path}: mask covers the whole image (every pixel >= threshold {mask_threshold}); "
-                            f"a reference defect needs defect-free surroundings: check the mask or mask_threshold")
+        img, mask = _read_pair(image_path, mask_path, mask_threshold)
         grayscale &= is_grey(img)
         image = to_uint8(img, "RGB")
         samples.append(ReferenceSample(stem, image, mask, types[stem], image_path, mask_path, fabrics.get(stem)))
