@@ -102,6 +102,9 @@ class DefectFillTrainConfig:
     vflip: bool = True
     # prompts
     placeholder_token: str = "<v*>"
+    # one learned token per defect type ("<v*-hole>", ...) in the one LoRA, each sample prompted with its
+    # type's token; generation prompts each mask with the token of its reference's type
+    token_per_type: bool = False
     initializer_token: str = "defect"
     object_name: str = "fabric"
     defect_prompt: str = "A photo of {token}"
@@ -185,10 +188,19 @@ class DefectFillTrainConfig:
         if not 0 < self.box_min_frac <= self.box_max_frac <= 1:
             raise ConfigError("need 0 < box_min_frac <= box_max_frac <= 1")
 
-    def prompts(self) -> tuple[str, str]:
-        """The defect prompt ("A photo of [V*]") and object prompt ("A [object] with [V*]")."""
-        fill = {"token": self.placeholder_token, "object": self.object_name}
+    def prompts(self, token: str | None = None) -> tuple[str, str]:
+        """The defect prompt ("A photo of [V*]") and object prompt ("A [object] with [V*]"), with
+        ``token`` (default: ``placeholder_token``) as [V*]."""
+        fill = {"token": token or self.placeholder_token, "object": self.object_name}
         return self.defect_prompt.format(**fill), self.object_prompt.format(**fill)
+
+    def tokens_by_type(self, defect_types: list[str]) -> dict[str, str]:
+        """Defect type -> its learned token when ``token_per_type`` ("<v*>" becomes "<v*-hole>"), else {}."""
+        if not self.token_per_type:
+            return {}
+        base = self.placeholder_token
+        stem, close = (base[:-1], ">") if base.endswith(">") else (base, "")
+        return {t: f"{stem}-{'_'.join(t.split())}{close}" for t in defect_types}
 
 
 def _base_type(hint: Any) -> tuple[Any, bool]:

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from defectfill.compositing import in_mask_change, resize_mask, visible_change, visible_fraction, windowed
 from defectfill.config import GenerateConfig, config_to_dict
-from defectfill.errors import ConfigError, DataError, check_writable, output_errors
+from defectfill.errors import ConfigError, DataError, ModelError, check_writable, output_errors
 from defectfill.formats.images import IMAGE_EXTS, image_size, open_image, read_image, read_mask
 from defectfill.generators import Generator, PlacedMask, build_generator, import_class
 
@@ -76,6 +76,7 @@ class DefectFillSynthesizer(Generator):
         self.meta = read_lora_metadata(cfg.lora_dir)
         self.model = cfg.model or self.meta["base_model"]
         self.prompt = cfg.prompt or self.meta["defect_prompt"]
+        self.prompts_by_type = {} if cfg.prompt else dict(self.meta.get("defect_prompts_by_type") or {})
         self.resolution = cfg.resolution or int(self.meta["resolution"])
         self.crop_size = cfg.crop_size or int(self.meta["crop_size"])
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
@@ -182,6 +183,10 @@ class DefectFillSynthesizer(Generator):
         lora = cls._lora_dir(cfg)
         meta = read_lora_metadata(lora)
         check_lora_base(lora, resolve_model(cfg.model or meta["base_model"]), meta["base_model"])
+        by_type = meta.get("tokens_by_type") or {}
+        if by_type and not cfg.prompt and cfg.masks != "auto" and cfg.defect_type not in by_type:
+            raise ConfigError(f"{lora}: this LoRA learned one token per defect type; with a masks folder name the "
+                              f"type to paint with --defect-type ({', '.join(sorted(by_type))})")
 
     def metadata(self) -> dict:
         note_file = Path(self.cfg.lora_dir) / "base_model_note.txt"
@@ -189,14 +194,24 @@ class DefectFillSynthesizer(Generator):
         return {"generator": self.name, "base_model": self.model, "base_model_note": note,
                 "lora_dir": str(self.cfg.lora_dir), "lora_hash": self.lora_hash, "prompt": self.prompt}
 
-    def candidates(self, window: np.ndarray, window_mask: np.ndarray, seeds: list[int]) -> np.ndarray:
+    def prompt_for(self, defect_class: str | None) -> str:
+        """The prompt of one mask: its type's learned token for a LoRA with a token per type, else the one."""
+        if not self.prompts_by_type:
+            return self.prompt
+        if defect_class not in self.prompts_by_type:
+            raise ModelError(f"{self.cfg.lora_dir}: no learned token for defect type {defect_class!r} (this LoRA has "
+                             f"one per type: {', '.join(sorted(self.prompts_by_type))})")
+        return self.prompts_by_type[defect_class]
+
+    def candidates(self, window: np.ndarray, window_mask: np.ndarray, seeds: list[int],
+                   prompt: str | None = None) -> np.ndarray:
         """K inpainted candidates (K, R, R, 3) in [0, 1] from one batched pipeline call on a
         window already at the model resolution (uint8 RGB) and its mask."""
         r = self.resolution
         image = Image.fromarray(window)
         mask = latent_safe(window_mask, self.pipe.vae_scale_factor)
         out = self.pipe(
-            self.prompt, image=image, mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
+            prompt or self.prompt, image=image, mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
             height=r, width=r, num_images_per_prompt=len(seeds), num_inference_steps=self.cfg.num_inference_steps,
             guidance_scale=self.cfg.guidance_scale, negative_prompt=self.cfg.negative_prompt,
             generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np",
@@ -210,10 +225,11 @@ class DefectFillSynthesizer(Generator):
         from defectfill.selection import low_fidelity_selection
 
         seeds = [derive_seed(seed, k) for k in range(self.cfg.candidates)]
-        info: dict = {"candidate_seeds": seeds}
+        prompt = self.prompt_for(defect_class)
+        info: dict = {"candidate_seeds": seeds, **({"prompt": prompt} if self.prompts_by_type else {})}
 
         def pick(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
-            cands = self.candidates(window_r, mask_r, seeds)
+            cands = self.candidates(window_r, mask_r, seeds, prompt)
             chosen, scores = low_fidelity_selection(
                 torch.from_numpy(cands).permute(0, 3, 1, 2).float(),
                 torch.from_numpy(window_r.astype(np.float32) / 255).permute(2, 0, 1),

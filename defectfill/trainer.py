@@ -43,6 +43,7 @@ class Batch:
     box_masks: torch.Tensor  # (B, 1, R, R) random-box masks for the object loss
     generator: torch.Generator  # noise, timesteps and VAE sampling of this micro-step
     crop_keys: list | None = None  # one hashable key per crop when the crop is a function of it (latent caching)
+    ids: list | None = None  # reference sample id of each crop
 
 
 def step_rng(seed: int, micro_step: int, process_index: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -60,7 +61,7 @@ def make_batch(sampler, cfg: DefectFillTrainConfig, micro_step: int, process_ind
     n, _, h, w = crops["masks"].shape
     boxes = random_box_masks(n, h, w, num_boxes=cfg.num_boxes, min_frac=cfg.box_min_frac,
                              max_frac=cfg.box_max_frac, rng=rng)
-    return Batch(crops["pixel_values"], crops["masks"], boxes, generator, crops.get("keys"))
+    return Batch(crops["pixel_values"], crops["masks"], boxes, generator, crops.get("keys"), crops.get("ids"))
 
 
 class ReferenceLatentCache:
@@ -342,20 +343,24 @@ class TrainingSetup:
     unet: torch.nn.Module
     noise_scheduler: object
     store: object  # AttentionStore
-    placeholder: object  # the trainable [V*] embedding
-    token_id: int
+    placeholder: object  # the trainable [V*] embedding(s)
+    token_id: int  # the first (or only) placeholder token's id
+    tokens: list[str] | None = None  # every placeholder token (one per defect type with token_per_type)
+    token_ids: list[int] | None = None
 
 
-def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype: torch.dtype) -> TrainingSetup:
+def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype: torch.dtype,
+                   tokens: list[str] | None = None) -> TrainingSetup:
     """Load `model` and set it up for DefectFill training as `train` does (used by the trainer and
-    bench/bench_train_step.py)."""
+    bench/bench_train_step.py); `tokens` (default: the one `placeholder_token`) are added and learned."""
     from defectfill.models.attention import AttentionStore, install_attention_capture
     from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
     from defectfill.models.pipeline import apply_speed_options, load_training_components
 
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
-    token_id = add_placeholder_token(tokenizer, text_encoder, cfg.placeholder_token, cfg.initializer_token)
+    tokens = list(tokens or [cfg.placeholder_token])
+    token_ids = [add_placeholder_token(tokenizer, text_encoder, t, cfg.initializer_token) for t in tokens]
     for m in (unet, text_encoder, vae):
         m.requires_grad_(False)
         m.to(device)
@@ -364,7 +369,7 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
     store = AttentionStore()
     install_attention_capture(unet, store)  # after xformers, which would replace it
     add_lora(unet, text_encoder, cfg.lora_rank, cfg.lora_alpha, cfg.train_text_encoder)
-    placeholder = attach_placeholder_embedding(text_encoder, token_id)
+    placeholder = attach_placeholder_embedding(text_encoder, token_ids if len(token_ids) > 1 else token_ids[0])
     for m in (unet, text_encoder):  # trainable tensors in fp32, frozen ones in weight_dtype
         for p in m.parameters():
             if p.requires_grad:
@@ -377,7 +382,8 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
                 text_encoder.gradient_checkpointing_enable
             enable()
     apply_speed_options(unet, vae, cfg.channels_last, cfg.compile_unet)
-    return TrainingSetup(tokenizer, text_encoder, vae, unet, parts.noise_scheduler, store, placeholder, token_id)
+    return TrainingSetup(tokenizer, text_encoder, vae, unet, parts.noise_scheduler, store, placeholder, token_ids[0],
+                         tokens, token_ids)
 
 
 def build_optimizer(cfg: DefectFillTrainConfig, unet, text_encoder, placeholder) -> torch.optim.Optimizer:
@@ -394,12 +400,35 @@ def build_optimizer(cfg: DefectFillTrainConfig, unet, text_encoder, placeholder)
 
 def tokenize_prompts(tokenizer, cfg: DefectFillTrainConfig, token_id: int) -> tuple[torch.Tensor, int]:
     """(ids of [defect prompt, object prompt], position of [V*] in the defect prompt), tokenised once."""
-    defect_prompt, object_prompt = cfg.prompts()
-    prompt_ids = tokenizer([defect_prompt, object_prompt], padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    token_index = token_position(prompt_ids[0], token_id)
-    token_position(prompt_ids[1], token_id)
-    return prompt_ids, token_index
+    table, token_index = tokenize_prompt_table(tokenizer, cfg, [cfg.placeholder_token], [token_id])
+    return table[0], token_index
+
+
+def tokenize_prompt_table(tokenizer, cfg: DefectFillTrainConfig, tokens: list[str],
+                          token_ids: list[int]) -> tuple[torch.Tensor, int]:
+    """(N, 2, L) ids of [defect prompt, object prompt] per token, and the position of the token in the
+    defect prompt (the attention loss's index, the same for every token)."""
+    rows, index = [], None
+    for token, token_id in zip(tokens, token_ids):
+        ids = tokenizer(list(cfg.prompts(token)), padding="max_length", truncation=True,
+                        max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        at = token_position(ids[0], token_id)
+        token_position(ids[1], token_id)
+        if index is not None and at != index:
+            raise ConfigError(f"token {token} sits at position {at} of the defect prompt, {tokens[0]} at {index}: "
+                              "every per-type token must be one token at the same place")
+        index = at
+        rows.append(ids)
+    return torch.stack(rows), index
+
+
+def batch_prompt_ids(table: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
+    """The prompt ids `compute_losses` takes: the two shared prompts (2, L) when ``rows`` is None, else
+    one row per UNet sample (2B, L): the defect prompt of each sample's token, then its object prompt."""
+    if rows is None:
+        return table[0]
+    index = torch.tensor(rows, device=table.device)
+    return torch.cat([table[index, 0], table[index, 1]])
 
 
 def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_dir: Path | None,
@@ -418,9 +447,10 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
         torch.backends.cuda.matmul.allow_tf32 = True
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    setup = prepare_models(cfg, model, accelerator.device, weight_dtype)
+    setup = prepare_models(cfg, model, accelerator.device, weight_dtype,
+                           list(cfg.tokens_by_type(dataset.defect_types).values()) or None)
     tokenizer, text_encoder, vae, unet = setup.tokenizer, setup.text_encoder, setup.vae, setup.unet
-    store, placeholder, token_id, noise_scheduler = setup.store, setup.placeholder, setup.token_id, setup.noise_scheduler
+    store, placeholder, noise_scheduler = setup.store, setup.placeholder, setup.noise_scheduler
     optimizer = build_optimizer(cfg, unet, text_encoder, placeholder)
     n_proc = accelerator.num_processes
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
@@ -429,9 +459,13 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
     models = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
 
-    defect_prompt, object_prompt = cfg.prompts()
-    prompt_ids, token_index = tokenize_prompts(tokenizer, cfg, token_id)
-    prompt_ids = prompt_ids.to(accelerator.device)
+    tokens_by_type = cfg.tokens_by_type(dataset.defect_types)
+    tokens, token_ids = setup.tokens, setup.token_ids
+    defect_prompt, object_prompt = cfg.prompts(tokens[0])
+    prompt_table, token_index = tokenize_prompt_table(tokenizer, cfg, tokens, token_ids)
+    prompt_table = prompt_table.to(accelerator.device)
+    token_row = ({s.id: tokens.index(tokens_by_type[s.defect_type]) for s in dataset.samples}
+                 if tokens_by_type else None)
     sampler = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed, hflip=cfg.hflip, vflip=cfg.vflip)
     latent_cache = None
     if cfg.cache_reference_latents and sampler.whole_image_crops:
@@ -441,10 +475,12 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     metadata = {"base_model": cfg.model, "object_name": cfg.object_name, "defect_prompt": defect_prompt,
                 "object_prompt": object_prompt, "resolution": cfg.resolution, "crop_size": cfg.crop_size,
                 "defect_types": dataset.defect_types, "grayscale": dataset.grayscale, "data_dir": str(cfg.data_dir)}
+    if tokens_by_type:
+        metadata["tokens_by_type"] = tokens_by_type
+        metadata["defect_prompts_by_type"] = {t: cfg.prompts(tok)[0] for t, tok in tokens_by_type.items()}
 
     def write_lora(directory: Path) -> None:
-        save_defectfill_lora(directory, models["unet"], models["text_encoder"], cfg.placeholder_token,
-                             token_id, metadata)
+        save_defectfill_lora(directory, models["unet"], models["text_encoder"], tokens, token_ids, metadata)
 
     global_step = 0
     if resume_dir is not None:
@@ -476,6 +512,8 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
             for micro in range(accum):
                 batch = make_batch(sampler, cfg, global_step * accum + micro, accelerator.process_index)
                 with accelerator.accumulate(unet, text_encoder):
+                    prompt_ids = batch_prompt_ids(prompt_table, None if token_row is None else
+                                                  [token_row[i] for i in batch.ids])
                     out = compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids,
                                          token_index, batch, cfg, weight_dtype, latent_cache)
                     accelerator.backward(out["loss"])

@@ -165,11 +165,11 @@ class CountingSynth(DefectFillSynthesizer):
     calls: list = []
     fail_at_call: int | None = None
 
-    def candidates(self, window, window_mask, seeds):
+    def candidates(self, window, window_mask, seeds, prompt=None):
         CountingSynth.calls.append(len(seeds))
         if CountingSynth.fail_at_call is not None and len(CountingSynth.calls) == CountingSynth.fail_at_call:
             raise KeyboardInterrupt("simulated interruption")
-        return super().candidates(window, window_mask, seeds)
+        return super().candidates(window, window_mask, seeds, prompt)
 
 
 def test_candidates_are_batched_in_one_pipeline_call(lora_dir, clean_dir, tmp_path, monkeypatch):

@@ -38,39 +38,48 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, initializer: str 
 
 
 class PlaceholderEmbedding(torch.nn.Module):
-    """Token embedding whose rows for `token_id` come from one trainable vector.
+    """Token embedding whose rows for the placeholder token id(s) come from trainable vectors.
 
-    The table stays frozen, so optimiser state and checkpoints hold one row, not the table.
+    ``vector`` is one row (D,) for one token, one row per token (N, D) for several (a token per
+    defect type). The table stays frozen, so optimiser state and checkpoints hold those rows only.
     """
 
-    def __init__(self, base: torch.nn.Embedding, token_id: int):
+    def __init__(self, base: torch.nn.Embedding, token_ids: int | list[int]):
         super().__init__()
         self.base = base
-        self.token_id = token_id
-        self.vector = torch.nn.Parameter(base.weight[token_id].detach().clone().float())
+        self.token_ids = [token_ids] if isinstance(token_ids, int) else [int(t) for t in token_ids]
+        self.token_id = self.token_ids[0]
+        rows = base.weight[self.token_ids].detach().clone().float()
+        self.vector = torch.nn.Parameter(rows[0] if len(self.token_ids) == 1 else rows)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
+    def row(self, token_id: int) -> torch.Tensor:
+        """The trainable embedding of ``token_id``."""
+        return self.vector if self.vector.dim() == 1 else self.vector[self.token_ids.index(token_id)]
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeds = self.base(input_ids)
-        hit = (input_ids == self.token_id).unsqueeze(-1)
-        return torch.where(hit, self.vector.to(embeds.dtype), embeds)
+        rows = self.vector.reshape(len(self.token_ids), -1).to(embeds.dtype)
+        for i, token_id in enumerate(self.token_ids):
+            embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
+        return embeds
 
 
-def attach_placeholder_embedding(text_encoder, token_id: int) -> PlaceholderEmbedding:
+def attach_placeholder_embedding(text_encoder, token_ids: int | list[int]) -> PlaceholderEmbedding:
     """Swap the text encoder's token embedding for a `PlaceholderEmbedding` and return it."""
-    embedding = PlaceholderEmbedding(text_encoder.get_input_embeddings(), token_id)
+    embedding = PlaceholderEmbedding(text_encoder.get_input_embeddings(), token_ids)
     text_encoder.set_input_embeddings(embedding)
     return embedding
 
 
 def placeholder_vector(text_encoder, token_id: int) -> torch.Tensor:
-    """The current [V*] embedding, whether or not a `PlaceholderEmbedding` is attached."""
+    """The current embedding of a placeholder token, whether or not a `PlaceholderEmbedding` is attached."""
     embedding = text_encoder.get_input_embeddings()
     if isinstance(embedding, PlaceholderEmbedding):
-        return embedding.vector
+        return embedding.row(token_id)
     return embedding.weight[token_id]
 
 
@@ -101,9 +110,10 @@ def lora_state_dicts(unet, text_encoder) -> tuple[dict, dict]:
     return grab(unet), grab(text_encoder)
 
 
-def save_defectfill_lora(directory: str | os.PathLike, unet, text_encoder, token: str, token_id: int,
-                         metadata: dict) -> Path:
-    """Write a DefectFill LoRA folder (see module docstring) loadable by `load_defectfill_lora`."""
+def save_defectfill_lora(directory: str | os.PathLike, unet, text_encoder, token: str | list[str],
+                         token_id: int | list[int], metadata: dict) -> Path:
+    """Write a DefectFill LoRA folder (see module docstring) loadable by `load_defectfill_lora`; with
+    several tokens (a list each, in the same order) every one is saved, the first named ``token``."""
     from diffusers import StableDiffusionInpaintPipeline
 
     directory = Path(directory)
@@ -115,9 +125,11 @@ def save_defectfill_lora(directory: str | os.PathLike, unet, text_encoder, token
         text_encoder_lora_layers={k: v.detach().float().contiguous() for k, v in text_layers.items()} or None,
         safe_serialization=True,
     )
-    row = placeholder_vector(text_encoder, token_id).detach().float().cpu().clone()
-    save_file({token: row}, str(directory / EMBEDS_NAME))  # WEIGHTS_NAME is diffusers' default name
-    (directory / META_NAME).write_text(json.dumps({"token": token, **metadata}, indent=2, default=str))
+    tokens = [token] if isinstance(token, str) else list(token)
+    ids = [token_id] if isinstance(token_id, int) else list(token_id)
+    rows = {t: placeholder_vector(text_encoder, i).detach().float().cpu().clone() for t, i in zip(tokens, ids)}
+    save_file(rows, str(directory / EMBEDS_NAME))  # WEIGHTS_NAME is diffusers' default name
+    (directory / META_NAME).write_text(json.dumps({"token": tokens[0], **metadata}, indent=2, default=str))
     return directory
 
 
@@ -221,10 +233,26 @@ def check_lora_base(directory: str | os.PathLike, model: str, recorded_base: str
                          f"{recorded_base or 'another base'}: pass that model with --model")
 
 
+def lora_tokens(meta: dict) -> list[str]:
+    """The learned tokens of a LoRA folder's metadata: one per defect type (``tokens_by_type``) or the one."""
+    return list(dict.fromkeys((meta.get("tokens_by_type") or {}).values())) or [meta["token"]]
+
+
 def load_defectfill_lora(pipe, directory: str | os.PathLike) -> dict:
-    """Add the learned token and load the LoRA weights into a diffusers inpainting pipeline."""
+    """Add the learned token(s) and load the LoRA weights into a diffusers inpainting pipeline."""
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     meta = read_lora_metadata(directory)
-    pipe.load_textual_inversion(str(directory / EMBEDS_NAME), token=meta["token"])
+    tokens = lora_tokens(meta)
+    if len(tokens) == 1:
+        pipe.load_textual_inversion(str(directory / EMBEDS_NAME), token=tokens[0])
+    else:
+        rows = load_file(str(directory / EMBEDS_NAME))
+        missing = [t for t in tokens if t not in rows]
+        if missing:
+            raise ModelError(f"{directory / EMBEDS_NAME}: no embedding for token(s) {', '.join(missing)} named "
+                             f"in {META_NAME}; the LoRA folder is incomplete")
+        pipe.load_textual_inversion([{t: rows[t]} for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory))
     return meta
