@@ -587,6 +587,16 @@ def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait:
             ran += n
     announced = False
     while waiting and wait:
+        still = []  # units finished (or freed) since they were found held drop out before anything is said
+        for unit in waiting:
+            n = _try_unit(ctx, out, unit, since)
+            if n is None:
+                still.append(unit)
+            else:
+                ran += n
+        waiting = still
+        if not waiting:
+            break
         holders = [holder(out / "locks" / f"{u.name}.lock") for u in waiting]
         if all(h is not None and h[0] == "remote" for h in holders):
             break  # another host's processes: their liveness cannot be checked from here
@@ -595,14 +605,6 @@ def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait:
                  f"{', '.join(u.name for u in waiting[:6])}{' ...' if len(waiting) > 6 else ''}")
             announced = True
         time.sleep(WAIT_POLL_S)
-        still = []
-        for unit in waiting:
-            n = _try_unit(ctx, out, unit, since)
-            if n is None:
-                still.append(unit)
-            else:
-                ran += n
-        waiting = still
     return ran, [u.name for u in waiting]
 
 
