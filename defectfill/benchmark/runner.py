@@ -578,23 +578,21 @@ def _try_unit(ctx: Context, out: Path, unit: Unit, since: float) -> int | None:
 def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait: bool) -> tuple[int, list[str]]:
     """Run every unit this process can claim; then, with ``wait``, wait for the units live local processes
     hold (taking over those whose holder dies). Returns (cells run, units left to other processes)."""
-    ran, waiting = 0, []
-    for unit in units:
-        n = _try_unit(ctx, out, unit, since)
-        if n is None:
-            waiting.append(unit)
-        else:
-            ran += n
-    announced = False
-    while waiting and wait:
-        still = []  # units finished (or freed) since they were found held drop out before anything is said
-        for unit in waiting:
+    def one_pass(todo: list[Unit]) -> tuple[int, list[Unit]]:
+        ran, held = 0, []
+        for unit in todo:
             n = _try_unit(ctx, out, unit, since)
             if n is None:
-                still.append(unit)
+                held.append(unit)
             else:
                 ran += n
-        waiting = still
+        return ran, held
+
+    ran, waiting = one_pass(units)
+    announced = False
+    while waiting and wait:
+        n, waiting = one_pass(waiting)  # units finished (or freed) since they were found held drop out first
+        ran += n
         if not waiting:
             break
         holders = [holder(out / "locks" / f"{u.name}.lock") for u in waiting]
