@@ -447,8 +447,8 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
         torch.backends.cuda.matmul.allow_tf32 = True
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    setup = prepare_models(cfg, model, accelerator.device, weight_dtype,
-                           list(cfg.tokens_by_type(dataset.defect_types).values()) or None)
+    tokens_by_type = cfg.tokens_by_type(dataset.defect_types)
+    setup = prepare_models(cfg, model, accelerator.device, weight_dtype, list(tokens_by_type.values()) or None)
     tokenizer, text_encoder, vae, unet = setup.tokenizer, setup.text_encoder, setup.vae, setup.unet
     store, placeholder, noise_scheduler = setup.store, setup.placeholder, setup.noise_scheduler
     optimizer = build_optimizer(cfg, unet, text_encoder, placeholder)
@@ -459,7 +459,6 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
     models = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
 
-    tokens_by_type = cfg.tokens_by_type(dataset.defect_types)
     tokens, token_ids = setup.tokens, setup.token_ids
     defect_prompt, object_prompt = cfg.prompts(tokens[0])
     prompt_table, token_index = tokenize_prompt_table(tokenizer, cfg, tokens, token_ids)
