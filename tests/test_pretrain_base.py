@@ -162,6 +162,41 @@ def test_defectfill_fine_tunes_on_the_base(tiny_base, tiny_data, tmp_path):
     assert code == 0 and (out / "lora" / "defectfill_lora.json").is_file()
 
 
+def _weights(folder: Path, part: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(next((folder / part).glob("*.safetensors"))))
+
+
+def test_init_from_starts_at_the_given_base(tiny_base, tiny_data, tmp_path):
+    # no steps: the written base is the init base, weight for weight (EMA included), scaling factor kept
+    out = tmp_path / "copy"
+    pretrain_base(PretrainBaseConfig(data_dir=str(tiny_data), output_dir=str(out), init_from=str(tiny_base),
+                                     vae_steps=0, unet_steps=0, **TINY))
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = _weights(tiny_base, part), _weights(out, part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    sf = [json.loads((f / "vae" / "config.json").read_text())["scaling_factor"] for f in (tiny_base, out)]
+    assert sf[0] == sf[1]
+    # a few UNet steps at another crop scale move the UNet away from the init, and not the frozen VAE
+    tuned = tmp_path / "tuned"
+    pretrain_base(PretrainBaseConfig(data_dir=str(tiny_data), output_dir=str(tuned), init_from=str(tiny_base),
+                                     vae_steps=0, unet_steps=3, **{**TINY, "crop_size": 16}))
+    a, b = _weights(tiny_base, "unet"), _weights(tuned, "unet")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    a, b = _weights(tiny_base, "vae"), _weights(tuned, "vae")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_checks_the_folder_and_the_architecture(tiny_base, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="init_from: .*missing model_index.json"):
+        pretrain_base(PretrainBaseConfig(data_dir=str(tiny_data), output_dir=str(tmp_path / "a"),
+                                         init_from=str(tmp_path), **TINY))
+    with pytest.raises(ConfigError, match=r"init_from: .*unet does not match"):
+        pretrain_base(PretrainBaseConfig(data_dir=str(tiny_data), output_dir=str(tmp_path / "b"),
+                                         init_from=str(tiny_base), **{**TINY, "unet_channels": [32, 96]}))
+
+
 # ---- the shipped base ----
 
 def test_the_shipped_base_is_present_small_and_beats_telea():

@@ -131,6 +131,13 @@ def param_counts(model_dir: Path) -> dict[str, float]:
     return out
 
 
+def compared_bases(cfg) -> list[str]:
+    """The other bases a card measures on its crops: ``card_compare``, else the base it started from."""
+    listed = list(getattr(cfg, "card_compare", None) or [])
+    init = getattr(cfg, "init_from", None)
+    return listed or ([init] if init else [])
+
+
 def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mean_of: int = 4) -> Path:
     """Measure the base in ``model_dir`` (trained with ``cfg``, a PretrainBaseConfig) and write
     ``model_card.json``, ``model_card.md`` and ``model_card.png`` beside it."""
@@ -149,6 +156,8 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
     samples = [base_fill(pipe, gray, masks, cfg.card_steps, seed) for seed in range(mean_of)]
     fills["base (1 sample)"] = samples[0]
     fills[f"base (mean of {mean_of})"] = np.clip(np.rint(np.mean(samples, 0)), 0, 255).astype(np.uint8)
+    for other in compared_bases(cfg):
+        fills[f"{Path(other).name} (1 sample)"] = base_fill(load_base(Path(other)), gray, masks, cfg.card_steps, 0)
     extractor = load_features("efficientnet-lite0")
     metrics = {}
     for name, filled in fills.items():
@@ -157,8 +166,9 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
                          "frechet_lite0": dist["frechet_distance"], "kid_lite0": dist["kid_mean"]}
     sizes = {p.parent.name: p.stat().st_size for p in model_dir.glob("*/*.safetensors")}
     card = {
-        "model": str(model_dir), "what": "small SD-style inpainting pipeline trained from scratch on fabric "
-        "(NOT Stable Diffusion 2)", "data": str(data), "eval_images": where, "eval_ids": used,
+        "model": str(model_dir), "what": "small SD-style inpainting pipeline trained on fabric "
+        + (f"starting from the base in {cfg.init_from}" if getattr(cfg, "init_from", None) else "from scratch")
+        + " (NOT Stable Diffusion 2)", "data": str(data), "eval_images": where, "eval_ids": used,
         "held_out_ids": len(held), "train_ids": len(train_ids), "crops": len(gray), "crop_size": cfg.crop_size,
         "resolution": cfg.resolution, "mask_fraction_mean": float(masks.mean()),
         "vae_psnr_db": vae_psnr(pipe.vae, gray), "inpainting": metrics, "ddim_steps": cfg.card_steps,

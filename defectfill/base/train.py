@@ -50,6 +50,9 @@ class PretrainBaseConfig:
     text_hidden: int = 64
     text_layers: int = 2
     prediction_type: str = "v_prediction"
+    # a base pipeline folder whose VAE, UNet and text encoder weights start the run (fine-tuning an
+    # existing base, e.g. at another crop scale); the architecture fields above must match it
+    init_from: str | None = None
     # phase 1: VAE
     vae_steps: int = 1000
     vae_batch_size: int = 16
@@ -72,6 +75,8 @@ class PretrainBaseConfig:
     # model card
     card_crops: int = 48
     card_steps: int = 25
+    # other bases the card measures on the same crops (default: init_from, when given)
+    card_compare: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.resolution % 8 or self.resolution <= 0:
@@ -211,6 +216,36 @@ def check_data(cfg: PretrainBaseConfig) -> tuple[Path, set[str], set[str]]:
     return data, all_ids - held, held
 
 
+def check_init_from(folder: str) -> Path:
+    """``init_from`` as a base pipeline folder (``model_index.json`` + vae/unet/text_encoder), else ConfigError."""
+    path = Path(folder).expanduser()
+    missing = [p for p in ("model_index.json", "vae", "unet", "text_encoder") if not (path / p).exists()]
+    if missing:
+        raise ConfigError(f"init_from: {path} is not a base pipeline folder (missing {', '.join(missing)})")
+    return path
+
+
+def load_init_weights(folder: Path, models: dict[str, torch.nn.Module]) -> float:
+    """Copy the VAE, UNet and text encoder weights of the base in ``folder`` into ``models`` (strict: a
+    different architecture is a ConfigError naming the part); returns the base's VAE scaling factor."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    loaders = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "text_encoder": CLIPTextModel}
+    scaling = 1.0
+    for part, cls in loaders.items():
+        src = cls.from_pretrained(folder, subfolder=part)
+        try:
+            models[part].load_state_dict(src.state_dict(), strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise ConfigError(f"init_from: {folder / part} does not match this config's architecture "
+                              f"({first}); set the architecture fields to the base's") from None
+        if part == "vae":
+            scaling = float(src.config.scaling_factor)
+    return scaling
+
+
 def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool = False) -> Path:
     """Train (or resume) a base into ``cfg.output_dir``; returns the pipeline folder."""
     from accelerate import Accelerator
@@ -229,6 +264,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
         raise ConfigError("--output: the folder to write the base model to is required")
     out = Path(cfg.output_dir)
     data, train_ids, held = check_data(cfg)
+    init_from = check_init_from(cfg.init_from) if cfg.init_from else None
     if (out / "model_index.json").exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a finished base model; pass --overwrite to train it again")
     check_writable(out)
@@ -259,6 +295,9 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
         found = []
     meta = json.loads((found[-1] / "trainer_state.json").read_text()) if found else {"global_step": 0}
     step = int(meta["global_step"])
+    if init_from is not None and not found:
+        meta["scaling_factor"] = load_init_weights(init_from, models)
+        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
     write_run_info(run, asdict(cfg), cfg.seed, held_out_ids=sorted(held), train_images=len(images),
                    defect_shapes=len(shapes))
     metrics_path = run / "metrics.jsonl"
