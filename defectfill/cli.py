@@ -78,7 +78,11 @@ def _pretrain_base(args: argparse.Namespace) -> None:
     if not args.no_card:
         from defectfill.base.card import write_model_card
 
-        card = write_model_card(out, cfg)
+        command = " ".join(["defectfill pretrain-base"] + [f"--{k} {v}" for k, v in
+                                                           (("config", args.config), ("data", args.data),
+                                                            ("output", args.output)) if v]
+                           + [f"--set {o}" for o in args.overrides])
+        card = write_model_card(out, cfg, command=command)
         print(f"model card: {card}")
     print(f"base model: {out}")
 
