@@ -431,3 +431,18 @@ def test_verdict_summary_lines():
     assert lines[2] == "| main | gen | 15 | +0.020 [+0.010, +0.030] **better** | -0.010 [-0.050, +0.020] n.d. |"
     assert lines[3] == "| main | shade | 15 | -0.040 [-0.060, -0.020] **worse** | – |"
     assert verdict_summary([]) == []
+
+
+def test_comparison_pairs_add_stats_compare_to_the_default_rows():
+    from defectfill.benchmark.report import comparison_pairs
+
+    names = ["copy_paste", "defectfill", "defectfill_native", "noise_blob", "real_only", "shade"]
+    pairs = comparison_pairs(names, {"defectfill_native": ["defectfill", "copy_paste"], "ghost": ["shade"]})
+    expected_real = [(g, "real_only") for g in names if g != "real_only"]
+    assert pairs[:5] == expected_real
+    assert set(pairs[5:]) == {("copy_paste", "shade"), ("copy_paste", "noise_blob"),
+                              ("defectfill", "copy_paste"), ("defectfill", "shade"), ("defectfill", "noise_blob"),
+                              ("defectfill_native", "copy_paste"), ("defectfill_native", "shade"),
+                              ("defectfill_native", "noise_blob"), ("defectfill_native", "defectfill")}
+    assert len(pairs) == len(set(pairs))
+    assert comparison_pairs(["real_only", "shade"]) == [("shade", "real_only")]

@@ -269,6 +269,18 @@ def default_comparisons(generators: list[str]) -> dict[str, list[str]]:
             if g != REAL_ONLY and g not in CONTROLS}
 
 
+def comparison_pairs(names: list[str], compare: dict | None = None) -> list[tuple[str, str]]:
+    """(generator, baseline) pairs of a setting's ``names``: each generator vs real-only, then
+    :func:`default_comparisons` plus the extra pairs of ``compare`` (``stats.compare`` adds, it does not
+    replace), each pair once."""
+    pairs = [(g, REAL_ONLY) for g in names if g != REAL_ONLY and REAL_ONLY in names]
+    comp = default_comparisons(names)
+    for g, others in (compare or {}).items():
+        comp[g] = list(dict.fromkeys([*comp.get(g, []), *others]))
+    pairs += [(g, o) for g, others in comp.items() for o in others if g in names and o in names and g != o]
+    return list(dict.fromkeys(pairs))
+
+
 def _arms(cells: list[dict]) -> tuple[dict, dict]:
     """Each generator's largest count and its cells by (generator, setting, fold, seed)."""
     top: dict[str, int] = {}
@@ -360,9 +372,7 @@ def paired_rows(cells: list[dict], task: str = "segmenter", compare: dict | None
     for fam in sorted({family(c["setting"]) for c in cells}, key=lambda f: (f != MAIN, f)):
         top, arms = _arms([c for c in cells if family(c["setting"]) == fam])
         names = sorted(top)
-        pairs = [(g, REAL_ONLY) for g in names if g != REAL_ONLY and REAL_ONLY in top]
-        comp = compare if compare is not None else default_comparisons(names)
-        pairs += [(g, o) for g, others in comp.items() for o in others if g in top and o in top]
+        pairs = comparison_pairs(names, compare)
         for g, base in pairs:
             reps = _replicates(arms, g, base)
             if not reps:
