@@ -133,9 +133,7 @@ def param_counts(model_dir: Path) -> dict[str, float]:
 
 def compared_bases(cfg) -> list[str]:
     """The other bases a card measures on its crops: ``card_compare``, else the base it started from."""
-    listed = list(getattr(cfg, "card_compare", None) or [])
-    init = getattr(cfg, "init_from", None)
-    return listed or ([init] if init else [])
+    return list(cfg.card_compare) or ([cfg.init_from] if cfg.init_from else [])
 
 
 def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mean_of: int = 4) -> Path:
@@ -167,7 +165,7 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
     sizes = {p.parent.name: p.stat().st_size for p in model_dir.glob("*/*.safetensors")}
     card = {
         "model": str(model_dir), "what": "small SD-style inpainting pipeline trained on fabric "
-        + (f"starting from the base in {cfg.init_from}" if getattr(cfg, "init_from", None) else "from scratch")
+        + (f"starting from the base in {cfg.init_from}" if cfg.init_from else "from scratch")
         + " (NOT Stable Diffusion 2)", "data": str(data), "eval_images": where, "eval_ids": used,
         "held_out_ids": len(held), "train_ids": len(train_ids), "crops": len(gray), "crop_size": cfg.crop_size,
         "resolution": cfg.resolution, "mask_fraction_mean": float(masks.mean()),

@@ -286,7 +286,6 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     vae, unet, text_encoder, scheduler = parts["vae"], parts["unet"], parts["text_encoder"], parts["scheduler"]
     sync_token_ids(text_encoder, tokenizer)
     models = {"vae": vae, "unet": unet, "text_encoder": text_encoder}
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
     found = list_checkpoints(run) if resume else []
     if overwrite and found:
         import shutil
@@ -297,7 +296,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     step = int(meta["global_step"])
     if init_from is not None and not found:
         meta["scaling_factor"] = load_init_weights(init_from, models)
-        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)  # after init_from
     write_run_info(run, asdict(cfg), cfg.seed, held_out_ids=sorted(held), train_images=len(images),
                    defect_shapes=len(shapes))
     metrics_path = run / "metrics.jsonl"
