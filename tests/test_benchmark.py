@@ -285,14 +285,16 @@ def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
     tasks = {"aitex_quick": {"segmenter", "rtdetr", "openset"}, "aitex_cpu_holdout": {"segmenter", "openset"},
              "aitex_cpu_new_fabric": {"segmenter"}}.get(profile, {"segmenter"} if profile.startswith("aitex_cpu") else {"segmenter", "rtdetr"})
     assert {c.task for u in units for c in u.cells} == tasks
-    settings = {"aitex_cpu": {"main", "fewshot1", "fewshot3"} | {f"new_fabric_0{i}" for i in (0, 1, 2, 3, 4, 6)},
+    every_fabric = {f"new_fabric_0{i}" for i in (0, 1, 2, 3, 4, 6)}
+    settings = {"aitex_cpu": {"main", "fewshot1", "fewshot3"} | every_fabric,
+                "aitex_gpu": {"main", "fewshot1", "fewshot3"} | every_fabric,
                 "aitex_cpu_quick": {"main", "fewshot3"}, "aitex_cpu_holdout": {"main", "without_nep"},
                 "aitex_gpu_sd2": {"main", "new_fabric_02", "new_fabric_03", "without_nep"},
                 "aitex_quick": {"main", "without_broken_yarn"}}.get(profile, {"main", "new_fabric_02", "new_fabric_03"})
     assert {u.data for u in units} == settings
     if "openset" in tasks:  # only where a defect type is left out (the unknown class)
         assert {u.data for u in units if any(c.task == "openset" for c in u.cells)} == {f"without_{cfg.leave_out['defect_type']}"}
-    controls = {"shade", "noise_blob"} if profile in ("aitex_cpu", "aitex_cpu_quick") else set()
+    controls = {"shade", "noise_blob"} if profile in ("aitex_cpu", "aitex_cpu_quick", "aitex_gpu") else set()
     gans = {"dgt", "r3gan"} if profile == "aitex_quick" else {"multistage", "dgt"} if profile == "aitex_cpu_new_fabric" \
         else set() if profile == "aitex_cpu_quick" else {"multistage", "dgt", "r3gan"}
     assert {u.spec["class_path"] for u in units} == {"real_only", "copy_paste", "defectfill"} | controls | gans

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from defectfill.benchmark.executors import executor_config
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
 
@@ -70,6 +71,8 @@ class BenchmarkConfig:
     new_fabric: dict | None = None
     gallery_rows: int = 6
     device: str = "cpu"
+    # where units run (never what they compute): {kind: local} or {kind: ray, address: auto, num_gpus: 1}
+    executor: dict = field(default_factory=dict)
 
     def few_shot_settings(self) -> list[int]:
         """The few-shot sizes of the ``real_per_type`` axis (``all`` is the main setting)."""
@@ -168,6 +171,7 @@ class BenchmarkConfig:
             fraction = self.new_fabric.get("eval_good_fraction", 0.5)
             if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
                 raise ConfigError(f"new_fabric.eval_good_fraction must be in (0, 1), got {fraction!r}")
+        executor_config(self.executor)
         if not isinstance(self.stats, dict):
             raise ConfigError(f"stats: must be a mapping, got {self.stats!r}")
         if not isinstance(self.stats.get("resample_seeds", True), bool):

@@ -46,6 +46,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from defectfill.benchmark import executors
 from defectfill.benchmark import tasks as task_registry
 from defectfill.benchmark.config import (FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, TASKS,  # noqa: F401
                                          BenchmarkConfig, sub_config)
@@ -371,7 +372,7 @@ def runtime_record(cfg: BenchmarkConfig) -> dict:
 
     return {"torch_threads": torch.get_num_threads(), "threads_setting": cfg.threads,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-            "machine": platform.machine(), "processor_count": os.cpu_count()}
+            "machine": platform.machine(), "processor_count": os.cpu_count(), "host": HOST, "pid": os.getpid()}
 
 
 def _unit_data(ctx: Context, unit: Unit, seed: int) -> tuple[UnitData, dict]:
@@ -606,6 +607,27 @@ def _run_pending(ctx: Context, out: Path, units: list[Unit], since: float, wait:
     return ran, [u.name for u in waiting]
 
 
+def run_unit_named(cfg: BenchmarkConfig, unit_name: str, since: float, cwd: str | None = None) -> int | None:
+    """Run one unit of ``cfg``'s grid, named ``unit_name``, as a local process would: claim its lock and run its
+    missing cells (those that failed after ``since`` are not retried). Returns the cells run, or None when
+    another live process holds the unit. A plain function of picklable arguments: an executor's task
+    (``executors``). ``cwd``: the folder relative paths of ``cfg`` are read from (the driver's)."""
+    if cwd is not None:
+        os.chdir(cwd)
+    out = Path(cfg.output_dir)
+    units = {u.name: u for u in plan(cfg)}
+    if unit_name not in units:
+        raise ConfigError(f"unit {unit_name!r} is not in this benchmark's grid")
+    return _try_unit(Context(cfg, out), out, units[unit_name], since)
+
+
+def _lock_state(out: Path):
+    def state(unit: Unit) -> str | None:
+        held = holder(out / "locks" / f"{unit.name}.lock")
+        return held[0] if held else None
+    return state
+
+
 def _error_line(error_json: Path) -> str:
     try:
         text = str(json.loads(error_json.read_text()).get("error") or "unknown error")
@@ -661,7 +683,11 @@ def run_benchmark(cfg: BenchmarkConfig, wait: bool = True) -> dict:
             _log(f"removed {len(removed)} file(s) left by interrupted runs (e.g. {removed[0]})")
         if ctx is not None:
             _log(f"benchmark: {total} cells in {len(units)} units, {skipped} already done; output {out}")
-            ran, busy = _run_pending(ctx, out, pending, since, wait)
+            if executors.executor_config(cfg.executor).kind == "ray":
+                ran, busy = executors.run_ray(cfg, pending, since, wait, run_unit_named, _lock_state(out),
+                                              _stops_the_run, _log, WAIT_POLL_S)
+            else:
+                ran, busy = _run_pending(ctx, out, pending, since, wait)
             sweep(out)
         report = _write_report_once(out, cfg)
     status = grid_status(out, units)
@@ -699,10 +725,20 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished cells")
+    p.add_argument("--executor", choices=executors.EXECUTORS, default=None,
+                   help="where units run: local (this process; the default) or ray (one Ray task per unit)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to use with --executor ray (e.g. auto); default: start a local Ray")
     p.add_argument("--no-wait", action="store_true",
                    help="do not wait for the units other processes on this output folder are running")
     args = p.parse_args(argv)
     cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
+    if args.executor or args.ray_address:
+        if args.ray_address and (args.executor or cfg.executor.get("kind", "local")) != "ray":
+            raise ConfigError("--ray-address needs --executor ray")
+        cfg.executor = {**cfg.executor, **({"kind": args.executor} if args.executor else {}),
+                        **({"address": args.ray_address} if args.ray_address else {})}
+        executors.executor_config(cfg.executor)
     out = Path(cfg.output_dir)
     if args.report_only:
         from defectfill.benchmark.report import write_report
