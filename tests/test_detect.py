@@ -561,3 +561,45 @@ def test_build_class_names_turn_per_type_classes_on_and_caps_are_said(reference,
     assert detect_main(["build", "--reference", str(reference), "--out", str(uncapped), "--synthetic", str(synthetic),
                         "--set", "synthetic_fraction=null"]) == 0
     assert "synthetic tiles capped" not in capsys.readouterr().out
+
+
+_PHASES = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
+    from pathlib import Path
+    import yaml
+    from defectfill.benchmark.worker import detector_job
+    ref, syn, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    det = {"steps": 4, "synthetic_phase": 0.5, "imgsz": 64, "batch": 2, "mosaic": 0, "device": "cpu", "lr0": 1e-3}
+    result = detector_job({"pool_dir": ref, "val_ids": ["c"], "detector": det, "synthetic_dirs": [syn], "limit": None,
+                           "seed": 0, "work_dir": str(out), "evals": {}, "keep_dataset": True})
+    args = {p: yaml.safe_load((out / f"rtdetr_{p}" / "args.yaml").read_text()) for p in ("synthetic", "real")}
+    lists = {p: [Path(x).stem for x in (out / "dataset" / f"{p}.txt").read_text().split()] for p in ("synthetic", "real")}
+    print(json.dumps({"phases": result["phases"], "iterations": result["iterations"], "weights": result["weights"],
+                      "args": {p: {k: a[k] for k in ("model", "data", "epochs")} for p, a in args.items()},
+                      "lists": lists, "calls": calls}))
+""")
+
+
+def test_synthetic_pretraining_then_real_fine_tuning(reference, synthetic, tmp_path):
+    """detector.synthetic_phase 0.5: half the budget on synthetic + good tiles, then the rest on real + good
+    tiles from the first phase's last weights (what ultralytics recorded in each run's args.yaml)."""
+    from defectfill.detect.dataset import train_subset_yaml
+
+    out = tmp_path / "job"
+    res = _run_ultralytics(_PHASES, [str(reference), str(synthetic), str(out)], tmp_path, 300)
+    assert res["calls"] == []
+    train = tiles_in(out / "dataset", "train")
+    syn = {n for n in train if n.startswith("syn")}
+    good = {n for n in train if n.split("_x")[0] in GOOD}
+    real = {n for n in train if n.split("_x")[0] in DEFECTS}
+    assert syn and good and real and syn | good | real == train
+    assert set(res["lists"]["synthetic"]) == syn | good and set(res["lists"]["real"]) == real | good
+    assert [p["phase"] for p in res["phases"]] == ["synthetic", "real"]
+    assert [p["target_iterations"] for p in res["phases"]] == [2, 2]
+    assert [p["train_tiles"] for p in res["phases"]] == [len(syn | good), len(real | good)]
+    first_last = str(out / "rtdetr_synthetic" / "weights" / "last.pt")
+    assert res["args"]["real"]["model"] == first_last  # fine-tuned from the synthetic phase's weights
+    assert res["args"]["synthetic"]["data"] == str(out / "dataset" / "synthetic.yaml")
+    assert res["weights"].startswith(str(out / "rtdetr_real"))
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    with pytest.raises(DataError, match="no labelled train tile"):
+        train_subset_yaml(out / "dataset", manifest, ["good"], "background_only")

@@ -16,7 +16,10 @@ ALL = "all"
 TASKS = ("segmenter", "rtdetr", "openset")
 OPENSET = "openset"  # DFC open-set classification: only in the leave_out setting (the left-out type is the unknown)
 # class_path (or its short spelling kind) + init_args (or fit): the generator registry's YAML names
-GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts", "settings"})
+GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts", "settings",
+                            "downstream"})
+# a generator's ``downstream`` overrides these task settings for its own cells (e.g. synthetic pretraining)
+DOWNSTREAM_KEYS = ("segmenter", "detector")
 NEW_FABRIC_KEYS = frozenset({"targets", "generators", "tasks", "min_defects", "eval_good_fraction"})
 
 
@@ -74,6 +77,13 @@ class BenchmarkConfig:
     # where units run (never what they compute): {kind: local} or {kind: ray, address: auto, num_gpus: 1}
     executor: dict = field(default_factory=dict)
 
+    def task_settings(self, key: str, generator: str) -> dict:
+        """The ``segmenter`` or ``detector`` settings of ``generator``'s cells: the grid's, updated by the
+        generator's ``downstream.<key>`` (e.g. ``{synthetic_phase: 0.5}``: synthetic pretraining, then real
+        fine-tuning, at the grid's total budget)."""
+        spec = next((g for g in self.generators if g["name"] == generator), {})
+        return {**getattr(self, key), **((spec.get("downstream") or {}).get(key) or {})}
+
     def few_shot_settings(self) -> list[int]:
         """The few-shot sizes of the ``real_per_type`` axis (``all`` is the main setting)."""
         return sorted({int(k) for k in self.real_per_type if k != ALL})
@@ -123,9 +133,13 @@ class BenchmarkConfig:
                 if not counts:
                     raise ConfigError(f"generator {g['name']!r}: counts must be positive integers, got {g['counts']}")
                 _int_list(counts, f"generator {g['name']!r}: counts")
-            for key in ("init_args", "generate"):
+            for key in ("init_args", "generate", "downstream"):
                 if g.get(key) is not None and not isinstance(g[key], dict):
                     raise ConfigError(f"generator {g['name']!r}: {key} must be a mapping, got {g[key]!r}")
+            for key, value in (g.get("downstream") or {}).items():
+                if key not in DOWNSTREAM_KEYS or not isinstance(value, dict):
+                    raise ConfigError(f"generator {g['name']!r}: downstream.{key}: need a mapping under one of "
+                                      f"{', '.join(DOWNSTREAM_KEYS)}, got {value!r}")
             if "settings" in g and (not isinstance(g["settings"], list)
                                     or not all(isinstance(s, str) for s in g["settings"])):
                 raise ConfigError(f"generator {g['name']!r}: settings must be a list of setting names "

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from defectfill.config import load_config
@@ -126,14 +126,20 @@ def generator_job(job: dict) -> dict:
 def detector_job(job: dict) -> dict:
     """Build the dataset (real pool, its val ids, + the first ``limit`` synthetic samples), train for
     about ``steps`` batches (whole epochs: ``round(steps / batches_per_epoch)``, at least 1), evaluate
-    the LAST weights on every evaluation data.yaml."""
-    from defectfill.detect.dataset import build_detection_dataset
+    the LAST weights on every evaluation data.yaml.
+
+    ``synthetic_phase`` p < 1 with synthetic samples: synthetic pretraining, then real fine-tuning, at the
+    same total budget: about ``p * steps`` batches on the synthetic and good tiles only, then the rest on
+    the real and good tiles only, starting from the first phase's last weights (one dataset, one class
+    list, the same val split)."""
+    from defectfill.detect.dataset import build_detection_dataset, train_subset_yaml
     from defectfill.detect.rtdetr import DetectorConfig, evaluate_detector, read_backbone_record, train_detector
 
     work = Path(job["work_dir"])
     values = {**DETECTOR_DEFAULTS, **job["detector"]}
     steps = int(values.pop("steps"))
     values.pop("eval_good_tiles_per_image", None)
+    phase = float(values.pop("synthetic_phase", 1.0))
     cfg = load_config(DetectorConfig, **{k: v for k, v in values.items() if v is not None}, seed=job["seed"],
                       output_dir=str(work), name="rtdetr")
     if values.get("nbs") is None:
@@ -141,15 +147,32 @@ def detector_job(job: dict) -> dict:
     data_dir = work / "dataset"
     kwargs = cfg.dataset_kwargs()
     kwargs.pop("val_fraction")
+    if phase < 1:
+        kwargs["synthetic_fraction"] = None  # each phase trains on one kind: no mixing cap
     manifest = build_detection_dataset(job["pool_dir"], data_dir, synthetic_dirs=job["synthetic_dirs"],
                                        synthetic_limit=job.get("limit"), val_ids=job["val_ids"], **kwargs)
     n_train = manifest["splits"]["train"]["images"]
-    per_epoch = math.ceil(n_train / cfg.batch)
-    cfg.epochs = max(1, round(steps / per_epoch))
-    cfg.close_mosaic = min(cfg.close_mosaic, cfg.epochs // 2)
+    by_kind = manifest["splits"]["train"]["by_kind"]
+    if phase < 1 and by_kind.get("synthetic"):
+        plan = [("synthetic", ("synthetic", "good"), round(phase * steps)),
+                ("real", ("reference", "good"), steps - round(phase * steps))]
+    else:
+        plan = [("all", None, steps)]
     t0 = time.perf_counter()
-    best = train_detector(cfg, data_dir / "data.yaml")
-    weights = best.parent / "last.pt" if (best.parent / "last.pt").is_file() else best
+    phases, weights, iterations = [], None, 0
+    for name, kinds, phase_steps in plan:
+        data_yaml = data_dir / "data.yaml" if kinds is None else train_subset_yaml(data_dir, manifest, kinds, name)
+        tiles = n_train if kinds is None else sum(by_kind.get(k, 0) for k in kinds)
+        per_epoch = math.ceil(tiles / cfg.batch)
+        run = replace(cfg, epochs=max(1, round(phase_steps / per_epoch)), name=f"rtdetr_{name}" if kinds else "rtdetr")
+        run.close_mosaic = min(run.close_mosaic, run.epochs // 2)
+        if weights is not None:  # fine-tune the previous phase's model (its YAML keeps the backbone options)
+            run.model, run.backbone_pretrained, run.backbone_frozen = str(weights), None, None
+        best = train_detector(run, data_yaml)
+        weights = best.parent / "last.pt" if (best.parent / "last.pt").is_file() else best
+        iterations += run.epochs * per_epoch
+        phases.append({"phase": name, "train_kinds": list(kinds) if kinds else "all", "train_tiles": tiles,
+                       "epochs": run.epochs, "batches_per_epoch": per_epoch, "target_iterations": phase_steps})
     t1 = time.perf_counter()
     evaluations = {name: evaluate_detector(weights, path, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
                                            workers=0, config_dir=cfg.yolo_config_dir)
@@ -159,9 +182,11 @@ def detector_job(job: dict) -> dict:
     splits["synthetic_mix"] = manifest.get("synthetic_mix")
     if not job.get("keep_dataset", False):
         shutil.rmtree(data_dir, ignore_errors=True)
-    return {"config": asdict(cfg), "epochs": cfg.epochs, "batches_per_epoch": per_epoch,
-            "iterations": cfg.epochs * per_epoch, "target_iterations": steps, "train_tiles": n_train,
-            "splits": splits, "weights": str(weights), "backbone": read_backbone_record(best.parent.parent),
+    first = phases[0]
+    return {"config": asdict(cfg), "epochs": sum(p["epochs"] for p in phases),
+            "batches_per_epoch": first["batches_per_epoch"], "iterations": iterations, "target_iterations": steps,
+            "synthetic_phase": phase, "phases": phases, "train_tiles": n_train,
+            "splits": splits, "weights": str(weights), "backbone": read_backbone_record(weights.parent.parent),
             "train_seconds": t1 - t0,
             "eval_seconds": time.perf_counter() - t1, "evaluations": evaluations}
 

@@ -514,6 +514,24 @@ def build_detection_dataset(
     return manifest
 
 
+def train_subset_yaml(data_dir: str | os.PathLike, manifest: dict, kinds: Sequence[str], name: str) -> Path:
+    """A data.yaml beside ``data_dir/data.yaml`` (``<name>.yaml`` + ``<name>.txt``) whose train split lists only
+    the train tiles of ``kinds`` (``reference``, ``good``, ``synthetic``); val is the dataset's. For training in
+    phases on one built dataset, e.g. synthetic pretraining then real fine-tuning. DataError when no train
+    tile of those kinds has a box."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    rows = [r for r in manifest["tiles"] if r["split"] == "train" and r["kind"] in set(kinds)]
+    if not any(r["boxes"] for r in rows):
+        raise DataError(f"{data_dir}: no labelled train tile of kind {', '.join(kinds)} (nothing to train on)")
+    listing = data_dir / f"{name}.txt"
+    atomic_write_text(listing, "".join(f"{data_dir / 'train' / 'images' / (r['name'] + '.png')}\n" for r in rows))
+    data = yaml.safe_load((data_dir / "data.yaml").read_text())
+    data["train"] = str(listing)
+    path = data_dir / f"{name}.yaml"
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def build_eval_dataset(reference_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -> dict:
     """A held-out evaluation folder: :func:`build_detection_dataset` with ``val_fraction=1.0``.
 

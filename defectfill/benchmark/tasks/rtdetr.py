@@ -1,10 +1,15 @@
 """RT-DETR task (ultralytics, offline) in a child process: trained on the unit's real pool (its val ids
-as val) plus the first ``count`` synthetic samples for about ``detector.steps`` batches."""
+as val) plus the first ``count`` synthetic samples for about ``detector.steps`` batches; with
+``detector.synthetic_phase`` p < 1 (e.g. in a generator's ``downstream``), the first p of the budget on the
+synthetic samples alone, the rest on the real ones (``worker.detector_job``)."""
 
 from __future__ import annotations
 
 from defectfill.benchmark.tasks import Task, UnitData
 from defectfill.errors import ConfigError
+
+# detector settings the benchmark reads itself (the rest is DetectorConfig)
+BENCHMARK_KEYS = ("steps", "eval_good_tiles_per_image", "synthetic_phase")
 
 
 class RTDETRTask(Task):
@@ -14,22 +19,33 @@ class RTDETRTask(Task):
     recall = "recall"
 
     def check(self, cfg) -> None:
+        self._check(cfg.detector, "detector")
+        for g in cfg.generators:
+            if "detector" in (g.get("downstream") or {}):
+                self._check(cfg.task_settings("detector", g["name"]), f"generator {g['name']!r}: downstream.detector")
+
+    @staticmethod
+    def _check(values: dict, key: str) -> None:
         from defectfill.benchmark.config import sub_config
         from defectfill.detect.rtdetr import DetectorConfig
 
-        steps = cfg.detector.get("steps")
+        steps = values.get("steps")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"detector.steps: must be a positive integer, got {steps!r}")
-        eval_good = cfg.detector.get("eval_good_tiles_per_image")
+            raise ConfigError(f"{key}.steps: must be a positive integer, got {steps!r}")
+        eval_good = values.get("eval_good_tiles_per_image")
         if eval_good is not None and (isinstance(eval_good, bool) or not isinstance(eval_good, int) or eval_good < 0):
-            raise ConfigError(f"detector.eval_good_tiles_per_image: must be an integer >= 0, got {eval_good!r}")
-        det = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
-        sub_config(DetectorConfig, {k: v for k, v in det.items() if v is not None}, "detector")
+            raise ConfigError(f"{key}.eval_good_tiles_per_image: must be an integer >= 0, got {eval_good!r}")
+        phase = values.get("synthetic_phase", 1.0)
+        if isinstance(phase, bool) or not isinstance(phase, (int, float)) or not 0 < phase <= 1:
+            raise ConfigError(f"{key}.synthetic_phase: must be in (0, 1] (the share of steps trained on synthetic "
+                              f"samples before real fine-tuning; 1: mixed throughout), got {phase!r}")
+        det = {k: v for k, v in values.items() if k not in BENCHMARK_KEYS}
+        sub_config(DetectorConfig, {k: v for k, v in det.items() if v is not None}, key)
 
     def run(self, ctx, cell, data: UnitData) -> dict:
         from defectfill.benchmark.worker import run_job
 
-        det = dict(ctx.cfg.detector)
+        det = ctx.cfg.task_settings("detector", cell.generator)
         if cell.setting.startswith("split_long"):
             det["split_long"] = float(ctx.cfg.label_noise["split_long"])
         work = data.unit_dir / "det" / cell.name

@@ -26,13 +26,18 @@ class SegmenterTask(Task):
         from defectfill.downstream.segmenter import SegmenterConfig
 
         sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
+        for g in cfg.generators:
+            if "segmenter" in (g.get("downstream") or {}):
+                sub_config(SegmenterConfig, cfg.task_settings("segmenter", g["name"]),
+                           f"generator {g['name']!r}: downstream.segmenter")
 
     def run(self, ctx, cell, data: UnitData) -> dict:
         from defectfill.benchmark import stats
         from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
         from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
 
-        seg = SegmenterConfig(**{**asdict(load_config(SegmenterConfig, **ctx.cfg.segmenter)), "seed": cell.seed})
+        settings = ctx.cfg.task_settings("segmenter", cell.generator)
+        seg = SegmenterConfig(**{**asdict(load_config(SegmenterConfig, **settings)), "seed": cell.seed})
         if "train" not in data.cache:
             pool = images_from_reference(data.pool_dir, seg.in_channels)
             data.cache["train"] = [im for im in pool if im.source_id in data.train_ids]
