@@ -115,11 +115,11 @@ def run_ray(cfg, units: list, since: float, wait: bool, task: Callable, lock_sta
             kwargs["include_dashboard"] = False
         ray.init(address=exe.address, **kwargs)
     try:
-        remote = ray.remote(task).options(max_retries=0, **exe.resources(cfg.threads, profile_devices(cfg)))
+        resources = exe.resources(cfg.threads, profile_devices(cfg))
+        remote = ray.remote(task).options(max_retries=0, **resources)
         cwd = os.getcwd()
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
-        log(f"ray: {len(units)} unit(s) as tasks on {nodes} node(s), "
-            f"{exe.resources(cfg.threads, profile_devices(cfg))} each")
+        log(f"ray: {len(units)} unit(s) as tasks on {nodes} node(s), {resources} each")
         ran, waiting, todo = 0, [], list(units)
         while todo:
             refs = {remote.remote(cfg, u.name, since, cwd): u for u in todo}
