@@ -24,6 +24,15 @@ def test_with_key_and_choose():
     changed = sel.with_key(values, "segmenter.steps", 300)
     assert changed == {"segmenter": {"steps": 300, "size": 64}, "folds": 5} and values["segmenter"]["steps"] == 600
     assert sel.get_key(changed, "segmenter.steps") == 300 and sel.get_key(changed, "nothing.here") is None
+    gens = {"generators": [{"name": "a", "init_args": {"max_steps": 200}}, {"name": "b"}]}
+    assert sel.with_key(gens, "generators.b.init_args.max_steps", 800)["generators"] == [
+        {"name": "a", "init_args": {"max_steps": 200}}, {"name": "b", "init_args": {"max_steps": 800}}]
+    assert [g["init_args"]["max_steps"] for g in sel.with_key(gens, "generators.*.init_args.max_steps", 5)
+            ["generators"]] == [5, 5] and gens["generators"][0]["init_args"]["max_steps"] == 200
+    assert sel.get_key(gens, "generators.a.init_args.max_steps") == 200
+    assert sel.get_key(gens, "generators.b.init_args.max_steps") is None
+    with pytest.raises(ValueError, match="name a key inside"):
+        sel.with_key(gens, "generators.a", 1)
     assert sel.choose({300: 0.1, 600: 0.3, 1200: 0.3}) == 600  # ties: the first listed
     assert sel.choose({300: None, 600: 0.05}) == 600 and sel.choose({1: None}) is None
 
