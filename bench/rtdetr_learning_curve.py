@@ -61,6 +61,10 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", "--eval_every", type=int, default=100,
                    help="after the last --eval-at point, evaluate every this many iterations")
     p.add_argument("--eval-fraction", "--eval_fraction", type=float, default=0.3)
+    p.add_argument("--folds", type=int, default=None,
+                   help="cross-validated folds (the CV benchmark's, by source): evaluate on fold --fold instead of "
+                        "one --eval-fraction split")
+    p.add_argument("--fold", type=int, default=0)
     p.add_argument("--eval-split-seed", "--eval_split_seed", type=int, default=1234)
     p.add_argument("--val-fraction", "--val_fraction", type=float, default=0.25)
     p.add_argument("--eval-good-tiles-per-image", "--eval_good_tiles_per_image", type=int, default=2,
@@ -140,14 +144,16 @@ def prepare_data(args: argparse.Namespace, cfg, out: Path) -> dict:
     from defectfill.benchmark.runner import MAIN, BenchmarkConfig, Context, materialize
     from defectfill.detect.dataset import build_detection_dataset
 
-    bench = BenchmarkConfig(data_dir=args.data, eval_fraction=args.eval_fraction,
+    bench = BenchmarkConfig(data_dir=args.data, eval_fraction=args.eval_fraction, folds=args.folds or 1,
                             eval_split_seed=args.eval_split_seed, val_fraction=args.val_fraction,
                             output_dir=str(out), tasks=["rtdetr"],
                             detector={"tile": cfg.tile, "single_class": cfg.single_class,
-                                      "eval_good_tiles_per_image": args.eval_good_tiles_per_image or None})
+                                      "eval_good_tiles_per_image": args.eval_good_tiles_per_image or None,
+                                      "merge_gap": cfg.merge_gap, "min_box_side": cfg.min_box_side})
     bench.validate()
     ctx = Context(bench, out)
-    train_ids, val_ids = ctx.split(args.seed, MAIN)
+    fold = args.fold if args.folds else 0
+    train_ids, val_ids = ctx.split(args.seed, MAIN, fold)
     pool = materialize(ctx.data, train_ids | val_ids, out / "work" / f"s{args.seed}" / "pool")
     data_dir = out / "work" / f"s{args.seed}" / "dataset"
     if not (data_dir / "manifest.json").is_file() or not (data_dir / "data.yaml").is_file():
@@ -155,12 +161,12 @@ def prepare_data(args: argparse.Namespace, cfg, out: Path) -> dict:
         kwargs.pop("val_fraction")
         build_detection_dataset(pool, data_dir, val_ids=sorted(val_ids), **kwargs)
     manifest = json.loads((data_dir / "manifest.json").read_text())
-    eval_yaml = Path(ctx.eval_detection()["all"])
+    eval_yaml = Path(ctx.eval_detection(MAIN, fold)["all"])
     eval_manifest = json.loads((eval_yaml.parent / "manifest.json").read_text())
     summary = {k: {kk: v[kk] for kk in ("images", "labelled", "background", "boxes")}
                for k, v in manifest["splits"].items()}
     return {"train_yaml": str(data_dir / "data.yaml"), "eval_yaml": str(eval_yaml),
-            "eval_source": ctx.eval_source, "train_ids": sorted(train_ids), "val_ids": sorted(val_ids),
+            "eval_source": ctx.eval_source_for(fold), "train_ids": sorted(train_ids), "val_ids": sorted(val_ids),
             "splits": summary, "eval_tiles": {kk: eval_manifest["splits"]["val"][kk]
                                               for kk in ("images", "labelled", "background", "boxes")}}
 

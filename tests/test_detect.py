@@ -26,7 +26,11 @@ from defectfill.detect.dataset import (
     build_eval_dataset,
     split_by_source,
     box_fill_stats,
+    centred_tile_origins,
+    grow_box,
+    merged_components,
     split_component,
+    tile_boxes,
     tile_origins,
 )
 from defectfill.detect.report import write_report
@@ -216,6 +220,12 @@ def test_synthetic_fraction_caps_synthetic_tiles(reference, synthetic, tmp_path,
 
 def test_detector_config_synthetic_fraction():
     assert DetectorConfig().dataset_kwargs()["synthetic_fraction"] == 0.3
+    kw = DetectorConfig(merge_gap=8, min_box_side=16, centre_tiles=True).dataset_kwargs()
+    assert (kw["merge_gap"], kw["min_box_side"], kw["centre_tiles"]) == (8, 16, True)
+    with pytest.raises(ConfigError, match="merge_gap"):
+        DetectorConfig(merge_gap=-1).validate()
+    with pytest.raises(ConfigError, match="min_box_side"):
+        DetectorConfig(min_box_side=0).validate()
     DetectorConfig(synthetic_fraction=None).validate()
     with pytest.raises(ConfigError, match="synthetic_fraction"):
         DetectorConfig(synthetic_fraction=1.5).validate()
@@ -238,6 +248,46 @@ def test_split_long_and_min_box_area(reference, tmp_path):
     build_detection_dataset(reference, out, min_box_area=10)  # drops the 3x2 dot (area 6) only
     split = next(s for s in ("train", "val") if (out / s / "labels" / "b_x0744_y000.txt").exists())
     assert read_labels(out / split / "labels" / "b_x0744_y000.txt")[1] == [(6, 30, 11, 33)]
+
+
+def test_thin_defect_boxes_by_hand():
+    mask = np.zeros((64, 64), bool)
+    mask[10, 5:25] = True  # a 20x1 thread ...
+    mask[10, 30:40] = True  # ... broken by a 5 px gap (columns 25-29)
+    mask[50:52, 60:62] = True  # a 2x2 speck at the right edge
+    # gap 0: three components; a gap of 5 joins the thread's halves (pixels 6 apart: 5 background between)
+    assert [b for b, _ in merged_components(mask, 0)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
+    assert [b for b, _ in merged_components(mask, 4)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
+    joined = merged_components(mask, 5)
+    assert [b for b, _ in joined] == [(5, 10, 40, 11), (60, 50, 62, 52)]
+    assert joined[0][1].sum() == 30  # only the thread's own pixels, not the gap
+    # grown about the centre to 16 px; the speck is shifted back inside the 64 px tile
+    assert grow_box((5, 10, 40, 11), 16, 64, 64) == (5, 3, 40, 19)
+    assert grow_box((60, 50, 62, 52), 16, 64, 64) == (48, 43, 64, 59)
+    assert grow_box((0, 0, 3, 3), 100, 64, 32) == (0, 0, 64, 32)  # never larger than the tile
+    assert tile_boxes(mask, merge_gap=5, min_box_area=5, min_box_side=16) == [(5, 3, 40, 19)]  # speck: 4 px^2
+    assert tile_boxes(mask) == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]  # defaults unchanged
+    # defect-centred origins: centre (22, 10) and (61, 51) of a 128x512 image, clamped inside it
+    big = np.zeros((128, 512), bool)
+    big[10, 5:40] = True
+    big[100:102, 500:502] = True
+    assert centred_tile_origins(big, 64) == [(0, 0), (448, 64)]
+
+
+def test_centred_tiles_add_whole_defects_to_train_only(reference, tmp_path):
+    out = tmp_path / "centred"
+    manifest = build_detection_dataset(reference, out, centre_tiles=True, merge_gap=8, min_box_side=16,
+                                       val_ids=["c"])
+    assert (manifest["merge_gap"], manifest["min_box_side"], manifest["centre_tiles"]) == (8, 16, True)
+    # image a (1024 px): the 6x8 blob at 250-262 cut by the grid at x=256 gets a tile centred on its
+    # group; the three rectangles are >8 px apart, so three groups -> centres (105, 55), (256, 104), (400, 201)
+    train = tiles_in(out, "train")
+    assert {"a_x0000_y000", "a_x0128_y000", "a_x0272_y000", "a_x0256_y000"} <= train
+    _, boxes = read_labels(out / "train" / "labels" / "a_x0128_y000.txt")
+    assert boxes == [(120, 96, 136, 112), (172, 193, 256, 209)]  # the whole 12x8 blob and the line, grown to 16 px
+    # the val image c stays on the grid (no centred tile), its 4x3 speck grown to 16x16
+    assert tiles_in(out, "val") == {"c_x0256_y000", *(t for t in tiles_in(out, "val") if t.startswith("g"))}
+    assert read_labels(out / "val" / "labels" / "c_x0256_y000.txt")[1] == [(38, 0, 54, 16)]
 
 
 def test_split_and_tiling_helpers():

@@ -299,7 +299,8 @@ class Context:
         key = self._eval_key(data, fold)
         det = self.cfg.detector
         kw = dict(tile=det.get("tile", 256), single_class=det.get("single_class", True),
-                  good_tiles_per_image=det.get("eval_good_tiles_per_image"))
+                  good_tiles_per_image=det.get("eval_good_tiles_per_image"),
+                  merge_gap=det.get("merge_gap", 0), min_box_side=det.get("min_box_side", 1))  # the grid's boxes
         root = self.out / "work" / "eval_det" / f"{key[0]}-f{key[1]}"
         folders = {"all": (root / "all", None)}
         if key[0] == MAIN and self.left_out and "rtdetr" in self.cfg.leave_out.get("tasks", self.cfg.tasks):

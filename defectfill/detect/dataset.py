@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from scipy import ndimage
 
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.data.masks import mask_components
@@ -131,16 +132,84 @@ def split_component(box: Box, pixels: np.ndarray, max_aspect: float) -> list[Box
     return out
 
 
-def tile_boxes(mask: np.ndarray, split_long: float | None = None, min_box_area: int = 1) -> list[Box]:
-    """Boxes of the 8-connected components of a tile mask, optionally split (:func:`split_component`).
+def merged_components(mask: np.ndarray, merge_gap: int = 0) -> list[tuple[Box, np.ndarray]]:
+    """``(box, pixels)`` per group of 8-connected components lying within ``merge_gap`` px of each other.
 
-    Boxes with ``width * height < min_box_area`` are dropped (after splitting). Sorted by (y0, x0).
+    ``merge_gap=0``: the components themselves (:func:`mask_components`). Otherwise components are
+    grouped by the components of ``mask`` dilated by a ``(merge_gap + 1)`` px square (two pixels
+    ``merge_gap`` apart touch after it); each group's box and pixels are those of its ORIGINAL mask
+    pixels, so merging never grows a box beyond the defect. Sorted by (y0, x0).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if merge_gap <= 0:
+        return mask_components(mask)
+    grown = ndimage.binary_dilation(mask, structure=np.ones((merge_gap + 1, merge_gap + 1), dtype=bool))
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=int))
+    labels = np.where(mask, labels, 0)
+    out = []
+    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        pixels = labels[sl] == label
+        rows, cols = np.nonzero(pixels)
+        y0, x0 = sl[0].start + int(rows.min()), sl[1].start + int(cols.min())
+        y1, x1 = sl[0].start + int(rows.max()) + 1, sl[1].start + int(cols.max()) + 1
+        out.append(((x0, y0, x1, y1), labels[y0:y1, x0:x1] == label))
+    return sorted(out, key=lambda c: (c[0][1], c[0][0], c[0][2], c[0][3]))
+
+
+def grow_box(box: Box, min_side: int, width: int, height: int) -> Box:
+    """``box`` widened/heightened about its centre to at least ``min_side`` px, kept inside ``width`` x
+    ``height`` (shifted back in at an edge; never larger than the image). A side already that long is unchanged.
+    """
+    x0, y0, x1, y1 = box
+
+    def grow(a: int, b: int, limit: int) -> tuple[int, int]:
+        need = min(min_side, limit) - (b - a)
+        if need <= 0:
+            return a, b
+        a, b = a - need // 2, b + need - need // 2
+        shift = max(0, -a) - max(0, b - limit)
+        return a + shift, b + shift
+
+    x0, x1 = grow(x0, x1, width)
+    y0, y1 = grow(y0, y1, height)
+    return x0, y0, x1, y1
+
+
+def tile_boxes(mask: np.ndarray, split_long: float | None = None, min_box_area: int = 1, merge_gap: int = 0,
+               min_box_side: int = 1) -> list[Box]:
+    """The detector's boxes of a tile mask: one per 8-connected component, or per group of components
+    within ``merge_gap`` px (:func:`merged_components`), optionally split (:func:`split_component`).
+
+    Boxes with ``width * height < min_box_area`` (measured on the defect pixels) are dropped after
+    splitting; the rest grow to at least ``min_box_side`` px a side (:func:`grow_box`): a 1-3 px thread
+    otherwise makes a box whose IoU halves with a one-pixel shift. Sorted by (y0, x0).
     """
     boxes: list[Box] = []
-    for box, pixels in mask_components(mask):
+    for box, pixels in merged_components(mask, merge_gap):
         boxes += split_component(box, pixels, split_long) if split_long else [box]
     boxes = [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= min_box_area]
+    if min_box_side > 1:
+        h, w = np.asarray(mask).shape[:2]
+        boxes = [grow_box(b, min_box_side, w, h) for b in boxes]
     return sorted(boxes, key=lambda b: (b[1], b[0], b[2], b[3]))
+
+
+def centred_tile_origins(mask: np.ndarray, tile: int, merge_gap: int = 0) -> list[tuple[int, int]]:
+    """Tile origins ``(x0, y0)`` centred on each defect (group) of a whole-image ``mask``, clamped inside it.
+
+    Defect-centred sampling for training: a defect cut by a fixed grid leaves fragment boxes at the tile
+    edges; a tile centred on it holds it whole when it fits. One origin per group
+    (:func:`merged_components`), duplicates removed, sorted. The mask must be at least ``tile`` a side
+    (letterbox first).
+    """
+    h, w = mask.shape[:2]
+    out = set()
+    for (x0, y0, x1, y1), _ in merged_components(mask, merge_gap):
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        out.add((min(max(0, cx - tile // 2), w - tile), min(max(0, cy - tile // 2), h - tile)))
+    return sorted(out, key=lambda o: (o[1], o[0]))
 
 
 def box_fill_stats(masks: Iterable[np.ndarray], tile: int = 256, split_long: float | None = None,
@@ -244,9 +313,10 @@ class _TileWriter:
     """Writes tiles + YOLO labels into ``<root>/<split>/{images,labels}`` and keeps the manifest records."""
 
     def __init__(self, root: Path, class_names: list[str], tile: int, split_long: float | None,
-                 min_box_area: int):
+                 min_box_area: int, merge_gap: int = 0, min_box_side: int = 1, centre_train: bool = False):
         self.root, self.class_names, self.tile = root, class_names, tile
         self.split_long, self.min_box_area = split_long, min_box_area
+        self.merge_gap, self.min_box_side, self.centre_train = merge_gap, min_box_side, centre_train
         self.records: list[dict] = []
         self.dropped = {"tiles_without_defect": 0, "tiles_only_small_boxes": 0}
 
@@ -264,13 +334,22 @@ class _TileWriter:
 
     def add_defect_image(self, split: str, source: str, stem: str, image: np.ndarray, mask: np.ndarray,
                          class_id: int, kind: str) -> int:
-        """Tile a defect image; keep tiles with defect pixels and at least one box. Returns tiles kept."""
+        """Tile a defect image (the grid, plus train tiles centred on its defects with ``centre_train``); keep
+        tiles with defect pixels and at least one box. Returns tiles kept."""
         kept = 0
-        for x0, y0, img, msk in iter_tiles(image, mask, self.tile):
+        if self.centre_train and split == "train":
+            image, mask, _ = letterbox(image, mask, self.tile)
+            t = self.tile
+            grid = {(x0, y0) for y0 in tile_origins(mask.shape[0], t) for x0 in tile_origins(mask.shape[1], t)}
+            origins = sorted(grid | set(centred_tile_origins(mask, t, self.merge_gap)), key=lambda o: (o[1], o[0]))
+            tiles = [(x0, y0, image[y0:y0 + t, x0:x0 + t], mask[y0:y0 + t, x0:x0 + t]) for x0, y0 in origins]
+        else:
+            tiles = iter_tiles(image, mask, self.tile)
+        for x0, y0, img, msk in tiles:
             if not msk.any():
                 self.dropped["tiles_without_defect"] += 1
                 continue
-            boxes = tile_boxes(msk, self.split_long, self.min_box_area)
+            boxes = tile_boxes(msk, self.split_long, self.min_box_area, self.merge_gap, self.min_box_side)
             if not boxes:
                 self.dropped["tiles_only_small_boxes"] += 1
                 continue
@@ -422,6 +501,9 @@ def build_detection_dataset(
     synthetic_limit: int | None = None,
     val_ids: Sequence[str] | None = None,
     synthetic_fraction: float | None = 0.3,
+    merge_gap: int = 0,
+    min_box_side: int = 1,
+    centre_tiles: bool = False,
 ) -> dict:
     """Build a tiled YOLO dataset under ``out_dir`` (replaced atomically); return the manifest dict.
 
@@ -442,6 +524,11 @@ def build_detection_dataset(
     labelled training tiles; None or 1: no cap, 0: no synthetic tile. Synthetic tiles are always
     labelled (box-less ones are never written), so the cap counts all of them. The manifest's
     ``synthetic_mix`` records the counts before/after the cap and the fraction achieved.
+    Boxes for thin defects: ``merge_gap`` px joins nearby components into one box, ``min_box_side`` grows
+    every box to at least that side (:func:`tile_boxes`); an evaluation folder must be built with the same
+    values as the training set. ``centre_tiles``: TRAIN defect images (reference and synthetic) also get a tile
+    centred on each defect (:func:`centred_tile_origins`) besides the grid's: a small defect is then seen
+    whole at least once; val and evaluation tiles stay on the grid.
     """
     if tile < 32:
         raise ValueError(f"tile must be >= 32, got {tile}")
@@ -449,6 +536,8 @@ def build_detection_dataset(
         raise ValueError(f"split_long must be >= 1 (an aspect ratio), got {split_long}")
     if min_box_area < 1:
         raise ValueError(f"min_box_area must be >= 1, got {min_box_area}")
+    if merge_gap < 0 or min_box_side < 1:
+        raise ValueError(f"merge_gap must be >= 0 and min_box_side >= 1, got {merge_gap} and {min_box_side}")
     synthetic_cap(0, synthetic_fraction)  # validates the fraction
     eval_only = val_fraction == 1
     if eval_only and synthetic_dirs:
@@ -473,7 +562,7 @@ def build_detection_dataset(
         return 0 if single_class else names.index(defect_type)
 
     with atomic_directory(out_dir) as tmp:
-        writer = _TileWriter(tmp, names, tile, split_long, min_box_area)
+        writer = _TileWriter(tmp, names, tile, split_long, min_box_area, merge_gap, min_box_side, centre_tiles)
         for s in ref.samples:
             split = "val" if s.id in val_ids else "train"
             writer.add_defect_image(split, s.id, s.id, s.image, s.mask, cls(s.defect_type), "reference")
@@ -498,7 +587,8 @@ def build_detection_dataset(
         manifest = {
             "role": "eval" if eval_only else "train", "reference_dir": str(Path(reference_dir).resolve()),
             "tile": tile, "class_names": names, "single_class": single_class, "val_fraction": val_fraction,
-            "seed": seed, "split_long": split_long, "min_box_area": min_box_area, "include_good": include_good,
+            "seed": seed, "split_long": split_long, "min_box_area": min_box_area,
+            "merge_gap": merge_gap, "min_box_side": min_box_side, "centre_tiles": centre_tiles, "include_good": include_good,
             "good_tiles_per_image": good_tiles_per_image, "defect_types": _as_list(defect_types),
             "synthetic_limit": synthetic_limit, "synthetic_mix": mix,
             "splits": _summary(writer.records, names), "dropped": writer.dropped,

@@ -65,6 +65,9 @@ class DetectorConfig:
     val_fraction: float = 0.25
     split_long: float | None = None
     min_box_area: int = 1
+    merge_gap: int = 0  # px: components this close make one box
+    min_box_side: int = 1  # px: every box grows to at least this side (thin threads)
+    centre_tiles: bool = False  # train defect images also get a tile centred on each defect
     include_good: bool = True
     good_tiles_per_image: int | None = None
     defect_types: list[str] | None = None
@@ -102,11 +105,13 @@ class DetectorConfig:
 
     def validate(self) -> None:
         """ConfigError naming the first bad value."""
-        for key in ("epochs", "imgsz", "batch", "nbs", "tile", "min_box_area"):
+        for key in ("epochs", "imgsz", "batch", "nbs", "tile", "min_box_area", "min_box_side"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.tile < 32:
             raise ConfigError(f"tile must be >= 32, got {self.tile}")
+        if self.merge_gap < 0:
+            raise ConfigError(f"merge_gap must be >= 0, got {self.merge_gap}")
         if self.split_long is not None and self.split_long < 1:
             raise ConfigError(f"split_long must be >= 1 (an aspect ratio) or null, got {self.split_long}")
         if self.good_tiles_per_image is not None and self.good_tiles_per_image < 1:
@@ -130,7 +135,8 @@ class DetectorConfig:
     def dataset_kwargs(self) -> dict:
         """Keyword arguments for :func:`defectfill.detect.dataset.build_detection_dataset`."""
         keys = ("tile", "single_class", "val_fraction", "split_long", "min_box_area", "include_good",
-                "good_tiles_per_image", "defect_types", "seed", "synthetic_fraction")
+                "good_tiles_per_image", "defect_types", "seed", "synthetic_fraction", "merge_gap", "min_box_side",
+                "centre_tiles")
         return {k: getattr(self, k) for k in keys}
 
 
