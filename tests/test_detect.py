@@ -482,6 +482,35 @@ _BACKBONE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
 """)
 
 
+_CACHE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
+    import torch
+    from defectfill.detect.backbone import find_backbone
+    from defectfill.detect.rtdetr import DetectorConfig, train_args, train_detector
+    data, out = sys.argv[1], sys.argv[2]
+    result = {}
+    for name, cache in (("cached", True), ("plain", False)):
+        cfg = DetectorConfig(model="configs/rtdetr/rtdetr_lite0_fast.yaml", epochs=3, imgsz=64, batch=2, nbs=2,
+                             workers=0, mosaic=0, device="cpu", lr0=1e-3, output_dir=out, name=name,
+                             cache_backbone=cache)
+        if not cache:  # the same augmentations as the cached run, computed without a cache
+            cfg.train_args = {k: v for k, v in train_args(DetectorConfig(mosaic=0, cache_backbone=True), data).items()
+                              if k in ("scale", "translate", "hsv_h", "hsv_s", "hsv_v")}
+        weights = train_detector(cfg, data)
+        ckpt = torch.load(weights.parent / "last.pt", map_location="cpu", weights_only=False)
+        model = ckpt.get("ema") or ckpt["model"]
+        result[name] = {"record": json.loads((weights.parent.parent / "backbone.json").read_text()),
+                        "ckpt_cache": find_backbone(model)[1].feature_cache,
+                        "head": {k: v.float() for k, v in model.model[-1].state_dict().items()}}
+    diff = max(float((result["cached"]["head"][k] - result["plain"]["head"][k]).abs().max())
+               for k in result["plain"]["head"])
+    size = max(float(v.abs().max()) for v in result["plain"]["head"].values())
+    print(json.dumps({"calls": calls, "cached": result["cached"]["record"].get("feature_cache"),
+                      "plain": result["plain"]["record"].get("feature_cache"),
+                      "ckpt_cache": [result[n]["ckpt_cache"] for n in ("cached", "plain")],
+                      "head_diff": diff, "head_size": size}))
+""")
+
+
 def _run_ultralytics(code: str, args: list[str], tmp_path: Path, timeout: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS"))}
     env.update(YOLO_CONFIG_DIR=str(tmp_path / "yolo-config"), MPLCONFIGDIR=str(tmp_path / "mpl"),
@@ -523,6 +552,43 @@ def test_pretrained_backbone_survives_train_rebuild_and_stays_frozen(reference, 
     assert unfrozen["record"]["end"]["max_abs_change_in_training"] > 0
     random = res["random"]  # the explicit option: a RANDOM backbone, named so
     assert random["pretrained"] is False and "RANDOM" in random["name"] and random["max_abs_diff_to_package"] > 0.01
+
+
+def test_feature_cache_matches_the_backbone_and_counts():
+    import torch
+
+    from defectfill.detect.backbone import EfficientNetLite0, FeatureCache
+
+    layer = EfficientNetLite0(pretrained=False, frozen=True)
+    a, b = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).unbind(0)[0], torch.zeros(3, 64, 64)
+    batch = torch.stack([a, b, a])
+    direct = layer(batch)
+    layer.feature_cache = FeatureCache()
+    first = layer(batch)
+    assert layer.feature_cache.info() == {"hits": 1, "misses": 2, "entries": 2}  # a repeats inside the batch
+    second = layer(torch.stack([b, torch.flip(a, dims=[2])]))
+    assert layer.feature_cache.info() == {"hits": 2, "misses": 3, "entries": 3}  # a flipped image is new
+    for f, d in zip(first, direct):
+        assert f.shape == d.shape and torch.allclose(f, d, atol=1e-5)
+    assert torch.allclose(second[0][0], direct[0][1], atol=1e-5)
+    assert "feature_cache" not in layer.__getstate__()
+    with pytest.raises(ConfigError, match="cache_backbone needs mosaic: 0"):
+        DetectorConfig(cache_backbone=True).validate()
+    DetectorConfig(cache_backbone=True, mosaic=0).validate()
+
+
+def test_cached_backbone_trains_like_the_plain_one(reference, tmp_path):
+    out = tmp_path / "det"
+    manifest = build_detection_dataset(reference, out, val_fraction=0.5, single_class=True)
+    res = _run_ultralytics(_CACHE, [str(out / "data.yaml"), str(tmp_path / "runs")], tmp_path, 300)
+    assert res["calls"] == [] and res["plain"] is None
+    n = manifest["splits"]["train"]["images"]
+    # every train tile passes once per epoch; flips make at most 4 distinct inputs of each, computed once
+    assert res["cached"]["hits"] + res["cached"]["misses"] == 3 * n
+    assert res["cached"]["misses"] == res["cached"]["entries"] <= min(4, 3) * n and res["cached"]["hits"] > 0
+    assert res["ckpt_cache"] == [None, None]  # the saved model never carries the cache
+    # the same training up to float rounding (a sub-batch through the backbone rounds differently)
+    assert res["head_diff"] <= 1e-3 * res["head_size"]
 
 
 def test_tiny_training_end_to_end(reference, tmp_path):

@@ -23,6 +23,7 @@ Checkpoints (ultralytics' pickled ``.pt``) store this class by its import path, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class EfficientNetLite0(nn.Module):
     The ImageNet head (conv_head, bn2, classifier) is dropped: the detector never uses it.
     """
 
+    feature_cache: FeatureCache | None = None  # set on the trained model only (enable_feature_cache)
+
     def __init__(self, pretrained: bool = True, frozen: bool = True) -> None:
         super().__init__()
         self.body = Backbone(pretrained=bool(pretrained), levels=LEVELS, frozen=bool(frozen))
@@ -54,7 +57,74 @@ class EfficientNetLite0(nn.Module):
         self.pretrained, self.frozen, self.name = bool(pretrained), bool(frozen), self.body.name
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.body(x)
+        if self.feature_cache is None:
+            return self.body(x)
+        return self.feature_cache(x, self.body)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("feature_cache", None)  # never pickled into a checkpoint or copied into the EMA
+        return state
+
+
+class FeatureCache:
+    """The frozen backbone's features per distinct input image, computed once.
+
+    A frozen backbone (eval-mode BatchNorm, no gradient) maps an image to the same features every epoch, so
+    with augmentations that only flip (no mosaic, scaling, translation or colour jitter) a training set of N
+    tiles shows the backbone at most 4N distinct inputs. Keys are a digest of each image's bytes; a batch
+    runs the backbone on its misses only. ``hits``/``misses`` count images.
+    """
+
+    def __init__(self) -> None:
+        self.store: dict[bytes, list[torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(image: torch.Tensor) -> bytes:
+        return hashlib.blake2b(image.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).digest()
+
+    def __call__(self, x: torch.Tensor, body: nn.Module) -> list[torch.Tensor]:
+        keys = [self.key(img) for img in x]
+        todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self.store}.values())[::-1]
+        if todo:
+            with torch.no_grad():
+                feats = body(x[todo])
+            for j, i in enumerate(todo):
+                self.store[keys[i]] = [f[j].clone() for f in feats]
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        return [torch.stack([self.store[k][level] for k in keys]) for level in range(len(LEVELS))]
+
+    def info(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self.store)}
+
+
+def feature_cache_callbacks() -> dict:
+    """ultralytics callbacks that give the TRAINED model's frozen backbone a :class:`FeatureCache` at the start
+    of training and drop it at the end (the EMA copy and checkpoints never hold one), recording its counts in
+    ``backbone.json`` (key ``feature_cache``). ModelError when the backbone is missing or not frozen."""
+    state: dict[str, Any] = {}
+
+    def on_train_start(trainer) -> None:
+        found = find_backbone(trainer.model)
+        if found is None or not found[1].frozen:
+            raise ModelError("cache_backbone needs the model's EfficientNet-Lite0 layer, frozen")
+        state["layer"] = found[1]
+        found[1].feature_cache = FeatureCache()
+
+    def on_train_end(trainer) -> None:
+        layer = state.get("layer")
+        if layer is None or layer.feature_cache is None:
+            return
+        info = layer.feature_cache.info()
+        layer.feature_cache = None
+        path = Path(trainer.save_dir) / INFO_FILE
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record["feature_cache"] = info
+        path.write_text(json.dumps(record, indent=1) + "\n")
+
+    return {"on_train_start": on_train_start, "on_train_end": on_train_end}
 
 
 def register() -> None:

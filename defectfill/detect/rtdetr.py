@@ -95,6 +95,9 @@ class DetectorConfig:
     workers: int = 4
     amp: bool = False  # always off on CPU; on GPU ultralytics' AMP check wants to download a model
     cache: bool = False
+    # frozen backbone's features computed once per distinct image; needs mosaic 0 and turns off the other
+    # input-changing augmentations (scale, translate, colour); flips stay (see detect.backbone.FeatureCache)
+    cache_backbone: bool = False
     train_args: dict | None = None  # any other ultralytics train argument, passed through
     # evaluation
     conf: float = 0.001
@@ -128,6 +131,10 @@ class DetectorConfig:
             raise ConfigError(f"lr0 must be positive, got {self.lr0}")
         if self.optimizer.lower() not in {o.lower() for o in OPTIMIZERS}:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.cache_backbone and (self.mosaic > 0 or self.backbone_frozen is False):
+            raise ConfigError("cache_backbone needs mosaic: 0 and a frozen backbone (a cached feature is only "
+                              f"valid for the same input image), got mosaic {self.mosaic}, backbone_frozen "
+                              f"{self.backbone_frozen}")
         for key in ("backbone_pretrained", "backbone_frozen"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"{key} must be true, false or null, got {getattr(self, key)!r}")
@@ -249,6 +256,9 @@ def train_args(cfg: DetectorConfig, data_yaml: str | os.PathLike) -> dict:
         "project": str(Path(cfg.output_dir).expanduser().resolve()), "name": cfg.name, "exist_ok": True,
         "plots": False, "val": True, "verbose": False,
     }
+    if cfg.cache_backbone:  # inputs must repeat exactly for cached features: flips only
+        args.update(scale=0.0, translate=0.0, degrees=0.0, shear=0.0, perspective=0.0, hsv_h=0.0, hsv_s=0.0,
+                    hsv_v=0.0, mixup=0.0, cutmix=0.0, copy_paste=0.0)
     return {**args, **(cfg.train_args or {})}
 
 
@@ -269,7 +279,7 @@ def train_detector(cfg: DetectorConfig, data_yaml: str | os.PathLike,
     run_dir = Path(args["project"]) / cfg.name
     model = model_for_run(cfg, run_dir)
     rtdetr = _import_rtdetr(cfg.yolo_config_dir)(model)
-    from defectfill.detect.backbone import INFO_FILE, backbone_callbacks, frozen_layers
+    from defectfill.detect.backbone import INFO_FILE, backbone_callbacks, feature_cache_callbacks, frozen_layers
 
     frozen = frozen_layers(rtdetr.model.yaml)  # the trainer's `freeze` is what keeps them frozen
     if frozen:
@@ -279,6 +289,11 @@ def train_detector(cfg: DetectorConfig, data_yaml: str | os.PathLike,
     (run_dir / INFO_FILE).unlink(missing_ok=True)  # never report a previous run's backbone
     for event, fn in backbone_callbacks(from_yaml=Path(model).suffix != ".pt").items():
         rtdetr.add_callback(event, fn)
+    if cfg.cache_backbone:
+        if not frozen:
+            raise ConfigError(f"cache_backbone: {model} has no frozen EfficientNet-Lite0 layer")
+        for event, fn in feature_cache_callbacks().items():
+            rtdetr.add_callback(event, fn)
     for event, fn in (callbacks or {}).items():
         rtdetr.add_callback(event, fn)
     rtdetr.train(**args)
