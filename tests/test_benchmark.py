@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -271,7 +272,7 @@ def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
 
 
 @pytest.mark.parametrize("profile", ["aitex_quick", "aitex_cpu", "aitex_cpu_quick", "aitex_cpu_holdout",
-                                     "aitex_cpu_new_fabric", "aitex_gpu", "aitex_gpu_sd2"])
+                                     "aitex_cpu_new_fabric", "aitex_cpu_rtdetr", "aitex_gpu", "aitex_gpu_sd2"])
 def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
     from defectfill.config import GenerateConfig
     from defectfill.detect.rtdetr import DetectorConfig
@@ -283,20 +284,22 @@ def test_profiles_load_and_every_sub_config_is_valid(profile, tmp_path):
         pytest.skip(f"{profile}: new_fabric targets 'all' are read from {cfg.data_dir}/manifest.csv (absent)")
     units = plan(cfg)
     tasks = {"aitex_quick": {"segmenter", "rtdetr", "openset"}, "aitex_cpu_holdout": {"segmenter", "openset"},
-             "aitex_cpu_new_fabric": {"segmenter"}}.get(profile, {"segmenter"} if profile.startswith("aitex_cpu") else {"segmenter", "rtdetr"})
+             "aitex_cpu_new_fabric": {"segmenter"}, "aitex_cpu_rtdetr": {"rtdetr"}}.get(profile, {"segmenter"} if profile.startswith("aitex_cpu") else {"segmenter", "rtdetr"})
     assert {c.task for u in units for c in u.cells} == tasks
     every_fabric = {f"new_fabric_0{i}" for i in (0, 1, 2, 3, 4, 6)}
     settings = {"aitex_cpu": {"main", "fewshot1", "fewshot3"} | every_fabric,
                 "aitex_gpu": {"main", "fewshot1", "fewshot3"} | every_fabric,
                 "aitex_cpu_quick": {"main", "fewshot3"}, "aitex_cpu_holdout": {"main", "without_nep"},
+                "aitex_cpu_rtdetr": {"main"},
                 "aitex_gpu_sd2": {"main", "new_fabric_02", "new_fabric_03", "without_nep"},
                 "aitex_quick": {"main", "without_broken_yarn"}}.get(profile, {"main", "new_fabric_02", "new_fabric_03"})
     assert {u.data for u in units} == settings
     if "openset" in tasks:  # only where a defect type is left out (the unknown class)
         assert {u.data for u in units if any(c.task == "openset" for c in u.cells)} == {f"without_{cfg.leave_out['defect_type']}"}
-    controls = {"shade", "noise_blob"} if profile in ("aitex_cpu", "aitex_cpu_quick", "aitex_gpu") else set()
+    controls = {"shade", "noise_blob"} if profile in ("aitex_cpu", "aitex_cpu_quick", "aitex_cpu_rtdetr", "aitex_gpu") \
+        else set()
     gans = {"dgt", "r3gan"} if profile == "aitex_quick" else {"multistage", "dgt"} if profile == "aitex_cpu_new_fabric" \
-        else set() if profile == "aitex_cpu_quick" else {"multistage", "dgt", "r3gan"}
+        else set() if profile in ("aitex_cpu_quick", "aitex_cpu_rtdetr") else {"multistage", "dgt", "r3gan"}
     assert {u.spec["class_path"] for u in units} == {"real_only", "copy_paste", "defectfill"} | controls | gans
     load_config(SegmenterConfig, **cfg.segmenter)
     detector = {k: v for k, v in cfg.detector.items() if k not in ("steps", "eval_good_tiles_per_image")}
@@ -329,3 +332,32 @@ def test_job_peak_memory_is_the_jobs_own(tmp_path):
             "a = np.ones(200 * 2**20 // 8); print(own_peak_rss_kib())")
     peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 200 * 1024 < peak < 390 * 1024
+
+
+def test_detection_evaluation_folders_use_the_grids_box_rule(woven_root, tmp_path):
+    from defectfill.benchmark.runner import MAIN, Context
+    from defectfill.data.masks import mask_components
+    from defectfill.detect.dataset import iter_tiles
+
+    def folder(detector):
+        cfg = load_config(BenchmarkConfig, data_dir=str(woven_root), folds=2, val_fraction=0.25, tasks=["rtdetr"],
+                          output_dir=str(tmp_path / str(len(detector))), detector={"steps": 1, **detector},
+                          generators=[{"name": "real_only", "class_path": "real_only"}], seeds=[0, 1])
+        ctx = Context(cfg, Path(cfg.output_dir))
+        data_yaml = Path(ctx.eval_detection(MAIN, 0)["all"])
+        return ctx, json.loads((data_yaml.parent / "manifest.json").read_text())
+
+    ctx, plain = folder({})
+    _, grown = folder({"merge_gap": 8, "min_box_side": 16, "min_box_area": 50})
+    assert (plain["merge_gap"], plain["min_box_side"]) == (0, 1) and (grown["merge_gap"], grown["min_box_side"]) == (8, 16)
+    assert grown["min_box_area"] == 1  # evaluation keeps every defect, however small
+    boxes = [b for r in grown["tiles"] for b in r["boxes"]]
+    assert boxes and all(b[2] - b[0] >= 16 and b[3] - b[1] >= 16 for b in boxes)
+    # independently: the plain folder's boxes are the components of the evaluation masks, tile by tile
+    expected = 0
+    for mask_path in sorted((ctx.eval_dir_for(0) / "masks").glob("*.png")):
+        mask = np.asarray(Image.open(mask_path).convert("L")) >= 128
+        for _, _, _, m in iter_tiles(np.zeros(mask.shape, np.uint8), mask, 256):
+            expected += len(mask_components(m))
+    assert sum(len(r["boxes"]) for r in plain["tiles"]) == expected
+    assert sum(len(r["boxes"]) for r in grown["tiles"]) <= expected  # merged, never more
