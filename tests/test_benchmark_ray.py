@@ -84,3 +84,33 @@ def test_executor_settings_are_checked(tmp_path, capsys):
     profile.write_text(f"data_dir: {tmp_path}\nseeds: [0, 1]\n")
     assert benchmark_main(["--config", str(profile), "--ray-address", "auto"]) == 2
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_cluster_of_two_nodes_by_address(woven_root, tmp_path, monkeypatch):
+    """A two-node Ray cluster (two raylets on this machine, 1 CPU each) joined by address, as on several
+    machines: the driver connects with --ray-address, units run on both nodes, cells equal a local run's."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_worker_niceness", "0")
+    local, remote = tmp_path / "local", tmp_path / "cluster"
+    assert benchmark_main(["--config", str(_profile(tmp_path, woven_root, local))]) == 0
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        address = cluster.address
+        assert benchmark_main(["--config", str(_profile(tmp_path, woven_root, remote)), "--executor", "ray",
+                               "--ray-address", address]) == 0
+        node_ids = {n.node_id for n in cluster.list_all_nodes()}
+    finally:
+        cluster.shutdown()
+    a, b = _cells(local), _cells(remote)
+    assert sorted(a) == sorted(b) and len(a) == 8
+    for name in a:
+        assert _scores(b[name]) == _scores(a[name]), name
+    # two units at a time on two 1-CPU nodes: both nodes ran cells; local cells name no Ray node
+    assert {c["runtime"]["ray_node"] for c in b.values()} == node_ids and len(node_ids) == 2
+    assert {c["runtime"]["ray_node"] for c in a.values()} == {None}
+    config = json.loads((remote / "benchmark_config.json").read_text())["config"]["executor"]
+    assert config == {"kind": "ray", "address": address}

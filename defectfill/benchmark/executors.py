@@ -16,6 +16,7 @@ output folder at the same paths (a shared file system) and have the same Python 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,14 @@ def _task_error(exc: BaseException) -> BaseException:
     """The exception a Ray task raised (Ray wraps it), or ``exc`` itself."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on when it is a Ray worker (None otherwise; never imports Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def run_ray(cfg, units: list, since: float, wait: bool, task: Callable, lock_state: Callable,

@@ -373,7 +373,8 @@ def runtime_record(cfg: BenchmarkConfig) -> dict:
 
     return {"torch_threads": torch.get_num_threads(), "threads_setting": cfg.threads,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-            "machine": platform.machine(), "processor_count": os.cpu_count(), "host": HOST, "pid": os.getpid()}
+            "machine": platform.machine(), "processor_count": os.cpu_count(), "host": HOST, "pid": os.getpid(),
+            "ray_node": executors.ray_node_id()}
 
 
 def _unit_data(ctx: Context, unit: Unit, seed: int) -> tuple[UnitData, dict]:
