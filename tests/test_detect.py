@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from defectfill.data.masks import mask_to_boxes
+from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.detect.dataset import (
     PAD_VALUE,
     build_detection_dataset,
@@ -28,7 +28,6 @@ from defectfill.detect.dataset import (
     box_fill_stats,
     centred_tile_origins,
     grow_box,
-    merged_components,
     split_component,
     tile_boxes,
     tile_origins,
@@ -256,9 +255,9 @@ def test_thin_defect_boxes_by_hand():
     mask[10, 30:40] = True  # ... broken by a 5 px gap (columns 25-29)
     mask[50:52, 60:62] = True  # a 2x2 speck at the right edge
     # gap 0: three components; a gap of 5 joins the thread's halves (pixels 6 apart: 5 background between)
-    assert [b for b, _ in merged_components(mask, 0)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
-    assert [b for b, _ in merged_components(mask, 4)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
-    joined = merged_components(mask, 5)
+    assert [b for b, _ in mask_components(mask, merge_gap=0)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
+    assert [b for b, _ in mask_components(mask, merge_gap=4)] == [(5, 10, 25, 11), (30, 10, 40, 11), (60, 50, 62, 52)]
+    joined = mask_components(mask, merge_gap=5)
     assert [b for b, _ in joined] == [(5, 10, 40, 11), (60, 50, 62, 52)]
     assert joined[0][1].sum() == 30  # only the thread's own pixels, not the gap
     # grown about the centre to 16 px; the speck is shifted back inside the 64 px tile

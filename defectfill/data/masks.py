@@ -69,13 +69,23 @@ def random_box_masks(
     return torch.from_numpy(masks[:, None].astype(np.float32))
 
 
-def mask_components(mask: np.ndarray, min_area: int = 1) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+def mask_components(mask: np.ndarray, min_area: int = 1,
+                    merge_gap: int = 0) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """``(box, pixels)`` per 8-connected component of ``mask`` with ``>= min_area`` pixels.
 
     ``box`` is ``(x0, y0, x1, y1)`` with exclusive x1/y1; ``pixels`` is a bool array of the box's
     size holding only that component (not neighbours poking into the box). Sorted by (y0, x0).
+    ``merge_gap > 0``: components within that many px of each other count as one (grouped by the
+    components of ``mask`` dilated by a ``merge_gap + 1`` px square); box and pixels stay those of the
+    original mask pixels, so merging never grows a box beyond the defect.
     """
-    labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
+    mask = np.asarray(mask, dtype=bool)
+    eight = np.ones((3, 3), dtype=int)
+    if merge_gap > 0:
+        grown = ndimage.binary_dilation(mask, structure=np.ones((merge_gap + 1, merge_gap + 1), dtype=bool))
+        labels = np.where(mask, ndimage.label(grown, structure=eight)[0], 0)
+    else:
+        labels, _ = ndimage.label(mask, structure=eight)
     out = []
     for label, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
-from scipy import ndimage
 
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.data.masks import mask_components
@@ -88,16 +87,21 @@ def letterbox(image: np.ndarray, mask: np.ndarray, tile: int) -> tuple[np.ndarra
     return image, np.pad(mask, spec, constant_values=False), (ox, oy)
 
 
-def iter_tiles(image: np.ndarray, mask: np.ndarray, tile: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+def iter_tiles(image: np.ndarray, mask: np.ndarray, tile: int,
+               centred_gap: int | None = None) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """``(x0, y0, image_tile, mask_tile)`` over the (letterboxed) image, row by row.
 
     ``x0``/``y0`` are in letterboxed coordinates (equal to the source's when no padding was needed).
+    ``centred_gap`` not None: also a tile centred on each defect (:func:`centred_tile_origins` with that
+    ``merge_gap``), origins shared with the grid counted once.
     """
     image, mask, _ = letterbox(image, mask, tile)
     h, w = mask.shape
-    for y0 in tile_origins(h, tile):
-        for x0 in tile_origins(w, tile):
-            yield x0, y0, image[y0:y0 + tile, x0:x0 + tile], mask[y0:y0 + tile, x0:x0 + tile]
+    origins = [(x0, y0) for y0 in tile_origins(h, tile) for x0 in tile_origins(w, tile)]
+    if centred_gap is not None:
+        origins = sorted({*origins, *centred_tile_origins(mask, tile, centred_gap)}, key=lambda o: (o[1], o[0]))
+    for x0, y0 in origins:
+        yield x0, y0, image[y0:y0 + tile, x0:x0 + tile], mask[y0:y0 + tile, x0:x0 + tile]
 
 
 def split_component(box: Box, pixels: np.ndarray, max_aspect: float) -> list[Box]:
@@ -132,32 +136,6 @@ def split_component(box: Box, pixels: np.ndarray, max_aspect: float) -> list[Box
     return out
 
 
-def merged_components(mask: np.ndarray, merge_gap: int = 0) -> list[tuple[Box, np.ndarray]]:
-    """``(box, pixels)`` per group of 8-connected components lying within ``merge_gap`` px of each other.
-
-    ``merge_gap=0``: the components themselves (:func:`mask_components`). Otherwise components are
-    grouped by the components of ``mask`` dilated by a ``(merge_gap + 1)`` px square (two pixels
-    ``merge_gap`` apart touch after it); each group's box and pixels are those of its ORIGINAL mask
-    pixels, so merging never grows a box beyond the defect. Sorted by (y0, x0).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if merge_gap <= 0:
-        return mask_components(mask)
-    grown = ndimage.binary_dilation(mask, structure=np.ones((merge_gap + 1, merge_gap + 1), dtype=bool))
-    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=int))
-    labels = np.where(mask, labels, 0)
-    out = []
-    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        pixels = labels[sl] == label
-        rows, cols = np.nonzero(pixels)
-        y0, x0 = sl[0].start + int(rows.min()), sl[1].start + int(cols.min())
-        y1, x1 = sl[0].start + int(rows.max()) + 1, sl[1].start + int(cols.max()) + 1
-        out.append(((x0, y0, x1, y1), labels[y0:y1, x0:x1] == label))
-    return sorted(out, key=lambda c: (c[0][1], c[0][0], c[0][2], c[0][3]))
-
-
 def grow_box(box: Box, min_side: int, width: int, height: int) -> Box:
     """``box`` widened/heightened about its centre to at least ``min_side`` px, kept inside ``width`` x
     ``height`` (shifted back in at an edge; never larger than the image). A side already that long is unchanged.
@@ -180,14 +158,14 @@ def grow_box(box: Box, min_side: int, width: int, height: int) -> Box:
 def tile_boxes(mask: np.ndarray, split_long: float | None = None, min_box_area: int = 1, merge_gap: int = 0,
                min_box_side: int = 1) -> list[Box]:
     """The detector's boxes of a tile mask: one per 8-connected component, or per group of components
-    within ``merge_gap`` px (:func:`merged_components`), optionally split (:func:`split_component`).
+    within ``merge_gap`` px (:func:`defectfill.data.masks.mask_components`), optionally split (:func:`split_component`).
 
     Boxes with ``width * height < min_box_area`` (measured on the defect pixels) are dropped after
     splitting; the rest grow to at least ``min_box_side`` px a side (:func:`grow_box`): a 1-3 px thread
     otherwise makes a box whose IoU halves with a one-pixel shift. Sorted by (y0, x0).
     """
     boxes: list[Box] = []
-    for box, pixels in merged_components(mask, merge_gap):
+    for box, pixels in mask_components(mask, merge_gap=merge_gap):
         boxes += split_component(box, pixels, split_long) if split_long else [box]
     boxes = [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= min_box_area]
     if min_box_side > 1:
@@ -201,12 +179,12 @@ def centred_tile_origins(mask: np.ndarray, tile: int, merge_gap: int = 0) -> lis
 
     Defect-centred sampling for training: a defect cut by a fixed grid leaves fragment boxes at the tile
     edges; a tile centred on it holds it whole when it fits. One origin per group
-    (:func:`merged_components`), duplicates removed, sorted. The mask must be at least ``tile`` a side
+    (:func:`defectfill.data.masks.mask_components`), duplicates removed, sorted. The mask must be at least ``tile`` a side
     (letterbox first).
     """
     h, w = mask.shape[:2]
     out = set()
-    for (x0, y0, x1, y1), _ in merged_components(mask, merge_gap):
+    for (x0, y0, x1, y1), _ in mask_components(mask, merge_gap=merge_gap):
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
         out.add((min(max(0, cx - tile // 2), w - tile), min(max(0, cy - tile // 2), h - tile)))
     return sorted(out, key=lambda o: (o[1], o[0]))
@@ -337,15 +315,8 @@ class _TileWriter:
         """Tile a defect image (the grid, plus train tiles centred on its defects with ``centre_train``); keep
         tiles with defect pixels and at least one box. Returns tiles kept."""
         kept = 0
-        if self.centre_train and split == "train":
-            image, mask, _ = letterbox(image, mask, self.tile)
-            t = self.tile
-            grid = {(x0, y0) for y0 in tile_origins(mask.shape[0], t) for x0 in tile_origins(mask.shape[1], t)}
-            origins = sorted(grid | set(centred_tile_origins(mask, t, self.merge_gap)), key=lambda o: (o[1], o[0]))
-            tiles = [(x0, y0, image[y0:y0 + t, x0:x0 + t], mask[y0:y0 + t, x0:x0 + t]) for x0, y0 in origins]
-        else:
-            tiles = iter_tiles(image, mask, self.tile)
-        for x0, y0, img, msk in tiles:
+        centred = self.merge_gap if self.centre_train and split == "train" else None
+        for x0, y0, img, msk in iter_tiles(image, mask, self.tile, centred):
             if not msk.any():
                 self.dropped["tiles_without_defect"] += 1
                 continue
