@@ -15,18 +15,27 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from defectfill import losses
 from defectfill.config import DefectFillTrainConfig, config_fingerprint, config_to_dict, dump_config
 from defectfill.errors import ConfigError, check_writable, output_errors
 from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
+from defectfill.training_utils import (
+    CHECKPOINT_RE,
+    cast_training_params,
+    list_checkpoints,
+    load_trainable_state,
+    load_training_state,
+    prune_checkpoints,
+    resolve_resume,
+    save_training_state,
+    step_rng,
+    trainable_state,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _RESUMABLE_CHANGES = {"max_train_steps", "output_dir", "checkpointing_steps", "checkpoints_total_limit", "log_with",
                       "log_every", "data_dir", "model", "overwrite"}
 RESUME_HINT = "rerun with --resume_from_checkpoint latest to resume from the last complete checkpoint"
@@ -44,13 +53,6 @@ class Batch:
     generator: torch.Generator  # noise, timesteps and VAE sampling of this micro-step
     crop_keys: list | None = None  # one hashable key per crop when the crop is a function of it (latent caching)
     ids: list | None = None  # reference sample id of each crop
-
-
-def step_rng(seed: int, micro_step: int, process_index: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Independent numpy and torch generators for one micro-step of one process."""
-    seq = np.random.SeedSequence([seed, micro_step, process_index])
-    torch_seed = int(seq.spawn(1)[0].generate_state(1, dtype=np.uint64)[0] % (2**63))
-    return np.random.default_rng(seq), torch.Generator().manual_seed(torch_seed)
 
 
 def make_batch(sampler, cfg: DefectFillTrainConfig, micro_step: int, process_index: int) -> Batch:
@@ -154,91 +156,25 @@ def compute_losses(unet, text_encoder, vae, noise_scheduler, store, prompt_ids: 
     return {"loss": total, "loss_def": l_def, "loss_obj": l_obj, "loss_attn": l_attn}
 
 
-# ---- checkpoints: trainable tensors, optimiser and scheduler state; safetensors + JSON only ----
-
-def trainable_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": p.detach().float().cpu().contiguous()
-            for prefix, model in models.items() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(models: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], where: Path) -> None:
-    expected = trainable_state(models).keys()
-    if set(expected) != set(state):
-        raise ConfigError(f"{where}: trainable tensors do not match this config (LoRA rank or targets changed?)")
-    for prefix, model in models.items():
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for key, value in state.items():
-                if key.startswith(prefix + "."):
-                    params[key[len(prefix) + 1:]].copy_(value)
-
-
-def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items()
-               for k, v in s.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
+# ---- checkpoints: training_utils' one format + the LoRA export ----
 
 def save_checkpoint(directory: Path, models: dict, optimizer, lr_scheduler, global_step: int,
                     cfg: DefectFillTrainConfig, lora_writer) -> None:
     """Write `checkpoint-<step>` atomically: trainable tensors, optimiser, scheduler, LoRA export."""
-    with atomic_directory(directory) as tmp:
-        save_file(trainable_state(models), str(tmp / "trainable.safetensors"))
-        tensors, meta = optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {"global_step": global_step, "optimizer": meta, "lr_scheduler": lr_scheduler.state_dict(),
-                 "config": json.loads(config_fingerprint(cfg))}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-        lora_writer(tmp / "lora")
+    extra = {"lr_scheduler": lr_scheduler.state_dict(), "config": json.loads(config_fingerprint(cfg))}
+    save_training_state(directory, trainable_state(models), {"main": optimizer}, global_step, extra,
+                        writer=lambda tmp: lora_writer(tmp / "lora"))
 
 
 def load_checkpoint(directory: Path, models: dict, optimizer, lr_scheduler, cfg: DefectFillTrainConfig) -> int:
-    state = json.loads((directory / "trainer_state.json").read_text())
+    tensors, state = load_training_state(directory, {"main": optimizer})
     now = json.loads(config_fingerprint(cfg))
     changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and state["config"].get(k) != now[k])
     if changed:
         logger.warning("resuming %s with changed config keys: %s", directory, ", ".join(changed))
-    load_trainable_state(models, load_file(str(directory / "trainable.safetensors")), directory)
-    restore_optimizer(optimizer, load_file(str(directory / "optimizer.safetensors")), state["optimizer"])
+    load_trainable_state(models, tensors, directory)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return int(state["global_step"])
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and CHECKPOINT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
-
-
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    """`latest` → newest checkpoint in the run folder (None when there is none yet); a path → it."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        path = output_dir / resume
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(f"{resume}: not a checkpoint folder (no trainer_state.json)")
-    return path
-
-
-def prune_checkpoints(output_dir: Path, limit: int | None) -> None:
-    if limit is None:
-        return
-    found = list_checkpoints(output_dir)
-    for old in found[: max(0, len(found) - limit)]:
-        shutil.rmtree(old)
 
 
 # ---- the run folder: refuse to train over a run by accident; --overwrite clears it ----
@@ -370,10 +306,7 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
     install_attention_capture(unet, store)  # after xformers, which would replace it
     add_lora(unet, text_encoder, cfg.lora_rank, cfg.lora_alpha, cfg.train_text_encoder)
     placeholder = attach_placeholder_embedding(text_encoder, token_ids if len(token_ids) > 1 else token_ids[0])
-    for m in (unet, text_encoder):  # trainable tensors in fp32, frozen ones in weight_dtype
-        for p in m.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    cast_training_params([unet, text_encoder])  # trainable tensors in fp32, frozen ones in weight_dtype
     placeholder.vector.requires_grad_(True)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

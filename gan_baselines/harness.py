@@ -17,7 +17,6 @@ A baseline builds its modules and optimisers, then drives the loop:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,15 @@ from safetensors.torch import load_file, save_file
 from defectfill.errors import ConfigError, check_writable, one_line_errors, output_errors
 from defectfill.generators import Generator
 from defectfill.runinfo import atomic_save_image
+from defectfill.training_utils import (
+    load_module_state,
+    load_training_state,
+    module_state,
+    prune_checkpoints,
+    resolve_resume,
+    save_training_state,
+    step_rng,
+)
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -105,22 +113,6 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images.mean(dim=1, keepdim=True) if channels == 1 else images
 
 
-def module_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """All parameters and buffers, keyed `<module>.<name>`, as contiguous CPU tensors."""
-    return {f"{key}.{name}": t.detach().cpu().clone().contiguous()
-            for key, m in modules.items() for name, t in m.state_dict().items()}
-
-
-def load_module_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], where: Path) -> None:
-    for key, m in modules.items():
-        prefix = key + "."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            m.load_state_dict(sub, strict=True)
-        except RuntimeError as exc:
-            raise ConfigError(f"{where}: weights of {key!r} do not fit this config ({exc})".splitlines()[0]) from exc
-
-
 def read_final(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, weights) of a finished baseline run folder; errors name the file."""
     directory = Path(directory)
@@ -182,8 +174,6 @@ class GANHarness:
     # ---- randomness, logging ----
     def rng(self) -> tuple[np.random.Generator, torch.Generator]:
         """Generators for this step and process only: resumed runs replay the same draws."""
-        from defectfill.trainer import step_rng
-
         return step_rng(self.cfg.seed, self.step, self.accelerator.process_index)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -229,34 +219,20 @@ class GANHarness:
 
     # ---- checkpoints ----
     def save_checkpoint(self) -> None:
-        from defectfill.runinfo import atomic_directory
-        from defectfill.trainer import optimizer_tensors, prune_checkpoints
-
         if self.accelerator.is_main_process:
-            with atomic_directory(self.output_dir / f"checkpoint-{self.step}") as tmp:
-                save_file(module_state(self.plain), str(tmp / WEIGHTS_NAME))
-                state = {"global_step": self.step, "optimizers": {}}
-                for key, opt in self.optimizers.items():
-                    tensors, meta = optimizer_tensors(opt)
-                    save_file(tensors, str(tmp / f"optimizer-{key}.safetensors"))
-                    state["optimizers"][key] = meta
-                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            save_training_state(self.output_dir / f"checkpoint-{self.step}", module_state(self.plain),
+                                self.optimizers, self.step)
             prune_checkpoints(self.output_dir, self.cfg.checkpoints_total_limit)
         self.accelerator.wait_for_everyone()
 
     def resume(self, resume_from_checkpoint: str | None) -> None:
-        from defectfill.trainer import resolve_resume, restore_optimizer
-
         directory = resolve_resume(self.output_dir, resume_from_checkpoint)
         if directory is None:
             if resume_from_checkpoint:
                 self.accelerator.print(f"no checkpoint in {self.output_dir}; starting from scratch")
             return
-        state = json.loads((directory / "trainer_state.json").read_text())
-        load_module_state(self.plain, load_file(str(directory / WEIGHTS_NAME)), directory)
-        for key, opt in self.optimizers.items():
-            restore_optimizer(opt, load_file(str(directory / f"optimizer-{key}.safetensors")),
-                              state["optimizers"][key])
+        tensors, state = load_training_state(directory, self.optimizers)
+        load_module_state(self.plain, tensors, directory)
         self.step = int(state["global_step"])
         self.accelerator.print(f"resumed from {directory} at step {self.step}")
 

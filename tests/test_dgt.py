@@ -245,7 +245,7 @@ def test_bce_training_reduces_l1_terms_writes_grids_and_checkpoints(bce_run):
     assert [g.name for g in grids] == ["samples-000010.png", "samples-000020.png", "samples-000030.png"]
     with Image.open(grids[-1]) as im:  # 2 reconstruction + 2 transfer rows, 4 columns, 96 px cells
         assert im.size == (4 * 98 + 2, 4 * 98 + 2)
-    assert (bce_run / "checkpoint-15" / "weights.safetensors").is_file()
+    assert (bce_run / "checkpoint-15" / "model.safetensors").is_file()
     assert not list(bce_run.rglob("*.bin")) and not list(bce_run.rglob("*.pt"))
     config = yaml.safe_load((bce_run / "final" / "config.yaml").read_text())
     assert config["baseline"] == "dgt" and config["defect_classes"] == CLASSES and config["channels"] == 1

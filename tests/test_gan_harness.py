@@ -146,12 +146,12 @@ def test_checkpoints_are_safetensors_and_json_and_pruned(tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     for ckpt in out.glob("checkpoint-*"):
         names = sorted(p.name for p in ckpt.iterdir())
-        assert names == ["optimizer-D.safetensors", "optimizer-G.safetensors", "trainer_state.json",
-                         "weights.safetensors"], names
+        assert names == ["model.safetensors", "optimizer-D.safetensors", "optimizer-G.safetensors",
+                         "trainer_state.json"], names
         assert not [p for p in ckpt.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         state = json.loads((ckpt / "trainer_state.json").read_text())
         assert state["global_step"] == int(ckpt.name.split("-")[1])
-        assert set(load_file(str(ckpt / "weights.safetensors"))) == {"G.fc.weight", "G.fc.bias", "D.fc.weight",
+        assert set(load_file(str(ckpt / "model.safetensors"))) == {"G.fc.weight", "G.fc.bias", "D.fc.weight",
                                                                      "D.fc.bias"}
     h.finish()
 

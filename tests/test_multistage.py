@@ -329,7 +329,7 @@ def test_training_bce_learns_reconstruction_writes_grids_and_safetensors(bce_run
         assert im.size == (5 * 98 + 2, 4 * 98 + 2)  # 4 rows: clean | patch | fused | mask | real
     for ckpt in ("checkpoint-10", "checkpoint-20"):
         files = {p.name for p in (bce_run / ckpt).iterdir()}
-        assert files == {"weights.safetensors", "trainer_state.json", "optimizer-G1.safetensors",
+        assert files == {"model.safetensors", "trainer_state.json", "optimizer-G1.safetensors",
                          "optimizer-T.safetensors", "optimizer-D1.safetensors", "optimizer-D2.safetensors"}
     final = bce_run / "final"
     assert {"config.yaml", "weights.safetensors", "style_encoder.safetensors"} <= {p.name for p in final.iterdir()}
@@ -351,7 +351,7 @@ def test_training_r3gan_resumes_from_latest_like_an_uninterrupted_run(blob_root,
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    start = load_file(str(whole / "checkpoint-3" / "weights.safetensors"))
+    start = load_file(str(whole / "checkpoint-3" / "model.safetensors"))
     assert any(not torch.equal(start[k], b[k]) for k in b)  # the resumed steps did train
 
 

@@ -400,9 +400,9 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_resumes(trained_run, tiny_mod
     --resume_from_checkpoint latest ends with the uninterrupted run's weights and each step logged once."""
     import errno
 
-    import defectfill.trainer as trainer
+    import defectfill.training_utils as training_utils
 
-    real_save = trainer.save_file
+    real_save = training_utils.save_file
 
     def disk_full_at_4(tensors, filename, *args, **kwargs):
         if "checkpoint-4" in str(filename):
@@ -411,13 +411,13 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_resumes(trained_run, tiny_mod
 
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(trainer, "save_file", disk_full_at_4)
+        m.setattr(training_utils, "save_file", disk_full_at_4)
         code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys, "--set", "checkpointing_steps=2")
     assert code == 2 and len(errors) == 1, err
     assert "checkpoint-4" in errors[0] and "no space left on device" in errors[0]
     assert "--resume_from_checkpoint latest" in errors[0]
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"], "nothing half-written"
-    assert {p.name for p in (out / "checkpoint-2").iterdir()} == {"trainable.safetensors", "optimizer.safetensors",
+    assert {p.name for p in (out / "checkpoint-2").iterdir()} == {"model.safetensors", "optimizer-main.safetensors",
                                                                    "trainer_state.json", "lora"}
     assert not (out / "lora").exists() and not (out / "DONE").exists()
 

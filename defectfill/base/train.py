@@ -22,6 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from defectfill.errors import ConfigError, DataError
+from defectfill.training_utils import (
+    list_checkpoints,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+    step_rng,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,35 +175,18 @@ def _state(models: dict[str, torch.nn.Module], ema) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, models, ema, optimizer, step: int, extra: dict) -> None:
-    from safetensors.torch import save_file
-
-    from defectfill.runinfo import atomic_directory
-    from defectfill.trainer import optimizer_tensors
-
-    with atomic_directory(folder) as tmp:
-        save_file(_state(models, ema), str(tmp / "state.safetensors"))
-        tensors, meta = optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {"global_step": step, "optimizer": meta, "ema_step": ema.optimization_step if ema else None, **extra},
-            indent=2))
+    save_training_state(folder, _state(models, ema), {"main": optimizer} if optimizer is not None else {}, step,
+                        {"ema_step": ema.optimization_step if ema else None, **extra})
 
 
 def load_checkpoint(folder: Path, models, ema, optimizer) -> dict:
-    from safetensors.torch import load_file
-
-    from defectfill.trainer import restore_optimizer
-
-    state = load_file(str(folder / "state.safetensors"))
+    state, meta = load_training_state(folder, {"main": optimizer} if optimizer is not None else {})
     for k, m in models.items():
         m.load_state_dict({n[len(k) + 1:]: t for n, t in state.items() if n.startswith(k + ".")})
-    meta = json.loads((folder / "trainer_state.json").read_text())
     if ema is not None and meta.get("ema_step") is not None:
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(state[f"ema.{i}"])
         ema.optimization_step = meta["ema_step"]
-    if optimizer is not None:
-        restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), meta["optimizer"])
     return meta
 
 
@@ -258,7 +248,6 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     from defectfill.errors import check_writable, output_errors
     from defectfill.runinfo import write_run_info
     from defectfill.tracking import truncate_metrics
-    from defectfill.trainer import list_checkpoints, prune_checkpoints, step_rng
 
     if not cfg.output_dir:
         raise ConfigError("--output: the folder to write the base model to is required")
