@@ -96,7 +96,7 @@ class DefectFillSynthesizer(Generator):
     # ---- the registry interface: init_args → fit → checkpoint (the LoRA folder) → from_generate_config
 
     @classmethod
-    def from_init_args(cls, init_args: dict | None = None) -> "DefectFillSynthesizer":
+    def from_init_args(cls, init_args: dict | None = None) -> DefectFillSynthesizer:
         """Unfitted DefectFill: `config` (a DefectFillTrainConfig YAML, optional), `max_steps` (=
         max_train_steps) and any DefectFillTrainConfig key; `base_model_note` is a report label only."""
         from defectfill.config import DefectFillTrainConfig
@@ -162,7 +162,7 @@ class DefectFillSynthesizer(Generator):
         return str(lora)
 
     @classmethod
-    def from_generate_config(cls, cfg: GenerateConfig, device="cpu") -> "DefectFillSynthesizer":
+    def from_generate_config(cls, cfg: GenerateConfig, device="cpu") -> DefectFillSynthesizer:
         import dataclasses
 
         return cls(dataclasses.replace(cfg, lora_dir=cls._lora_dir(cfg)), device=device)
@@ -177,8 +177,8 @@ class DefectFillSynthesizer(Generator):
     @classmethod
     def check(cls, cfg: GenerateConfig) -> None:
         """The LoRA folder is complete and fits the base model (`--model`, else the one it was trained on)."""
-        from defectfill.models.lora import check_lora_base, read_lora_metadata
-        from defectfill.models.pipeline import resolve_model
+        from defectfill.models.lora import read_lora_metadata
+        from defectfill.models.pipeline import check_lora_base, resolve_model
 
         lora = cls._lora_dir(cfg)
         meta = read_lora_metadata(lora)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectfill.downstream.segmenter import unet_encode
+from defectfill.downstream.unet import unet_encode
 
 DICE_SMOOTH = 1.0
 

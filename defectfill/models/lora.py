@@ -220,19 +220,6 @@ def lora_base_mismatch(shapes: dict[str, tuple[int, ...]], unet_config: dict, te
     return None
 
 
-def check_lora_base(directory: str | os.PathLike, model: str, recorded_base: str | None = None) -> None:
-    """ModelError (one line) when the LoRA in ``directory`` was made for another architecture than
-    ``model`` (configs and safetensors headers only; no weights load)."""
-    from defectfill.models.pipeline import check_inpainting_unet, read_text_encoder_config
-
-    unet_config = check_inpainting_unet(model)
-    text_hidden = read_text_encoder_config(model).get("hidden_size")
-    why = lora_base_mismatch(lora_shapes(directory), unet_config, text_hidden)
-    if why:
-        raise ModelError(f"{directory}: this LoRA does not fit base model {model} ({why}); it was trained on "
-                         f"{recorded_base or 'another base'}: pass that model with --model")
-
-
 def lora_tokens(meta: dict) -> list[str]:
     """The learned tokens of a LoRA folder's metadata: one per defect type (``tokens_by_type``) or the one."""
     return list(dict.fromkeys((meta.get("tokens_by_type") or {}).values())) or [meta["token"]]

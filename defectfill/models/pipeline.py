@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defectfill.errors import ModelError
+from defectfill.models.lora import load_defectfill_lora, lora_base_mismatch, lora_shapes
 
 DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-inpainting"
 # The small fabric inpainting base shipped inside the package (`defectfill pretrain-base`, trained on
@@ -81,6 +82,17 @@ class TrainingComponents:
     noise_scheduler: object
 
 
+def check_lora_base(directory: str | os.PathLike, model: str, recorded_base: str | None = None) -> None:
+    """ModelError (one line) when the LoRA in ``directory`` was made for another architecture than
+    ``model`` (configs and safetensors headers only; no weights load)."""
+    unet_config = check_inpainting_unet(model)
+    text_hidden = read_text_encoder_config(model).get("hidden_size")
+    why = lora_base_mismatch(lora_shapes(directory), unet_config, text_hidden)
+    if why:
+        raise ModelError(f"{directory}: this LoRA does not fit base model {model} ({why}); it was trained on "
+                         f"{recorded_base or 'another base'}: pass that model with --model")
+
+
 def load_training_components(model: str, revision: str | None = None, variant: str | None = None,
                              torch_dtype=None) -> TrainingComponents:
     """Load tokenizer, text encoder, VAE, UNet (in `torch_dtype`) and a DDPM noise scheduler."""
@@ -110,8 +122,6 @@ def load_inpaint_pipeline(model: str, lora_dir: str | os.PathLike | None = None,
     kwargs.setdefault("requires_safety_checker", False)
     pipe = StableDiffusionInpaintPipeline.from_pretrained(model, **kwargs)
     if lora_dir is not None:
-        from defectfill.models.lora import load_defectfill_lora
-
         load_defectfill_lora(pipe, lora_dir)
     return pipe
 
