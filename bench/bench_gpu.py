@@ -128,7 +128,7 @@ def generation_numbers(args, model: str, device: torch.device) -> dict:
     from bench_lfs import untrained_lora
 
     from defectfill.config import GenerateConfig
-    from defectfill.generate import DefectFillSynthesizer
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 
     with tempfile.TemporaryDirectory() as tmp:
         lora = untrained_lora(Path(model), Path(tmp) / "lora", args.resolution)

@@ -54,7 +54,7 @@ def build_model(arch: str, directory: Path) -> Path:
     from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTokenizer
 
-    from defectfill.models.tiny import make_tiny_pipeline, write_tiny_tokenizer
+    from defectfill.diffusion.models.tiny import make_tiny_pipeline, write_tiny_tokenizer
 
     if arch == "tiny":
         return make_tiny_pipeline(directory)
@@ -68,8 +68,8 @@ def build_model(arch: str, directory: Path) -> Path:
 
 def untrained_lora(model_dir: Path, out: Path, resolution: int) -> Path:
     """A DefectFill LoRA folder (token + adapters, rank 8) without training: same inference cost."""
-    from defectfill.models.lora import add_lora, add_placeholder_token, save_defectfill_lora
-    from defectfill.models.pipeline import load_training_components
+    from defectfill.diffusion.models.lora import add_lora, add_placeholder_token, save_defectfill_lora
+    from defectfill.diffusion.models.pipeline import load_training_components
 
     parts = load_training_components(str(model_dir))
     token_id = add_placeholder_token(parts.tokenizer, parts.text_encoder, "<v*>")
@@ -93,7 +93,7 @@ def generation_feature(synth, feature: str, compiled: dict):
     """Switch one generation speed option on for the body, on the synthesizer's one set of weights."""
     import torch
 
-    from defectfill.models.pipeline import apply_speed_options
+    from defectfill.diffusion.models.pipeline import apply_speed_options
 
     unet, vae = synth.pipe.unet, synth.pipe.vae
     dtype = unet.dtype
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     from defectfill.config import GenerateConfig
-    from defectfill.generate import DefectFillSynthesizer, derive_seed, model_mask
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer, model_mask
+    from defectfill.generation.run import derive_seed
     from defectfill.runinfo import package_versions
 
     torch.set_num_threads(torch.get_num_threads())

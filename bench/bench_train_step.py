@@ -1,6 +1,6 @@
 """Cost of one DefectFill training step against a plain diffusers inpainting LoRA step, side by side.
 
-DefectFill's step (`defectfill.trainer`: both branches in one UNet pass of 2B samples, attention
+DefectFill's step (`defectfill.diffusion.trainer`: both branches in one UNet pass of 2B samples, attention
 capture, defect + object + attention losses, LoRA on UNet and text encoder, the [V*] embedding, the
 two prompts encoded in one text-encoder call, tokenised once) against the step of diffusers'
 `train_dreambooth_inpaint_lora.py` over the SAME number of UNet samples (2B): VAE encodes of the
@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 def batch_for(resolution: int, batch: int, seed: int = 0):
     """A fixed batch: random images in [-1, 1], an ellipse-ish defect mask, random object boxes."""
-    from defectfill.trainer import Batch
+    from defectfill.diffusion.trainer import Batch
 
     g = torch.Generator().manual_seed(seed)
     pixels = torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1
@@ -82,8 +82,8 @@ class DefectFillStep:
 
     def __init__(self, model: str, resolution: int, gradient_checkpointing: bool = False,
                  device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32, **config):
-        from defectfill.config import DefectFillTrainConfig
-        from defectfill.trainer import build_optimizer, prepare_models, tokenize_prompts
+        from defectfill.diffusion.config import DefectFillTrainConfig
+        from defectfill.diffusion.trainer import build_optimizer, prepare_models, tokenize_prompts
 
         self.cfg = DefectFillTrainConfig(model=model, resolution=resolution, crop_size=resolution,
                                          gradient_checkpointing=gradient_checkpointing, **config)
@@ -98,7 +98,7 @@ class DefectFillStep:
 
     def __call__(self, batch, feature: str | None = None) -> float:
         """One step; `feature` switches one speed feature against the trainer's defaults (FEATURES)."""
-        from defectfill.trainer import ReferenceLatentCache, compute_losses, tokenize_prompts
+        from defectfill.diffusion.trainer import ReferenceLatentCache, compute_losses, tokenize_prompts
 
         s, ids, unet, cache = self.s, self.prompt_ids, self.s.unet, None
         autocast = self.dtype if self.dtype != torch.float32 else None
@@ -143,7 +143,7 @@ class PlainInpaintLoRAStep:
     def __init__(self, model: str, rank: int = 8):
         from peft import LoraConfig
 
-        from defectfill.models.pipeline import load_training_components
+        from defectfill.diffusion.models.pipeline import load_training_components
 
         p = load_training_components(model)
         self.tokenizer, self.text_encoder, self.vae, self.unet, self.sched = (p.tokenizer, p.text_encoder, p.vae,

@@ -1,7 +1,7 @@
 """Contrast and texture of generated defect fills against real defects (no network involved).
 
 For a real reference folder (``images/`` + ``masks/``, the defects a generator was fitted on) and any
-number of generated datasets (``defectfill.samples`` layout), every defect's
+number of generated datasets (``defectfill.generation.samples`` layout), every defect's
 :func:`defectfill.metrics.fill.fill_statistics` (|mean grey in the mask - mean in a 2-6 px ring| and
 the Laplacian-of-Gaussian texture ratio, mask over ring) is summarised per source: a fill that is much
 fainter or smoother than the real defects is a cue a downstream model can learn instead of the defect.
@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def generated_rows(root: Path) -> list:
+    from defectfill.generation.samples import _read_mask, _read_rgb
     from defectfill.metrics.fill import fill_statistics
-    from defectfill.samples import _read_mask, _read_rgb
 
     rows = []
     for side in sorted((root / "sidecars").glob("*.json")):
@@ -56,7 +56,7 @@ def paired_difference(a: Path, b: Path) -> dict:
     import numpy as np
 
     from defectfill.benchmark.gallery import _requested_mask
-    from defectfill.samples import _read_rgb
+    from defectfill.generation.samples import _read_rgb
 
     diffs, changes = [], []
     for side in sorted((a / "sidecars").glob("*.json")):

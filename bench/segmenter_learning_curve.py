@@ -15,7 +15,7 @@ benchmark's main setting with ``folds: 1``: the profile's held-out split of ``da
 (eval_fraction, eval_split_seed) evaluates, the rest is split into train/val (val_fraction, seed
 eval_split_seed + 1); copy-paste is fitted on train once and generates per seed onto train's good/
 images with the profile's ``generate`` settings. Split and generation use defectfill.data.splits and
-defectfill.generate directly (not the benchmark runner). Working copies of the data and samples go to
+defectfill.generation.run directly (not the benchmark runner). Working copies of the data and samples go to
 ``--work`` (outside the repository); finished cells are cached there, so a rerun resumes.
 
     OMP_NUM_THREADS=1 python bench/segmenter_learning_curve.py --rank \
@@ -65,8 +65,13 @@ def main(argv=None) -> int:
 
     from defectfill.benchmark.runner import MAIN, BenchmarkConfig, Context, materialize
     from defectfill.config import load_config
-    from defectfill.downstream.segmenter import (SegmenterConfig, build_model, eval_tiles_for, evaluate_segmenter,
-                                                 train_tiles_for)
+    from defectfill.downstream.segmenter import (
+        SegmenterConfig,
+        build_model,
+        eval_tiles_for,
+        evaluate_segmenter,
+        train_tiles_for,
+    )
     from defectfill.downstream.tiles import images_from_reference
 
     torch.set_num_threads(1)
@@ -154,7 +159,7 @@ def copy_paste_samples(train_dir: Path, work: Path, count: int, seed: int, gener
     """Fit copy-paste on ``train_dir`` (once) and generate ``count`` samples with ``seed`` (once): the folder."""
     from defectfill.config import GenerateConfig
     from defectfill.data.datasets import load_reference_dataset
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
     from defectfill.generators import build_unfitted
 
     fit_dir, gen_dir = work / "copy_paste_fit", work / f"copy_paste_gen_s{seed}"
@@ -179,8 +184,13 @@ def rank_main(args) -> int:
 
     from defectfill.benchmark.runner import materialize
     from defectfill.data.splits import defect_types, select_ids, split_ids
-    from defectfill.downstream.segmenter import (SegmenterConfig, auroc, eval_tiles_for, evaluate_segmenter,
-                                                 train_segmenter)
+    from defectfill.downstream.segmenter import (
+        SegmenterConfig,
+        auroc,
+        eval_tiles_for,
+        evaluate_segmenter,
+        train_segmenter,
+    )
     from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
 
     torch.set_num_threads(1)

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     import torch
 
     from defectfill.benchmark.runner import MAIN, BenchmarkConfig, Context, materialize
-    from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, eval_tiles_for, train_segmenter
+    from defectfill.downstream.segmenter import SegmenterConfig, eval_tiles_for, evaluate_segmenter, train_segmenter
     from defectfill.downstream.tiles import images_from_reference
 
     torch.set_num_threads(1)

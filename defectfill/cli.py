@@ -9,7 +9,7 @@ from defectfill.errors import one_line_errors
 
 
 def _make_tiny_model(args: argparse.Namespace) -> None:
-    from defectfill.models.tiny import make_tiny_pipeline
+    from defectfill.diffusion.models.tiny import make_tiny_pipeline
 
     print(f"tiny inpainting pipeline: {make_tiny_pipeline(args.directory)}")
 
@@ -21,8 +21,9 @@ def _make_procedural_data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from defectfill.config import DefectFillTrainConfig, load_config
-    from defectfill.trainer import train
+    from defectfill.config import load_config
+    from defectfill.diffusion.config import DefectFillTrainConfig
+    from defectfill.diffusion.trainer import train
 
     cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, overwrite=True if args.overwrite else None)
     print(f"LoRA weights: {train(cfg, resume_from_checkpoint=args.resume_from_checkpoint)}")
@@ -31,7 +32,7 @@ def _train(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from defectfill.config import GenerateConfig, load_config
     from defectfill.errors import GenerationError
-    from defectfill.generate import run_generation, shortfall
+    from defectfill.generation.run import run_generation, shortfall
 
     cfg = load_config(GenerateConfig, args.config, args.overrides, generator=args.generator,
                       checkpoint=args.checkpoint, model=args.model, lora_dir=args.lora,
@@ -70,13 +71,13 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _pretrain_base(args: argparse.Namespace) -> None:
-    from defectfill.base.train import PretrainBaseConfig, pretrain_base
     from defectfill.config import load_config
+    from defectfill.diffusion.base.train import PretrainBaseConfig, pretrain_base
 
     cfg = load_config(PretrainBaseConfig, args.config, args.overrides, data_dir=args.data, output_dir=args.output)
     out = pretrain_base(cfg, overwrite=args.overwrite)
     if not args.no_card:
-        from defectfill.base.card import write_model_card
+        from defectfill.diffusion.base.card import write_model_card
 
         command = " ".join(["defectfill pretrain-base"] + [f"--{k} {v}" for k, v in
                                                            (("config", args.config), ("data", args.data),

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def preview_grid(model: str, lora_dir: Path, dataset, cfg: DefectFillTrainConfig
     """Reference crop | mask | base-model inpainting | fine-tuned inpainting (composited into the
     reference outside the mask), one row per defect."""
     from defectfill.data.datasets import sample_defect_crop
-    from defectfill.models.pipeline import load_inpaint_pipeline
+    from defectfill.diffusion.models.pipeline import load_inpaint_pipeline
 
     base = load_inpaint_pipeline(model)
     tuned = load_inpaint_pipeline(model, lora_dir=lora_dir)
@@ -101,9 +102,9 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
     ``steps`` default: configs/defectfill/fabric_base.yaml), generate a labelled dataset."""
     from defectfill.data.datasets import load_reference_dataset
     from defectfill.data.procedural import make_woven_dataset
+    from defectfill.diffusion.models.pipeline import FABRIC_BASE, resolve_model
+    from defectfill.diffusion.trainer import train
     from defectfill.errors import check_writable
-    from defectfill.models.pipeline import FABRIC_BASE, resolve_model
-    from defectfill.trainer import train
 
     out = check_writable(output_dir, "demo folder")
     model_dir = Path(resolve_model(FABRIC_BASE))
@@ -128,7 +129,7 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
     from defectfill.config import GenerateConfig
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     clean = demo_clean_images(data, out / "clean", num_samples)
     print(f"[4/4] generating {num_samples} labelled samples (auto masks, 4 candidates + Low-Fidelity Selection)")

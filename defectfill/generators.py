@@ -4,7 +4,7 @@ A generator is named in YAML by `class_path` (`package.module:Class` or a short 
 `init_args`; `build_unfitted(class_path, init_args)` makes it, `fit(dataset, output_dir, seed)`
 trains it once on reference defects and returns a checkpoint folder, `from_checkpoint(folder)`
 loads it and `synthesize(clean, mask, seed, defect_class)` turns a clean image and a mask into a
-defect image. `run_generation` (defectfill.generate) plans slots, resumes, shards across processes
+defect image. `run_generation` (defectfill.generation.run) plans slots, resumes, shards across processes
 and writes every generator's output with the same `SampleWriter`. `defectfill fit`, `defectfill
 generate` and the benchmark call only this interface, so `defectfill` never imports `gan_baselines`
 and nothing outside a generator's own files branches on which generator it is.
@@ -24,7 +24,7 @@ import numpy as np
 from defectfill.errors import ConfigError
 
 ALIASES = {
-    "defectfill": "defectfill.generate:DefectFillSynthesizer",
+    "defectfill": "defectfill.diffusion.synthesizer:DefectFillSynthesizer",
     "copy_paste": "gan_baselines.copy_paste:CopyPasteGenerator",
     "multistage": "gan_baselines.multistage:MultistageGANGenerator",
     "dgt": "gan_baselines.dgt:DGTGenerator",
@@ -112,7 +112,7 @@ class Generator(ABC):
 
     def generate(self, clean_images, masks, seeds, defect_classes=None, names=None, placements=None) -> list:
         """`Sample`s for parallel lists of clean images, masks and seeds (in memory, no files)."""
-        from defectfill.samples import Sample
+        from defectfill.generation.samples import Sample
 
         if not len(clean_images) == len(masks) == len(seeds):
             raise ValueError("clean_images, masks and seeds must have the same length")

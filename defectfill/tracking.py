@@ -11,6 +11,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from defectfill.errors import output_errors
 from defectfill.runinfo import atomic_write_text
 
+
 def truncate_metrics(path: str | os.PathLike, step: int) -> int:
     """Keep the lines of ``path`` (a metrics.jsonl) whose ``step`` is <= ``step``; returns how many
     were dropped. Atomic (temp file + rename). Lines that are not a JSON object with a step (the

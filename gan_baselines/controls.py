@@ -12,7 +12,7 @@ at looking like a real defect and no learning at all.
   max |value| 1 inside the mask and scaled to a peak |change| drawn uniform in ``amplitude``.
 
 Both add their change with a feather: weight 1 on the mask, falling linearly outside it and 0
-beyond ``feather`` px (`defectfill.compositing.blend_weights`: ``1 − d / (feather + 1)`` at
+beyond ``feather`` px (`defectfill.generation.compositing.blend_weights`: ``1 − d / (feather + 1)`` at
 Euclidean distance ``d <= feather``). The result is rounded and clipped to uint8; the same change is
 added to every channel of an RGB image. Pixels farther than ``dilation = ceil(feather)`` from the
 mask stay bit-identical (`preserves_background`); a generation run's ``dilation`` caps the feather.
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from defectfill.compositing import blend_weights
+from defectfill.generation.compositing import blend_weights
 from defectfill.errors import ConfigError
 from defectfill.generators import Generator
 from gan_baselines.copy_paste import bbox, check_inputs, grow

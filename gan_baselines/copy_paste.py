@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample, load_reference_dataset
 from defectfill.errors import ConfigError, DataError, check_writable, one_line_errors, output_errors
-from defectfill.compositing import blend_weights, mask_window
+from defectfill.generation.compositing import blend_weights, mask_window
 from defectfill.generators import Generator
 
 NAME = "copy_paste"

@@ -331,7 +331,7 @@ class ConditionalGANGenerator(Generator):
                    placement=None) -> tuple[np.ndarray, dict]:
         """A window around the mask (`windowed`) at `resolution`, G on it (`generate_window`, draws from
         `seed`), composited so that pixels farther than `dilation` from the mask equal `clean`."""
-        from defectfill.compositing import windowed
+        from defectfill.generation.compositing import windowed
 
         label = self.class_index(defect_class, seed)
         gen = torch.Generator().manual_seed(int(seed) % 2**63)
@@ -379,7 +379,7 @@ class ConditionalGANGenerator(Generator):
         return cls(cfg, classes, channels, g, device=device, source=str(checkpoint), dilation=dilation)
 
     def metadata(self) -> dict:
-        from defectfill.generate import file_sha256
+        from defectfill.generation.run import file_sha256
 
         about = {"generator": self.name, "defect_classes": self.classes, "dilation": self.dilation}
         if self.source:

@@ -40,7 +40,7 @@ def woven_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random SD-2 inpainting pipeline written in diffusers format (loaded like a real one)."""
-    from defectfill.models.tiny import make_tiny_pipeline
+    from defectfill.diffusion.models.tiny import make_tiny_pipeline
 
     return make_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd2-inpainting")
 

@@ -1,4 +1,4 @@
-"""Tests for defectfill.models.attention: AttentionStore bookkeeping and the capturing processor."""
+"""Tests for defectfill.diffusion.models.attention: AttentionStore bookkeeping and the capturing processor."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from defectfill.models.attention import (
+from defectfill.diffusion.models.attention import (
     AttentionStore,
     CrossAttentionCaptureProcessor,
     install_attention_capture,
@@ -111,7 +111,7 @@ def test_aggregate_without_maps_raises():
 
 @pytest.fixture(scope="module")
 def tiny_unet():
-    from defectfill.models.tiny import tiny_components
+    from defectfill.diffusion.models.tiny import tiny_components
 
     unet = tiny_components()["unet"]
     unet.eval()
@@ -251,7 +251,7 @@ def test_aggregate_is_differentiable_wrt_decoder_to_k(unet):
     amap = store.aggregate(8, 8)
     assert amap.shape == (2, 1, 8, 8) and amap.requires_grad
     # through the attention loss, as in training
-    from defectfill.losses import attention_loss
+    from defectfill.diffusion.losses import attention_loss
 
     mask = torch.zeros(2, 1, 8, 8)
     mask[:, :, 2:5, 3:6] = 1.0
@@ -265,7 +265,7 @@ def test_aggregate_is_differentiable_wrt_decoder_to_k(unet):
 
 
 def test_capture_with_lora_records_and_trains_lora(unet):
-    from defectfill.models.lora import add_lora
+    from defectfill.diffusion.models.lora import add_lora
 
     sample, timestep, ehs = _inputs()
     with torch.no_grad():

@@ -98,7 +98,7 @@ def test_generation_options_are_switched_off_again(tiny_model_dir, tmp_path):
     import bench_lfs
 
     from defectfill.config import GenerateConfig
-    from defectfill.generate import DefectFillSynthesizer
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 
     lora = bench_lfs.untrained_lora(tiny_model_dir, tmp_path / "lora", 32)
     synth = DefectFillSynthesizer(GenerateConfig(lora_dir=str(lora), clean_dir=str(tmp_path), candidates=1,

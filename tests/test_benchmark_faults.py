@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectfill.benchmark.locks import claim as _claim, start_ticks as _start_ticks, sweep
+from defectfill.benchmark.locks import claim as _claim
+from defectfill.benchmark.locks import start_ticks as _start_ticks
+from defectfill.benchmark.locks import sweep
 from defectfill.benchmark.runner import BenchmarkConfig, plan
 from defectfill.cli import main
 from defectfill.config import load_config

@@ -9,7 +9,7 @@ from PIL import Image
 
 from defectfill.benchmark.gallery import GAP, TITLE_H, generation_metrics, sheet_size, side_by_side_sheet
 from defectfill.data.datasets import load_reference_dataset
-from defectfill.samples import Sample, SampleWriter
+from defectfill.generation.samples import Sample, SampleWriter
 
 H, W = 64, 256
 CELL = 80

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.errors import ConfigError
 
 REPO_ROOT = Path(__file__).parents[1]

@@ -15,8 +15,7 @@ from scipy import ndimage
 from defectfill.config import GenerateConfig
 from defectfill.errors import ConfigError
 from defectfill.generators import build_generator, build_unfitted, import_class
-from gan_baselines.controls import (ControlConfig, NoiseBlobConfig, NoiseBlobGenerator, ShadeGenerator,
-                                    perlin_noise)
+from gan_baselines.controls import ControlConfig, NoiseBlobConfig, NoiseBlobGenerator, ShadeGenerator, perlin_noise
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 64, 96
@@ -238,7 +237,7 @@ def test_build_generator_caps_the_feather_at_the_runs_dilation(tmp_path):
 
 @pytest.mark.parametrize("name", ["shade", "noise_blob"])
 def test_run_generation_writes_labelled_control_samples(name, woven_root, tmp_path):
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     final = build_unfitted(name).fit(None, tmp_path / "fit")
     out = tmp_path / "generated"

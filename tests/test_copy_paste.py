@@ -333,7 +333,7 @@ def test_alias_and_build_generator(dataset, tmp_path):
 # ---- end to end through the shared writer ----
 
 def test_run_generation_with_copy_paste_exports_a_labelled_dataset(ref_root, dataset, tmp_path):
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     final = generator(dataset).fit(dataset, tmp_path / "fit")
     out = tmp_path / "generated"

@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from netguard import SUBPROCESS_NO_NETWORK
 from PIL import Image
 
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.detect.dataset import (
     PAD_VALUE,
+    box_fill_stats,
     build_detection_dataset,
     build_eval_dataset,
-    split_by_source,
-    box_fill_stats,
     centred_tile_origins,
     grow_box,
+    split_by_source,
     split_component,
     tile_boxes,
     tile_origins,
@@ -43,8 +44,7 @@ from defectfill.detect.rtdetr import (
     train_detector,
 )
 from defectfill.errors import ConfigError, DataError, ModelError
-from defectfill.samples import Sample, SampleWriter
-from netguard import SUBPROCESS_NO_NETWORK
+from defectfill.generation.samples import Sample, SampleWriter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,10 +28,10 @@ from gan_baselines.dgt import (
     boundary_band,
     build_downstream,
     downstream_g_loss,
-    load_downstream,
     fill_region,
     foreground_code,
     foreground_l1,
+    load_downstream,
     stochastic_gaussian_smoothing,
     train,
 )
@@ -422,7 +422,7 @@ def test_synthesize_preserves_background_and_is_deterministic(bce_run):
 
 def test_run_generation_end_to_end(bce_run, data, tmp_path):
     from defectfill.config import GenerateConfig
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     out = tmp_path / "gen"
     summary = run_generation(GenerateConfig(generator="dgt", checkpoint=str(bce_run / "final"),

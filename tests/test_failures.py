@@ -10,7 +10,7 @@ import numpy as np
 
 from defectfill.config import GenerateConfig
 from defectfill.errors import one_line_errors
-from defectfill.generate import run_generation
+from defectfill.generation.run import run_generation
 from defectfill.generators import Generator
 
 
@@ -39,7 +39,7 @@ def _files(root):
 
 
 def test_disk_full_mid_generation_is_one_line_and_resumes(woven_root, tmp_path, monkeypatch, capsys):
-    import defectfill.samples as samples
+    import defectfill.generation.samples as samples
 
     def cfg(out):
         return GenerateConfig(generator="darken", clean_dir=str(woven_root / "good"), masks="auto",
@@ -131,7 +131,7 @@ def _generate_argv(woven_root, out, *extra):
 
 def test_a_run_that_accepts_nothing_fails_and_one_that_accepts_fewer_says_so(woven_root, tmp_path, capsys):
     from defectfill.cli import main
-    from defectfill.generate import derive_seed
+    from defectfill.generation.run import derive_seed
 
     odd = sum(derive_seed(0, i, 1) % 2 for i in range(6))  # slots Unchanged leaves untouched
     assert 0 < odd < 6

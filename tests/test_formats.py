@@ -116,7 +116,7 @@ def test_16bit_reference_data_trains_detects_and_segments_like_8bit(tmp_path):
 
 def test_16bit_clean_images_generate_like_8bit(tmp_path):
     from defectfill.config import GenerateConfig
-    from defectfill.generate import SlotPlanner
+    from defectfill.generation.run import SlotPlanner
 
     d8, d16 = _dataset_pair(tmp_path)
     slots = []
@@ -153,7 +153,7 @@ def test_output_errors_turn_write_failures_into_one_line(tmp_path):
 
 
 def test_lora_base_mismatch_reads_widths_from_headers():
-    from defectfill.models.lora import lora_base_mismatch
+    from defectfill.diffusion.models.lora import lora_base_mismatch
 
     unet = {"block_out_channels": [32, 64], "cross_attention_dim": 32}
     fits = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 64),
@@ -174,10 +174,15 @@ def test_generation_refuses_a_lora_of_another_base_before_loading(tmp_path, tiny
     import json
 
     from defectfill.config import GenerateConfig
+    from defectfill.diffusion.models.lora import (
+        add_lora,
+        add_placeholder_token,
+        attach_placeholder_embedding,
+        save_defectfill_lora,
+    )
+    from defectfill.diffusion.models.pipeline import load_training_components
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer
     from defectfill.errors import ModelError
-    from defectfill.generate import DefectFillSynthesizer
-    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding, save_defectfill_lora
-    from defectfill.models.pipeline import load_training_components
 
     parts = load_training_components(str(tiny_model_dir))
     token_id = add_placeholder_token(parts.tokenizer, parts.text_encoder, "<v*>", "defect")

@@ -15,10 +15,12 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-from defectfill.compositing import blend_weights, composite, mask_window, visible_change
-from defectfill.config import DefectFillTrainConfig, GenerateConfig, load_config
+from defectfill.config import GenerateConfig, load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
+from defectfill.diffusion.synthesizer import DefectFillSynthesizer, model_mask
 from defectfill.errors import DataError
-from defectfill.generate import DefectFillSynthesizer, model_mask, run_generation
+from defectfill.generation.compositing import blend_weights, composite, mask_window, visible_change
+from defectfill.generation.run import run_generation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +75,7 @@ def test_model_mask_survives_latent_downsampling():
 
 @pytest.fixture(scope="module")
 def lora_dir(tiny_model_dir, reference_root, tmp_path_factory):
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     out = tmp_path_factory.mktemp("gen-train") / "run"
     cfg = load_config(DefectFillTrainConfig, REPO / "configs" / "defectfill" / "tiny.yaml", model=str(tiny_model_dir),

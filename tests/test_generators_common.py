@@ -12,8 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-from defectfill.config import DefectFillTrainConfig, GenerateConfig, load_config
-from defectfill.generate import run_generation
+from defectfill.config import GenerateConfig, load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
+from defectfill.generation.run import run_generation
 
 REPO = Path(__file__).resolve().parents[1]
 GAN_OVERRIDES = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
@@ -30,14 +31,13 @@ def clean_dir(woven_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoints(woven_root, tiny_model_dir, tmp_path_factory):
     """A briefly fitted checkpoint of each generator, on the procedural reference set."""
+    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.diffusion.trainer import train as train_defectfill
     from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator
     from gan_baselines.dgt.train import DGTConfig
     from gan_baselines.dgt.train import train as train_dgt
     from gan_baselines.multistage.train import MultistageConfig
     from gan_baselines.multistage.train import train as train_multistage
-
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.trainer import train as train_defectfill
 
     tmp = tmp_path_factory.mktemp("common-fit")
     data = str(woven_root)

@@ -1,11 +1,11 @@
-"""Tests for defectfill.losses against values worked out by hand on tiny tensors."""
+"""Tests for defectfill.diffusion.losses against values worked out by hand on tiny tensors."""
 
 import math
 
 import pytest
 import torch
 
-from defectfill.losses import (
+from defectfill.diffusion.losses import (
     attention_loss,
     defect_loss,
     latent_mask,
@@ -180,8 +180,8 @@ def test_object_loss_alpha_extremes(weighting):
 
 
 def test_object_loss_unknown_weighting_and_config_agree():
-    from defectfill.config import OBJECT_LOSS_WEIGHTINGS as CONFIG_WEIGHTINGS
-    from defectfill.losses import OBJECT_LOSS_WEIGHTINGS
+    from defectfill.diffusion.config import OBJECT_LOSS_WEIGHTINGS as CONFIG_WEIGHTINGS
+    from defectfill.diffusion.losses import OBJECT_LOSS_WEIGHTINGS
 
     with pytest.raises(ValueError, match="weighting"):
         object_loss(EPS_HAT, EPS, DIAG, weighting="squared")

@@ -9,13 +9,15 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torchvision
+from netguard import refuse_network
 from PIL import Image
 from safetensors.torch import save_file
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from netguard import refuse_network
+from defectfill.diffusion.selection import load_perceptual
 from defectfill.errors import DataError, ModelError
+from defectfill.generation.samples import Sample, SampleWriter
 from defectfill.metrics import (
     DEFAULT_KIND,
     BackboneFeatures,
@@ -29,9 +31,6 @@ from defectfill.metrics import (
     load_reference_crops,
     metric_names,
 )
-from defectfill.samples import Sample, SampleWriter
-from defectfill.selection import load_perceptual
-
 
 # ---------------------------------------------------------------------------- FID / KID
 

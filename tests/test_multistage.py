@@ -397,7 +397,7 @@ def test_generator_synthesize_background_fidelity_and_seeds(bce_run):
 
 def test_run_generation_end_to_end(bce_run, blob_root, tmp_path):
     from defectfill.config import GenerateConfig
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     out = tmp_path / "generated"
     summary = run_generation(GenerateConfig(

@@ -28,7 +28,6 @@ from defectfill.downstream.openset import (
 )
 from defectfill.downstream.segmenter import auroc
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

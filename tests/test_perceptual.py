@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from netguard import refuse_network
+
 from defectfill.backbones import PRETRAINED_NAME, Backbone
 from defectfill.metrics import BackbonePerceptual, layer_distance_map, unit_normalize
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from defectfill.base import data as bdata
-from defectfill.base.card import in_mask_rmse, mean_fill, psnr, telea_fill
-from defectfill.base.train import PretrainBaseConfig, masked_mse, pretrain_base
+from defectfill.diffusion.base import data as bdata
+from defectfill.diffusion.base.card import in_mask_rmse, mean_fill, psnr, telea_fill
+from defectfill.diffusion.base.train import PretrainBaseConfig, masked_mse, pretrain_base
 from defectfill.errors import ConfigError
 
 TINY = dict(resolution=32, crop_size=32, vae_channels=[16, 32], unet_channels=[32, 64], text_hidden=32,
@@ -218,7 +218,7 @@ def test_cli_card_names_its_command_and_measures_the_init_base(tiny_base, tiny_d
 def test_the_shipped_base_is_present_small_and_beats_telea():
     from diffusers import StableDiffusionInpaintPipeline
 
-    from defectfill.models.pipeline import FABRIC_BASE, resolve_model
+    from defectfill.diffusion.models.pipeline import FABRIC_BASE, resolve_model
 
     folder = Path(resolve_model(FABRIC_BASE))
     assert (folder / "model_index.json").is_file()

@@ -10,10 +10,11 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
+from netguard import SUBPROCESS_NO_NETWORK
 from PIL import Image
 
 from defectfill import samples as samples_mod
-from defectfill.samples import (
+from defectfill.generation.samples import (
     CELL,
     GAP,
     TITLE_H,
@@ -27,7 +28,6 @@ from defectfill.samples import (
     yolo_lines,
     yolo_to_boxes,
 )
-from netguard import SUBPROCESS_NO_NETWORK
 
 # Hand-drawn 12x16 mask: component -> (pixels as (row, col), box (x0, y0, x1, y1) exclusive).
 H, W = 12, 16
@@ -366,7 +366,7 @@ def test_prepare_refuses_after_online_import(tmp_path):
 
 
 def test_contact_sheet_shows_defects_at_native_resolution(tmp_path):
-    from defectfill.samples import native_window
+    from defectfill.generation.samples import native_window
 
     # a 1 px thread 400 px long: a CELL-wide window at 1:1 (not shrunk), centred on it
     assert native_window((3000, 10, 3400, 11), 4096, 256) == ((3200 - CELL // 2, 0, 3200 + CELL // 2, CELL), 1)

@@ -406,7 +406,7 @@ def test_split_by_source_has_no_overlap():
 
 
 def test_images_from_synthetic_reads_accepted_samples(tmp_path):
-    from defectfill.samples import Sample, SampleWriter
+    from defectfill.generation.samples import Sample, SampleWriter
 
     writer = SampleWriter(tmp_path / "syn", ["blob"])
     img = toy_images(2, 0)[1]

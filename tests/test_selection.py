@@ -7,11 +7,10 @@ import warnings
 import pytest
 import torch
 import torchvision
+from netguard import refuse_network
 from safetensors.torch import save_file
 
-from netguard import refuse_network
-from defectfill.metrics import BackbonePerceptual
-from defectfill.selection import (
+from defectfill.diffusion.selection import (
     DEFAULT_MEASURE,
     MEASURES,
     PAPER_MEASURE,
@@ -23,6 +22,7 @@ from defectfill.selection import (
     masked_mean,
     ssim_map,
 )
+from defectfill.metrics import BackbonePerceptual
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,9 @@ def test_load_lpips_is_offline_and_reproducible(monkeypatch):
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name  # seeded fallback: the same random backbone every time
     # the calibrated linear layers come from the package, not random init
-    import lpips, os
+    import os
+
+    import lpips
 
     shipped_path = os.path.join(os.path.dirname(lpips.__file__), "weights/v0.1/alex.pth")
     shipped = torch.load(shipped_path, map_location="cpu", weights_only=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "defectfill" / "tiny.yaml"
@@ -50,7 +51,13 @@ def test_crop_keys_identify_crops_only_when_every_image_fits(small_refs, woven_r
 
 def test_cached_latents_give_the_uncached_losses(tiny_model_dir, small_refs):
     from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
-    from defectfill.trainer import ReferenceLatentCache, compute_losses, make_batch, prepare_models, tokenize_prompts
+    from defectfill.diffusion.trainer import (
+        ReferenceLatentCache,
+        compute_losses,
+        make_batch,
+        prepare_models,
+        tokenize_prompts,
+    )
 
     cfg = load_config(DefectFillTrainConfig, TINY_YAML, model=str(tiny_model_dir), data_dir=str(small_refs),
                       crop_size=96)
@@ -73,7 +80,7 @@ def test_cached_latents_give_the_uncached_losses(tiny_model_dir, small_refs):
 def test_per_sample_prompt_rows_give_the_fused_losses(tiny_model_dir, small_refs):
     """Encoding the two prompts once and repeating rows = encoding one row per UNet sample."""
     from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
-    from defectfill.trainer import compute_losses, make_batch, prepare_models, tokenize_prompts
+    from defectfill.diffusion.trainer import compute_losses, make_batch, prepare_models, tokenize_prompts
 
     cfg = load_config(DefectFillTrainConfig, TINY_YAML, model=str(tiny_model_dir), data_dir=str(small_refs),
                       crop_size=96, train_batch_size=3)
@@ -89,7 +96,7 @@ def test_per_sample_prompt_rows_give_the_fused_losses(tiny_model_dir, small_refs
 
 
 def test_training_with_cache_and_channels_last_matches_plain_training(tiny_model_dir, small_refs, tmp_path):
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     common = {"model": str(tiny_model_dir), "data_dir": str(small_refs), "crop_size": 96, "max_train_steps": 3,
               "checkpointing_steps": 100}
@@ -110,7 +117,7 @@ def test_training_with_cache_and_channels_last_matches_plain_training(tiny_model
 def test_compiled_unet_gives_the_eager_losses_and_gradients(tiny_model_dir, small_refs):
     """torch.compile of the UNet (with the [V*] attention capture inside it) changes nothing a step computes."""
     from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
-    from defectfill.trainer import compute_losses, make_batch, prepare_models, tokenize_prompts
+    from defectfill.diffusion.trainer import compute_losses, make_batch, prepare_models, tokenize_prompts
 
     cfg = load_config(DefectFillTrainConfig, TINY_YAML, model=str(tiny_model_dir), data_dir=str(small_refs),
                       crop_size=96, train_batch_size=1)
@@ -138,7 +145,7 @@ def test_unet_with_lora_and_attention_capture_traces_as_one_graph(tiny_model_dir
     """No graph breaks: torch.compile sees the whole UNet forward, [V*] capture and LoRA included."""
     import torch._dynamo as dynamo
 
-    from defectfill.trainer import prepare_models, tokenize_prompts
+    from defectfill.diffusion.trainer import prepare_models, tokenize_prompts
 
     cfg = load_config(DefectFillTrainConfig, TINY_YAML, model=str(tiny_model_dir), data_dir=str(small_refs))
     s = prepare_models(cfg, str(tiny_model_dir), torch.device("cpu"), torch.float32)

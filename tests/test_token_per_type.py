@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.errors import ConfigError, ModelError
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "defectfill" / "tiny.yaml"
@@ -25,7 +26,7 @@ def test_token_names_per_type():
 
 
 def test_batch_prompt_ids_pick_each_samples_token_row():
-    from defectfill.trainer import batch_prompt_ids
+    from defectfill.diffusion.trainer import batch_prompt_ids
 
     table = torch.arange(3 * 2 * 4).reshape(3, 2, 4)  # 3 tokens x (defect, object) x 4 ids
     assert torch.equal(batch_prompt_ids(table, None), table[0])
@@ -34,7 +35,7 @@ def test_batch_prompt_ids_pick_each_samples_token_row():
 
 
 def test_placeholder_embedding_replaces_each_token_with_its_own_row():
-    from defectfill.models.lora import PlaceholderEmbedding
+    from defectfill.diffusion.models.lora import PlaceholderEmbedding
 
     base = torch.nn.Embedding(10, 3)
     emb = PlaceholderEmbedding(base, [7, 9])
@@ -48,7 +49,7 @@ def test_placeholder_embedding_replaces_each_token_with_its_own_row():
 
 @pytest.fixture(scope="module")
 def per_type_run(tiny_model_dir, woven_root, tmp_path_factory):
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     out = tmp_path_factory.mktemp("per-type") / "run"
     cfg = load_config(DefectFillTrainConfig, TINY_YAML, model=str(tiny_model_dir), data_dir=str(woven_root),
@@ -60,7 +61,7 @@ def test_each_type_trains_its_own_token_and_the_folder_carries_all(per_type_run,
     """Tokens of types drawn in some training batch moved from their initialisation; a type never drawn
     stays exactly at it (its row gets no gradient); recomputed from the sampler's batches."""
     from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
-    from defectfill.models.pipeline import load_inpaint_pipeline
+    from defectfill.diffusion.models.pipeline import load_inpaint_pipeline
 
     cfg, lora = per_type_run
     meta = json.loads((lora / "defectfill_lora.json").read_text())
@@ -89,7 +90,8 @@ def test_each_type_trains_its_own_token_and_the_folder_carries_all(per_type_run,
 
 
 def test_generation_prompts_each_mask_with_its_types_token(per_type_run, tiny_model_dir, woven_root, tmp_path):
-    from defectfill.generate import DefectFillSynthesizer, GenerateConfig
+    from defectfill.config import GenerateConfig
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 
     _, lora = per_type_run
     gen_cfg = GenerateConfig(lora_dir=str(lora), clean_dir=str(woven_root / "good"), output_dir=str(tmp_path / "o"),

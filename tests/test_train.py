@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "defectfill" / "tiny.yaml"
@@ -62,7 +63,7 @@ def inpaint(pipe, prompt):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, reference_root, tmp_path_factory):
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     out = tmp_path_factory.mktemp("train") / "run"
     lora_dir = train(tiny_cfg(tiny_model_dir, reference_root, out))
@@ -90,7 +91,7 @@ def test_training_writes_lora_config_and_logs(trained_run):
 
 
 def test_lora_loads_into_fresh_pipeline_and_changes_output(trained_run, tiny_model_dir):
-    from defectfill.models.pipeline import load_inpaint_pipeline
+    from defectfill.diffusion.models.pipeline import load_inpaint_pipeline
 
     _, lora_dir = trained_run
     meta = json.loads((lora_dir / "defectfill_lora.json").read_text())
@@ -114,7 +115,7 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(trained_run, tiny_mod
 
 def test_resume_after_checkpoint_matches_uninterrupted_run(trained_run, tiny_model_dir, reference_root, tmp_path):
     """Disk state after `checkpoint-3` of the reference run, then resume: bit-identical weights."""
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     ref_out, ref_lora = trained_run
     out = tmp_path / "run"
@@ -140,7 +141,7 @@ def test_registry_fit_resumes_an_interrupted_fit(trained_run, tiny_model_dir, re
     """The benchmark refits in the same folder after an interruption: `fit` continues from the newest
     checkpoint (not a refusal, not a restart) and ends with the uninterrupted run's weights."""
     from defectfill.data.datasets import load_reference_dataset
-    from defectfill.generate import DefectFillSynthesizer
+    from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 
     ref_out, ref_lora = trained_run
     out = tmp_path / "fit"
@@ -265,7 +266,7 @@ def test_unet_without_nine_channels_is_rejected(tiny_model_dir, woven_root, tmp_
 
 def test_gradient_checkpointing_and_accumulation_match_plain_training(tiny_model_dir, reference_root, tmp_path):
     """Checkpointing recomputes activations (incl. the [V*] capture): same weights as without it."""
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     common = dict(max_train_steps=2, checkpointing_steps=100)
     plain = train(tiny_cfg(tiny_model_dir, reference_root, tmp_path / "plain", **common))
@@ -282,7 +283,7 @@ def test_gradient_checkpointing_and_accumulation_match_plain_training(tiny_model
 
 
 def test_bf16_mixed_precision_runs_and_exports_fp32_lora(tiny_model_dir, reference_root, tmp_path):
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     lora = train(tiny_cfg(tiny_model_dir, reference_root, tmp_path / "bf16", mixed_precision="bf16",
                           max_train_steps=2, checkpointing_steps=100))
@@ -307,7 +308,7 @@ def cli_train(model, data, out, capsys, *extra):
 @pytest.fixture
 def no_weights(monkeypatch):
     """Loading the model's weights fails the test: the case must be refused before."""
-    import defectfill.models.pipeline as pipeline
+    import defectfill.diffusion.models.pipeline as pipeline
 
     def loaded(*args, **kwargs):
         raise AssertionError("weights were loaded before the problem was reported")
@@ -322,7 +323,7 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(trained_run, tiny_
     (out / "notes.txt").write_text("the user's own file\n")
     before = tree(out)
     with monkeypatch.context() as m:
-        m.setattr("defectfill.models.pipeline.load_training_components",
+        m.setattr("defectfill.diffusion.models.pipeline.load_training_components",
                   lambda *a, **k: pytest.fail("weights loaded before the refusal"))
         code, errors, err = cli_train(tiny_model_dir, reference_root, out, capsys)
     assert code == 2 and len(errors) == 1, err
@@ -434,7 +435,7 @@ def test_disk_full_at_the_final_lora_is_one_line_and_nothing_half_written(tiny_m
                                                                          capsys, monkeypatch):
     import errno
 
-    import defectfill.models.lora as lora
+    import defectfill.diffusion.models.lora as lora
 
     real_save = lora.save_file
 
@@ -482,7 +483,7 @@ def test_truncate_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
 
 def test_object_loss_weighting_reaches_the_loss(trained_run, tiny_model_dir, reference_root, tmp_path):
     """Same batch, noise and weights at step 1: L_def identical, L_obj differs between the weightings."""
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     paper = metrics(trained_run[0])[0]  # the default weighting
     out = tmp_path / "alpha"

@@ -10,9 +10,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-from defectfill.compositing import texture_level, visible_change, visible_fraction
 from defectfill.config import GenerateConfig
-from defectfill.generate import inspection_summary, run_generation
+from defectfill.generation.compositing import texture_level, visible_change, visible_fraction
+from defectfill.generation.run import inspection_summary, run_generation
 from defectfill.generators import Generator
 
 H, W = 96, 512

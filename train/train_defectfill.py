@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from defectfill.config import DefectFillTrainConfig, load_config
+from defectfill.config import load_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.errors import one_line_errors
 
 
@@ -31,7 +32,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 @one_line_errors
 def main(args: argparse.Namespace) -> int:
-    from defectfill.trainer import train
+    from defectfill.diffusion.trainer import train
 
     cfg = load_config(DefectFillTrainConfig, args.config, args.overrides, model=args.model,
                       data_dir=args.data_dir, output_dir=args.output_dir,

@@ -1,7 +1,7 @@
 """Side-by-side comparison of generators and per-generator Fréchet distance / KID / IC-LPIPS.
 
 Generators run with the same seed on the same clean images write the same sample names with
-the same masks (``defectfill.samples`` layout), so one name is one like-for-like comparison:
+the same masks (``defectfill.generation.samples`` layout), so one name is one like-for-like comparison:
 
 * :func:`side_by_side_sheet` — a PNG contact sheet, one row per common sample name,
   columns ``clean | mask | real reference | <generator 1> | <generator 2> | ...``, all but the
@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from defectfill.data.masks import mask_to_boxes
+from defectfill.generation.samples import _read_mask, _read_rgb, native_window, outline_boxes, spread_indices, zoom_cell
 from defectfill.runinfo import atomic_save_image
-from defectfill.samples import _read_mask, _read_rgb, native_window, outline_boxes, spread_indices, zoom_cell
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,11 @@ def side_by_side_sheet(datasets: dict[str, str | os.PathLike], out_path: str | o
     """Write a PNG comparing generators on the SAME clean images and masks; return its path.
 
     ``datasets`` maps a column title (generator name) to its generated dataset folder
-    (``defectfill.samples`` layout). Rows are sample names accepted (``sidecars/<name>.json``)
+    (``defectfill.generation.samples`` layout). Rows are sample names accepted (``sidecars/<name>.json``)
     in EVERY dataset, sorted, at most ``max_rows`` of them evenly spread over the list
-    (:func:`~defectfill.samples.spread_indices`). Columns: ``clean | mask | real reference | <one per
+    (:func:`~defectfill.generation.samples.spread_indices`). Columns: ``clean | mask | real reference | <one per
     dataset, in dict order>``; the real reference is the real defect whose mask the sample reuses (type and
-    id written on it; grey when the sidecars record none); every other cell of a row shows the same :func:`~defectfill.samples.native_window`
+    id written on it; grey when the sidecars record none); every other cell of a row shows the same :func:`~defectfill.generation.samples.native_window`
     around the mask's first connected component at native resolution in a ``cell`` px square, with the
     mask's component boxes outlined in red on the generator columns. A row whose mask (or clean
     image) differs between datasets is not like-for-like: it is dropped with a logged warning.
@@ -280,9 +280,9 @@ def generation_metrics(generated_dir: str | os.PathLike, reference_dir: str | os
     ``skipped`` says why. ``ic_lpips`` is None when no cluster has 2 members (see
     ``ic_lpips_detail``).
     """
+    from defectfill.diffusion.selection import PERCEPTUAL_MEASURES, load_perceptual
     from defectfill.metrics import frechet_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
     from defectfill.metrics.distribution import MAX_KID_SUBSET
-    from defectfill.selection import PERCEPTUAL_MEASURES, load_perceptual
 
     if perceptual not in PERCEPTUAL_MEASURES:
         raise ValueError(f"perceptual must be one of {', '.join(PERCEPTUAL_MEASURES)}, got {perceptual!r}")

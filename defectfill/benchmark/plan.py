@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectfill.benchmark.config import (ALL, FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, BenchmarkConfig)
+from defectfill.benchmark.config import ALL, FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, BenchmarkConfig
 from defectfill.data.splits import manifest_column, select_ids
 from defectfill.errors import ConfigError, DataError
 from defectfill.generators import import_class

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from defectfill.runinfo import atomic_write_text
-
 from defectfill.benchmark import stats
 from defectfill.benchmark.config import MAIN, NEW_FABRIC, REAL_ONLY
 from defectfill.benchmark.tasks import TASKS
+from defectfill.runinfo import atomic_write_text
 
 TASK_METRICS = {name: task.metrics for name, task in TASKS.items()}
 HEADLINE = {name: task.headline for name, task in TASKS.items()}

@@ -48,16 +48,31 @@ from pathlib import Path
 
 from defectfill.benchmark import executors
 from defectfill.benchmark import tasks as task_registry
-from defectfill.benchmark.config import (FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, TASKS,  # noqa: F401
-                                         BenchmarkConfig, sub_config)
-from defectfill.benchmark.locks import (HOST, WAIT_POLL_S, claim, holder, log, release,  # noqa: F401
-                                        start_ticks, sweep)
+from defectfill.benchmark.config import (  # noqa: F401
+    FEW_SHOT,
+    MAIN,
+    NEW_FABRIC,
+    OPENSET,
+    REAL_ONLY,
+    TASKS,
+    BenchmarkConfig,
+    sub_config,
+)
+from defectfill.benchmark.locks import HOST, WAIT_POLL_S, claim, holder, log, release, start_ticks, sweep  # noqa: F401
 from defectfill.benchmark.plan import Cell, Unit, counts_of, fold_ids, kind, new_fabric_targets, plan  # noqa: F401
 from defectfill.benchmark.tasks import UnitData
 from defectfill.benchmark.worker import STOP_ERRNOS, check_generation_settings, run_job
 from defectfill.config import load_config
-from defectfill.data.splits import (cv_folds, defect_types, few_shot_sample, held_out_split,  # noqa: F401
-                                    manifest_column, select_ids, split_by_source, split_ids)
+from defectfill.data.splits import (  # noqa: F401
+    cv_folds,
+    defect_types,
+    few_shot_sample,
+    held_out_split,
+    manifest_column,
+    select_ids,
+    split_by_source,
+    split_ids,
+)
 from defectfill.errors import ConfigError, DataError, OutputError, check_writable, one_line_errors, output_errors
 from defectfill.generators import import_class
 from defectfill.runinfo import atomic_write_text, package_versions

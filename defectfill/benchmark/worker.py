@@ -65,7 +65,7 @@ def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: 
                   clean_dir: Path | None = None) -> dict:
     """Generate ``count`` samples onto ``clean_dir`` (default ``train_dir/good``) with auto masks from ``train_dir``."""
     from defectfill.config import GenerateConfig
-    from defectfill.generate import run_generation
+    from defectfill.generation.run import run_generation
 
     values = {**GENERATE_DEFAULTS, **generate, **(spec.get("generate") or {})}
     gcfg = GenerateConfig(generator=spec["class_path"], checkpoint=str(ckpt), clean_dir=str(clean_dir or train_dir / "good"),

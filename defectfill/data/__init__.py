@@ -10,7 +10,13 @@ from defectfill.data.datasets import (
 )
 from defectfill.data.fabric import fabric_mask, load_roi, off_fabric_fraction, valid_region
 from defectfill.data.masks import binarize_mask, mask_components, mask_to_boxes, random_box_mask, random_box_masks
-from defectfill.data.placement import NoFabricPlacement, Placement, auto_masks_for, place_on_fabric, place_reference_mask
+from defectfill.data.placement import (
+    NoFabricPlacement,
+    Placement,
+    auto_masks_for,
+    place_on_fabric,
+    place_reference_mask,
+)
 from defectfill.data.procedural import DEFECT_KINDS, make_woven_dataset
 
 __all__ = [

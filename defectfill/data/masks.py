@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from defectfill.formats.images import mask_levels
 
+
 def binarize_mask(array: np.ndarray | Image.Image, threshold: float = 128) -> np.ndarray:
     """Return a bool HxW mask: grey level ``>= threshold`` on the 0..255 scale.
 

@@ -17,7 +17,7 @@ AITEX tile index: ``<source>_x<x0:04d>_y<y0:03d>``.
   not precise enough to call them clean);
 * reference ``good/`` images: every tile (or ``good_tiles_per_image`` evenly spread ones) is written
   as a background image with an empty label file;
-* synthetic datasets (the :class:`defectfill.samples.SampleWriter` layout: ``images/``, ``masks/``,
+* synthetic datasets (the :class:`defectfill.generation.samples.SampleWriter` layout: ``images/``, ``masks/``,
   ``sidecars/`` with ``defect_class``) go to ``train`` only, tiled the same way, labels from masks
   (like reference defect images, tiles without a box are dropped, so every synthetic tile is labelled);
   ``synthetic_fraction`` caps them to that share of the labelled training tiles (:func:`synthetic_cap`).
@@ -45,8 +45,8 @@ from defectfill.data.masks import mask_components
 from defectfill.data.splits import split_by_source  # noqa: F401  (re-exported: detect's split)
 from defectfill.errors import ConfigError, DataError
 from defectfill.formats.images import IMAGE_EXTS, read_image, read_mask
+from defectfill.generation.samples import spread_indices, yolo_lines
 from defectfill.runinfo import atomic_directory, atomic_write_text
-from defectfill.samples import spread_indices, yolo_lines
 
 Box = tuple[int, int, int, int]
 PAD_VALUE = 114  # ultralytics' own letterbox grey

@@ -4,7 +4,7 @@
   (all False for defect-free images), the id it is split by and its sampling weight.
 * Loaders: :func:`images_from_reference` (``images/`` + ``masks/`` + optional ``good/``, as
   :func:`defectfill.data.load_reference_dataset`), :func:`images_from_synthetic` (a folder written
-  by :class:`defectfill.samples.SampleWriter`: accepted samples are those with a sidecar) and
+  by :class:`defectfill.generation.samples.SampleWriter`: accepted samples are those with a sidecar) and
   :func:`load_images`, which picks one of the two by the folder's layout.
 * :func:`split_by_source` — train/val split of the *training* images by source id (no id on both sides).
 * :class:`TileSet` — stateless, seeded training batches: defect-centred crops (positives) and random

@@ -282,7 +282,7 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
 
 def load_dataset_crops(dataset_dir: str | Path, size: int, defect_class: str | None = None,
                        image_folder: str = "images") -> DefectCrops:
-    """Defect-centred crops (:func:`crop_around_masks`) of a GENERATED dataset (``defectfill.samples`` layout).
+    """Defect-centred crops (:func:`crop_around_masks`) of a GENERATED dataset (``defectfill.generation.samples`` layout).
 
     Samples are the accepted ones (a ``sidecars/<name>.json`` marks a sample complete;
     ``rejected/`` is ignored), read from ``<image_folder>/<name>.png`` (as RGB; ``"clean"``: the

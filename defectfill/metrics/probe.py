@@ -63,7 +63,7 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
                   extractor=None, seed: int = 0, folds: int = 5, worst: int = 8,
                   defect_types: Sequence[str] | None = None, kid: bool = True, context: bool = True) -> dict:
     """The C2ST (:func:`two_sample_auc`) of real defect crops of ``reference_dir`` against the pooled
-    defect crops of ``generated_dirs`` (``defectfill.samples`` layout; accepted samples), overall and per
+    defect crops of ``generated_dirs`` (``defectfill.generation.samples`` layout; accepted samples), overall and per
     defect type (a sample's sidecar ``defect_class``; a real image's manifest ``defect_type``).
 
     Crops: ``crop`` px, centred on the defect (:func:`~defectfill.metrics.distribution.crop_around_masks`);

@@ -547,7 +547,7 @@ class MultistageGANGenerator(Generator):
                    dilation=dilation)
 
     def metadata(self) -> dict:
-        from defectfill.generate import file_sha256
+        from defectfill.generation.run import file_sha256
 
         about = {"generator": self.name, "style_encoder": self.encoder.description, "dilation": self.dilation,
                  "patch_size": self.cfg.patch_size, "resolution": self.cfg.resolution,
@@ -568,7 +568,7 @@ class MultistageGANGenerator(Generator):
 
     def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
                    defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
-        from defectfill.compositing import windowed
+        from defectfill.generation.compositing import windowed
 
         z = torch.randn(1, self.cfg.z_dim, generator=torch.Generator().manual_seed(int(seed) % 2**63))
         result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation,

@@ -50,8 +50,13 @@ def profile(name: str, overrides: dict, train, evals, steps: int, eval_images: i
     import torch.nn.functional as F
 
     from defectfill.backbones import normalize
-    from defectfill.downstream.segmenter import (SegmenterConfig, build_model, eval_tiles_for, evaluate_segmenter,
-                                                 train_tiles_for)
+    from defectfill.downstream.segmenter import (
+        SegmenterConfig,
+        build_model,
+        eval_tiles_for,
+        evaluate_segmenter,
+        train_tiles_for,
+    )
 
     cfg = SegmenterConfig(**{**BENCH, **overrides}).validate()
     tiles = train_tiles_for(cfg, train)

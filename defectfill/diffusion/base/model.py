@@ -47,7 +47,7 @@ def new_tokenizer(directory: Path):
     """The offline byte-level CLIP tokenizer of ``models.tiny`` (whole words for the prompts used)."""
     from transformers import CLIPTokenizer
 
-    from defectfill.models.tiny import write_tiny_tokenizer
+    from defectfill.diffusion.models.tiny import write_tiny_tokenizer
 
     return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(directory))
 

@@ -242,10 +242,10 @@ def masked_distance(
     if measure in PERCEPTUAL_MEASURES:
         if lpips_model is None:
             raise ValueError(f"measure={measure!r} needs lpips_model (build it with "
-                             f"defectfill.selection.load_perceptual({measure!r}))")
+                             f"defectfill.diffusion.selection.load_perceptual({measure!r}))")
         if (measure == LITE0_MEASURE) != isinstance(lpips_model, BackbonePerceptual):
             raise ValueError(f"measure={measure!r} got a {type(lpips_model).__name__} model; build it with "
-                             f"defectfill.selection.load_perceptual({measure!r})")
+                             f"defectfill.diffusion.selection.load_perceptual({measure!r})")
         return masked_lpips_distance(candidates, clean, mask, lpips_model)
     cand, ref, m = _prepare(candidates, clean, mask)
     if measure == "l1":

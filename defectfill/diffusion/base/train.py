@@ -242,9 +242,9 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from defectfill.base import data as bdata
-    from defectfill.base.model import base_components, new_tokenizer, save_pipeline, sync_token_ids
     from defectfill.data.datasets import load_reference_dataset
+    from defectfill.diffusion.base import data as bdata
+    from defectfill.diffusion.base.model import base_components, new_tokenizer, save_pipeline, sync_token_ids
     from defectfill.errors import check_writable, output_errors
     from defectfill.runinfo import write_run_info
     from defectfill.tracking import truncate_metrics
@@ -380,7 +380,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
 @torch.no_grad()
 def set_scaling_factor(vae, images, shapes, cfg: PretrainBaseConfig, device) -> float:
     """SD's rule: scaling_factor = 1 / std of latents of training crops (a fixed seed)."""
-    from defectfill.base import data as bdata
+    from defectfill.diffusion.base import data as bdata
 
     b = bdata.fabric_batch(images, shapes, 64, cfg.crop_size, cfg.resolution, np.random.default_rng(cfg.seed))
     z = vae.encode(to_rgb(b["pixels"]).to(device)).latent_dist.mean

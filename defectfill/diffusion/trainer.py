@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from defectfill import losses
-from defectfill.config import DefectFillTrainConfig, config_fingerprint, config_to_dict, dump_config
+from defectfill.config import config_fingerprint, config_to_dict, dump_config
+from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.errors import ConfigError, check_writable, output_errors
 from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
 from defectfill.training_utils import (
@@ -237,7 +238,7 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
     from accelerate.utils import ProjectConfiguration
 
     from defectfill.data.datasets import load_reference_dataset
-    from defectfill.models.pipeline import check_inpainting_unet, resolve_model
+    from defectfill.diffusion.models.pipeline import check_inpainting_unet, resolve_model
     from defectfill.tracking import JSONLTracker
 
     cfg.validate()
@@ -289,9 +290,9 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
                    tokens: list[str] | None = None) -> TrainingSetup:
     """Load `model` and set it up for DefectFill training as `train` does (used by the trainer and
     bench/bench_train_step.py); `tokens` (default: the one `placeholder_token`) are added and learned."""
-    from defectfill.models.attention import AttentionStore, install_attention_capture
-    from defectfill.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
-    from defectfill.models.pipeline import apply_speed_options, load_training_components
+    from defectfill.diffusion.models.attention import AttentionStore, install_attention_capture
+    from defectfill.diffusion.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
+    from defectfill.diffusion.models.pipeline import apply_speed_options, load_training_components
 
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
@@ -371,7 +372,7 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     from tqdm.auto import tqdm
 
     from defectfill.data.datasets import DefectCropSampler
-    from defectfill.models.lora import save_defectfill_lora
+    from defectfill.diffusion.models.lora import save_defectfill_lora
     from defectfill.tracking import truncate_metrics
 
     output_dir = Path(cfg.output_dir)

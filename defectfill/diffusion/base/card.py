@@ -47,8 +47,8 @@ def telea_fill(gray: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarra
 def card_crops(data_dir: Path, ids: set[str], n: int, crop: int, size: int, seed: int = 12345):
     """``n`` clean crops (uint8 grey, size x size) from the defect-free images among ``ids`` and a
     random inpainting mask each (``base.data.inpaint_mask``, defect shapes from all masks)."""
-    from defectfill.base import data as bdata
     from defectfill.data.datasets import load_reference_dataset
+    from defectfill.diffusion.base import data as bdata
 
     ref = load_reference_dataset(data_dir)
     good = {p.stem for p in ref.good_paths} & ids
@@ -77,7 +77,7 @@ def base_fill(pipe, gray: np.ndarray, masks: np.ndarray, steps: int, seed: int,
     crop with the requested mask; the pipeline gets the latent-safe mask, as ``generate`` does."""
     from PIL import Image
 
-    from defectfill.generate import latent_safe
+    from defectfill.diffusion.synthesizer import latent_safe
 
     size = gray.shape[-1]
     out = np.empty_like(gray)
@@ -139,7 +139,7 @@ def compared_bases(cfg) -> list[str]:
 def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mean_of: int = 4) -> Path:
     """Measure the base in ``model_dir`` (trained with ``cfg``, a PretrainBaseConfig) and write
     ``model_card.json``, ``model_card.md`` and ``model_card.png`` beside it."""
-    from defectfill.base.train import check_data
+    from defectfill.diffusion.base.train import check_data
     from defectfill.metrics.distribution import frechet_kid
     from defectfill.metrics.features import load_features
     from defectfill.runinfo import atomic_write_text

@@ -7,15 +7,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from defectfill.diffusion.models.lora import load_defectfill_lora, lora_base_mismatch, lora_shapes
 from defectfill.errors import ModelError
-from defectfill.models.lora import load_defectfill_lora, lora_base_mismatch, lora_shapes
 
 DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-inpainting"
 # The small fabric inpainting base shipped inside the package (`defectfill pretrain-base`, trained on
 # AITEX here; its model_card.md says how well it inpaints): the offline default of the CPU demo and
 # benchmark. Named by this alias in configs and on the command line.
 FABRIC_BASE = "fabric-base"
-EMBEDDED_MODELS = {FABRIC_BASE: Path(__file__).resolve().parents[1] / "assets" / "fabric-base"}
+EMBEDDED_MODELS = {FABRIC_BASE: Path(__file__).resolve().parents[2] / "assets" / "fabric-base"}
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,0 +1,1 @@
+"""Generation with any registered generator: slot planning, compositing, labels, the sample writer."""
