@@ -73,9 +73,9 @@ def test_partial_sample_is_invisible_to_every_reader_and_the_rerun_completes_it(
                                                                                 capsys):
     """ENOSPC at the third sample's clean/ image: its image, mask and label are written, its clean copy
     and sidecar are not. No reader lists it; the rerun rewrites it and equals an uninterrupted run."""
-    from defectfill import samples
     from defectfill.detect.dataset import synthetic_samples
     from defectfill.downstream.tiles import images_from_synthetic
+    from defectfill.generation import samples
     from defectfill.metrics.distribution import load_dataset_crops
 
     def cfg(out):

@@ -13,7 +13,7 @@ import yaml
 from netguard import SUBPROCESS_NO_NETWORK
 from PIL import Image
 
-from defectfill import samples as samples_mod
+from defectfill.generation import samples as samples_mod
 from defectfill.generation.samples import (
     CELL,
     GAP,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from defectfill import losses
 from defectfill.config import config_fingerprint, config_to_dict, dump_config
+from defectfill.diffusion import losses
 from defectfill.diffusion.config import DefectFillTrainConfig
 from defectfill.errors import ConfigError, check_writable, output_errors
 from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
