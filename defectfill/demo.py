@@ -14,8 +14,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from defectfill.config import load_config
+from defectfill.config import GenerateConfig, load_config
+from defectfill.data.datasets import load_reference_dataset, sample_defect_crop
+from defectfill.data.procedural import make_woven_dataset
 from defectfill.diffusion.config import DefectFillTrainConfig
+from defectfill.diffusion.models.pipeline import FABRIC_BASE, load_inpaint_pipeline, resolve_model
+from defectfill.diffusion.trainer import train
+from defectfill.errors import check_writable
+from defectfill.generation.run import run_generation
 from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +41,6 @@ def default_reference_data() -> Path | None:
 def preview_grid(model: str, lora_dir: Path, dataset, cfg: DefectFillTrainConfig, path: Path, rows: int = 4) -> Path:
     """Reference crop | mask | base-model inpainting | fine-tuned inpainting (composited into the
     reference outside the mask), one row per defect."""
-    from defectfill.data.datasets import sample_defect_crop
-    from defectfill.diffusion.models.pipeline import load_inpaint_pipeline
-
     base = load_inpaint_pipeline(model)
     tuned = load_inpaint_pipeline(model, lora_dir=lora_dir)
     defect_prompt, _ = cfg.prompts()
@@ -100,12 +103,6 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
              num_samples: int = 10) -> dict:
     """Fine-tune DefectFill on reference defects from the embedded fabric base (``fabric-base``;
     ``steps`` default: configs/defectfill/fabric_base.yaml), generate a labelled dataset."""
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.data.procedural import make_woven_dataset
-    from defectfill.diffusion.models.pipeline import FABRIC_BASE, resolve_model
-    from defectfill.diffusion.trainer import train
-    from defectfill.errors import check_writable
-
     out = check_writable(output_dir, "demo folder")
     model_dir = Path(resolve_model(FABRIC_BASE))
     print(f"[1/4] base model: the embedded fabric inpainting base ({model_dir}, see its model_card.md)")
@@ -127,9 +124,6 @@ def run_demo(output_dir: str | Path = "runs/demo", data_dir: str | Path | None =
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold)
     preview = preview_grid(FABRIC_BASE, lora_dir, dataset, cfg, out / "preview.png")
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
-
-    from defectfill.config import GenerateConfig
-    from defectfill.generation.run import run_generation
 
     clean = demo_clean_images(data, out / "clean", num_samples)
     print(f"[4/4] generating {num_samples} labelled samples (auto masks, 4 candidates + Low-Fidelity Selection)")

@@ -26,8 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from defectfill.data.datasets import load_reference_dataset, load_reference_sample
 from defectfill.data.masks import mask_to_boxes
+from defectfill.diffusion.selection import PERCEPTUAL_MEASURES, load_perceptual
+from defectfill.downstream.tiles import images_from_synthetic
+from defectfill.errors import DataError
 from defectfill.generation.samples import _read_mask, _read_rgb, native_window, outline_boxes, spread_indices, zoom_cell
+from defectfill.metrics import frechet_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
+from defectfill.metrics.distribution import MAX_KID_SUBSET, boundary_crops
 from defectfill.runinfo import atomic_save_image
 
 log = logging.getLogger(__name__)
@@ -91,9 +97,6 @@ def _reference(name: str, roots: dict[str, Path]):
     """The real defect whose mask ``name`` reuses (the sidecar's ``placement.reference_id`` in its
     ``generator_config.reference_dir``) as a ReferenceSample, or why there is none to show."""
     import json
-
-    from defectfill.data.datasets import load_reference_sample
-    from defectfill.errors import DataError
 
     for root in roots.values():
         try:
@@ -280,10 +283,6 @@ def generation_metrics(generated_dir: str | os.PathLike, reference_dir: str | os
     ``skipped`` says why. ``ic_lpips`` is None when no cluster has 2 members (see
     ``ic_lpips_detail``).
     """
-    from defectfill.diffusion.selection import PERCEPTUAL_MEASURES, load_perceptual
-    from defectfill.metrics import frechet_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
-    from defectfill.metrics.distribution import MAX_KID_SUBSET
-
     if perceptual not in PERCEPTUAL_MEASURES:
         raise ValueError(f"perceptual must be one of {', '.join(PERCEPTUAL_MEASURES)}, got {perceptual!r}")
     gen = load_dataset_crops(generated_dir, crop)
@@ -322,11 +321,6 @@ def boundary_realism(generated_dir: str | os.PathLike, reference_dir: str | os.P
     defects in ``reference_dir``, on the same features as :func:`generation_metrics` (pretrained
     EfficientNet-Lite0 by default). Lower is closer to real seams. Returns ``{boundary_frechet,
     boundary_kid, n_generated, n_real, crop, per_image, extractor, skipped}``."""
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.downstream.tiles import images_from_synthetic
-    from defectfill.metrics import frechet_kid, load_features
-    from defectfill.metrics.distribution import MAX_KID_SUBSET, boundary_crops
-
     def rgb(image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
         return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]

@@ -17,7 +17,10 @@ import numpy as np
 
 from defectfill.benchmark import stats
 from defectfill.benchmark.config import MAIN, NEW_FABRIC, REAL_ONLY
+from defectfill.benchmark.gallery import side_by_side_sheet
 from defectfill.benchmark.tasks import TASKS
+from defectfill.detect.dataset import box_fill_stats
+from defectfill.formats.images import read_mask
 from defectfill.runinfo import atomic_write_text
 
 TASK_METRICS = {name: task.metrics for name, task in TASKS.items()}
@@ -198,9 +201,6 @@ def paired_settings(cells: list[dict], task: str, setting_a: str, setting_b: str
 def label_fill(out: Path) -> dict | None:
     """Box fill of the real training labels with one box per component vs ``split_long``
     (:func:`defectfill.detect.dataset.box_fill_stats`), on the first seed's training pool."""
-    from defectfill.detect.dataset import box_fill_stats
-    from defectfill.formats.images import read_mask
-
     grid_path = out / "grid.json"
     settings = json.loads(grid_path.read_text())["settings"] if grid_path.is_file() else {}
     split = (settings.get("label_noise") or {}).get("split_long")
@@ -456,8 +456,6 @@ def recall_chart(recall: dict, path: Path) -> Path | None:
 def galleries(cells: list[dict], out: Path, rows: int = 6) -> list[str]:
     """Per setting family, a side-by-side sheet (``gallery_<family>.png``): every generator on the same clean
     images and masks, from the family's first (setting, fold, seed) replicate with generated samples."""
-    from defectfill.benchmark.gallery import side_by_side_sheet
-
     by_rep: dict[tuple, dict[str, str]] = {}
     for c in sorted(cells, key=lambda c: c["generator"]):
         run = c.get("generator_run") or {}

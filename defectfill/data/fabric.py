@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from defectfill.errors import DataError
+from defectfill.formats.images import mask_levels, open_image
 
 
 def _luminance(image: np.ndarray) -> np.ndarray:
@@ -85,8 +86,6 @@ def load_roi(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
     Raises DataError naming the file when it cannot be read or is not H x W.
     """
-    from defectfill.formats.images import mask_levels, open_image
-
     path = Path(path)
     roi = mask_levels(open_image(path, "ROI mask")) > 0
     if roi.shape != tuple(shape):

@@ -18,10 +18,26 @@ from pathlib import Path
 import torch
 
 from defectfill.config import config_fingerprint, config_to_dict, dump_config
+from defectfill.data.datasets import DefectCropSampler, load_reference_dataset
+from defectfill.data.masks import random_box_masks
 from defectfill.diffusion import losses
 from defectfill.diffusion.config import DefectFillTrainConfig
+from defectfill.diffusion.models.attention import AttentionStore, install_attention_capture
+from defectfill.diffusion.models.lora import (
+    add_lora,
+    add_placeholder_token,
+    attach_placeholder_embedding,
+    save_defectfill_lora,
+)
+from defectfill.diffusion.models.pipeline import (
+    apply_speed_options,
+    check_inpainting_unet,
+    load_training_components,
+    resolve_model,
+)
 from defectfill.errors import ConfigError, check_writable, output_errors
 from defectfill.runinfo import atomic_directory, atomic_write_text, write_run_info
+from defectfill.tracking import JSONLTracker, truncate_metrics
 from defectfill.training_utils import (
     CHECKPOINT_RE,
     cast_training_params,
@@ -57,8 +73,6 @@ class Batch:
 
 
 def make_batch(sampler, cfg: DefectFillTrainConfig, micro_step: int, process_index: int) -> Batch:
-    from defectfill.data.masks import random_box_masks
-
     rng, generator = step_rng(cfg.seed, micro_step, process_index)
     crops = sampler.batch(micro_step, process_index, cfg.train_batch_size)
     n, _, h, w = crops["masks"].shape
@@ -237,10 +251,6 @@ def train(cfg: DefectFillTrainConfig, resume_from_checkpoint: str | None = None)
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.diffusion.models.pipeline import check_inpainting_unet, resolve_model
-    from defectfill.tracking import JSONLTracker
-
     cfg.validate()
     output_dir = Path(cfg.output_dir)
     # Cheap checks first: a bad output folder, model folder, data file or crop size fails before any
@@ -290,10 +300,6 @@ def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype:
                    tokens: list[str] | None = None) -> TrainingSetup:
     """Load `model` and set it up for DefectFill training as `train` does (used by the trainer and
     bench/bench_train_step.py); `tokens` (default: the one `placeholder_token`) are added and learned."""
-    from defectfill.diffusion.models.attention import AttentionStore, install_attention_capture
-    from defectfill.diffusion.models.lora import add_lora, add_placeholder_token, attach_placeholder_embedding
-    from defectfill.diffusion.models.pipeline import apply_speed_options, load_training_components
-
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
     tokens = list(tokens or [cfg.placeholder_token])
@@ -370,10 +376,6 @@ def _run(accelerator, cfg: DefectFillTrainConfig, model: str, dataset, resume_di
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
-
-    from defectfill.data.datasets import DefectCropSampler
-    from defectfill.diffusion.models.lora import save_defectfill_lora
-    from defectfill.tracking import truncate_metrics
 
     output_dir = Path(cfg.output_dir)
     set_seed(cfg.seed)

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectfill.backbones import NUM_FEATURES, Backbone
+from defectfill.errors import ConfigError
+
 UNKNOWN = "unknown"
 DEGENERATE_SHAPE = 10.0  # Weibull shape used when a tail has no spread (a steep step at its value)
 
@@ -301,8 +304,6 @@ class DFCNet(nn.Module):
                              f"{num_classes}, {hidden}, {in_channels}")
         self.pretrained, self.in_channels, self.num_classes = pretrained, in_channels, num_classes
         if pretrained:
-            from defectfill.backbones import NUM_FEATURES, Backbone
-
             self.backbone = Backbone(pretrained=True, levels=(4,), frozen=True)
             self.backbone.net.classifier = nn.Identity()  # not used; keeps 1.3 M weights out of the state
             self.embed = nn.Sequential(nn.LayerNorm(NUM_FEATURES), nn.Linear(NUM_FEATURES, hidden), nn.ReLU())
@@ -376,8 +377,6 @@ class DFCConfig:
                   ("openmax_space", self.openmax_space in OPENMAX_SPACES)]
         for name, ok in checks:
             if not ok:
-                from defectfill.errors import ConfigError
-
                 raise ConfigError(f"DFC config: invalid {name}={getattr(self, name)!r}")
         return self
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectfill.backbones import TIMM_NAME, load_pretrained_into, normalize
 from defectfill.downstream.dis import DISUNet
 from defectfill.downstream.tiles import EvalTiles, SourceImage, TileSet, fabric_regions
 from defectfill.downstream.unet import UNet
@@ -134,8 +135,6 @@ class PretrainedSegmenter(nn.Module):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        from defectfill.backbones import TIMM_NAME, load_pretrained_into
-
         kind = arch.removesuffix("_lite0")
         widths = tuple(max(decoder_channels // 2**i, 8) for i in range(5))
         kw = {"unet": {"decoder_channels": widths},
@@ -159,8 +158,6 @@ class PretrainedSegmenter(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from defectfill.backbones import normalize
-
         h, w = x.shape[-2:]
         x = normalize(x)
         ph, pw = (-h) % 32, (-w) % 32

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from defectfill.data.datasets import load_reference_dataset, random_flips
+from defectfill.data.fabric import fabric_mask
 from defectfill.errors import DataError
 from defectfill.formats.images import read_image, read_mask
 
@@ -365,8 +366,6 @@ def fabric_regions(images: Sequence[SourceImage]) -> list[np.ndarray]:
     """Per image, the pixels an on-fabric evaluation counts: fabric (``fabric_mask`` without its
     placement margin) or annotated defect. Off-fabric background (white borders, flat areas) is left
     out as negatives; no defect pixel is ever dropped."""
-    from defectfill.data.fabric import fabric_mask
-
     return [fabric_mask(im.image, margin=0) | im.mask for im in images]
 
 

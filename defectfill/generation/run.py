@@ -17,10 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from defectfill.config import GenerateConfig, config_to_dict
+from defectfill.data.datasets import _read_manifest, load_reference_dataset
+from defectfill.data.fabric import fabric_mask, load_roi, off_fabric_fraction
+from defectfill.data.placement import NoFabricPlacement, place_on_fabric
 from defectfill.errors import ConfigError, DataError, check_writable, output_errors
 from defectfill.formats.images import IMAGE_EXTS, image_size, open_image, read_image, read_mask
 from defectfill.generation.compositing import in_mask_change, visible_change, visible_fraction
+from defectfill.generation.samples import Sample, SampleWriter, coco_rle
 from defectfill.generators import PlacedMask, build_generator, import_class
+from defectfill.runinfo import write_run_info
 
 # ---- small pure helpers ----
 
@@ -76,8 +81,6 @@ class SlotPlanner:
         if cfg.roi_dir is not None and not Path(cfg.roi_dir).is_dir():
             raise DataError(f"{cfg.roi_dir}: roi_dir folder does not exist")
         if cfg.masks == "auto":
-            from defectfill.data.datasets import load_reference_dataset
-
             ref_dir = cfg.reference_dir or meta.get("data_dir")
             if not ref_dir:
                 raise ConfigError("--masks auto needs reference data: set reference_dir")
@@ -101,8 +104,6 @@ class SlotPlanner:
 
     def _clean_fabric_types(self) -> dict[str, str]:
         """Clean image stem → fabric type, from the reference manifest or a manifest.csv beside clean_dir."""
-        from defectfill.data.datasets import _read_manifest
-
         fabrics = dict(self.reference.fabric_types)
         read = (Path(self.reference.root) / "manifest.csv").resolve()
         for manifest in (Path(self.cfg.clean_dir) / "manifest.csv", Path(self.cfg.clean_dir).parent / "manifest.csv"):
@@ -159,8 +160,6 @@ class SlotPlanner:
 
     def valid_region(self, clean_path: Path, clean: np.ndarray) -> np.ndarray:
         """Where a mask may go on this clean image: fabric (unless ``fabric_only`` is off) ∩ its ROI mask."""
-        from defectfill.data.fabric import fabric_mask, load_roi
-
         valid = fabric_mask(clean) if self.cfg.fabric_only else np.ones(clean.shape[:2], bool)
         if self.cfg.roi_dir is not None:
             roi = Path(self.cfg.roi_dir) / f"{clean_path.stem}.png"
@@ -197,8 +196,6 @@ class SlotPlanner:
         return slot
 
     def _auto_slot(self, index: int, seed: int) -> Slot:
-        from defectfill.data.placement import NoFabricPlacement, place_on_fabric
-
         rng = np.random.default_rng([self.cfg.seed, index])
         n = len(self.clean_files)
         for retry in range(n):
@@ -225,9 +222,6 @@ def label_sample(cfg: GenerateConfig, slot: Slot, result: np.ndarray) -> tuple[n
     """The exported mask of a generated sample, its inspection numbers and the rejection reason (None:
     accepted). Exported mask = requested mask ∩ visibly changed pixels (`visible_change`) when
     ``label_from_change``, else the requested mask."""
-    from defectfill.data.fabric import off_fabric_fraction
-    from defectfill.generation.samples import coco_rle
-
     clean, requested = slot.clean, slot.mask
     change = in_mask_change(result, clean, requested)
     stats: dict = {"in_mask_change": change, "requested_pixels": int(requested.sum()),
@@ -263,9 +257,6 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from defectfill.diffusion.models.lora import read_lora_metadata
-    from defectfill.generation.samples import SampleWriter
-
     cfg.validate()
     check_writable(cfg.output_dir, "output folder")
     meta = {}
@@ -273,8 +264,8 @@ def run_generation(cfg: GenerateConfig, synthesizer_factory=None) -> dict:
         generator_cls = import_class(cfg.generator)
         generator_cls.check(cfg)
         meta = generator_cls.checkpoint_defaults(cfg)
-    elif cfg.lora_dir:
-        meta = read_lora_metadata(cfg.lora_dir)
+    elif cfg.lora_dir:  # a custom factory over a DefectFill LoRA: its record still fills the unset keys
+        meta = import_class(cfg.generator).checkpoint_defaults(cfg)
     planner = SlotPlanner(cfg, meta)
     planner.check()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() would read it
@@ -308,8 +299,6 @@ def remove_if_no_samples(folder: Path, keep_folder: bool = False) -> bool:
 def _generate_into(cfg: GenerateConfig, planner: SlotPlanner, state, writer, synthesizer_factory) -> dict:
     from tqdm.auto import tqdm
 
-    from defectfill.generation.samples import Sample
-    from defectfill.runinfo import write_run_info
     mine = [i for i in range(cfg.num_samples)
             if i % state.num_processes == state.process_index and not writer.is_done(f"{i:06d}")]
     if mine:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from defectfill.data.datasets import load_reference_dataset
 from defectfill.errors import DataError
 from defectfill.formats.images import read_image, read_mask
 from defectfill.metrics.features import FeatureExtractor, metric_names
@@ -325,8 +326,6 @@ def load_reference_crops(dataset_dir: str | Path, size: int, defect_types: Seque
     Read with :func:`defectfill.data.datasets.load_reference_dataset` (validated; DataError
     naming the file on problems); ``defect_types`` / ``max_samples`` are passed to it.
     """
-    from defectfill.data.datasets import load_reference_dataset
-
     ds = load_reference_dataset(dataset_dir, defect_types=defect_types, max_samples=max_samples)
     pairs = [crop_around_masks(s.image, s.mask, size) for s in ds.samples]
     return _stack([s.id for s in ds.samples], pairs, Path(dataset_dir), size)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from defectfill.backbones import NUM_FEATURES, Backbone
 from defectfill.errors import ModelError
 
 KINDS = ("efficientnet-lite0", "fid-inception", "inception", "random")
@@ -257,8 +258,6 @@ class BackboneFeatures(FeatureExtractor):
 
     def __init__(self, pretrained: bool = True, seed: int = 0, weights: str | Path | None = None):
         super().__init__()
-        from defectfill.backbones import NUM_FEATURES, Backbone
-
         self.backbone = Backbone(pretrained=pretrained, frozen=True, seed=seed, weights=weights)
         self.num_features = NUM_FEATURES
         self.pretrained = bool(pretrained)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectfill.backbones import Backbone
+
 MEASURE_NAME = "lpips-lite0"
 NORM_EPS = 1e-10  # lpips.normalize_tensor's epsilon
 
@@ -72,8 +74,6 @@ class BackbonePerceptual(nn.Module):
     def __init__(self, pretrained: bool = True, levels: tuple[int, ...] = (0, 1, 2, 3, 4), seed: int = 0,
                  weights: str | Path | None = None):
         super().__init__()
-        from defectfill.backbones import Backbone
-
         self.backbone = Backbone(pretrained=pretrained, levels=tuple(levels), frozen=True, seed=seed,
                                  weights=weights)
         self.levels = self.backbone.levels

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from defectfill.data.datasets import load_reference_dataset
+from defectfill.metrics import load_dataset_crops, load_features
+from defectfill.metrics.distribution import crop_around_masks, frechet_kid_from_features, image_features
+
 MIN_PER_CLASS = 4
 
 
@@ -79,10 +83,6 @@ def realism_probe(generated_dirs: Sequence[str | Path], reference_dir: str | Pat
     placement and the fabric alone. A painted defect that looks real lowers the AUC below it; one the
     probe cannot see leaves it there. ``realism_gain = context_auc − auc``.
     """
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.metrics import load_dataset_crops, load_features
-    from defectfill.metrics.distribution import crop_around_masks, frechet_kid_from_features, image_features
-
     extractor = extractor if extractor is not None else load_features("efficientnet-lite0", seed=seed)
     ds = load_reference_dataset(reference_dir, defect_types=defect_types)
     real_crops = [crop_around_masks(s.image, s.mask, crop)[0] for s in ds.samples]

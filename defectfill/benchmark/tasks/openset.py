@@ -10,11 +10,13 @@ from dataclasses import asdict
 
 import numpy as np
 
-from defectfill.benchmark.config import MAIN
+from defectfill.benchmark.config import MAIN, sub_config
 from defectfill.benchmark.tasks import Task, UnitData
 from defectfill.config import load_config
 from defectfill.data.splits import defect_types
+from defectfill.downstream.openset import DFCConfig, train_dfc
 from defectfill.errors import DataError
+from defectfill.metrics import load_dataset_crops, load_reference_crops
 
 
 class OpenSetTask(Task):
@@ -24,15 +26,9 @@ class OpenSetTask(Task):
     recall = "novel_flagged"
 
     def check(self, cfg) -> None:
-        from defectfill.benchmark.config import sub_config
-        from defectfill.downstream.openset import DFCConfig
-
         sub_config(DFCConfig, cfg.openset, "openset")
 
     def run(self, ctx, cell, data: UnitData) -> dict:
-        from defectfill.downstream.openset import DFCConfig, train_dfc
-        from defectfill.metrics import load_dataset_crops, load_reference_crops
-
         dfc_cfg = load_config(DFCConfig, **{**ctx.cfg.openset, "seed": cell.seed})
         size = dfc_cfg.crop
         real = load_reference_crops(data.pool_dir, size)

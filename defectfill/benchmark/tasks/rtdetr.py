@@ -5,7 +5,10 @@ synthetic samples alone, the rest on the real ones (``worker.detector_job``)."""
 
 from __future__ import annotations
 
+from defectfill.benchmark.config import sub_config
 from defectfill.benchmark.tasks import Task, UnitData
+from defectfill.benchmark.worker import run_job
+from defectfill.detect.rtdetr import DetectorConfig
 from defectfill.errors import ConfigError
 
 # detector settings the benchmark reads itself (the rest is DetectorConfig)
@@ -26,9 +29,6 @@ class RTDETRTask(Task):
 
     @staticmethod
     def _check(values: dict, key: str) -> None:
-        from defectfill.benchmark.config import sub_config
-        from defectfill.detect.rtdetr import DetectorConfig
-
         steps = values.get("steps")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"{key}.steps: must be a positive integer, got {steps!r}")
@@ -43,8 +43,6 @@ class RTDETRTask(Task):
         sub_config(DetectorConfig, {k: v for k, v in det.items() if v is not None}, key)
 
     def run(self, ctx, cell, data: UnitData) -> dict:
-        from defectfill.benchmark.worker import run_job
-
         det = ctx.cfg.task_settings("detector", cell.generator)
         if cell.setting.startswith("split_long"):
             det["split_long"] = float(ctx.cfg.label_noise["split_long"])

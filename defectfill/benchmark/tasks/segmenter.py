@@ -6,8 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from defectfill.benchmark import stats
+from defectfill.benchmark.config import sub_config
 from defectfill.benchmark.tasks import Task, UnitData
 from defectfill.config import load_config
+from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
+from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
 
 # torch-heavy modules are imported where a cell runs: the worker child imports this package and must
 # start small (its peak memory is a reported number)
@@ -22,9 +26,6 @@ class SegmenterTask(Task):
     stat_metrics = ("pixel_ap", "image_recall@fa5", "region_recall@fa5")
 
     def check(self, cfg) -> None:
-        from defectfill.benchmark.config import sub_config
-        from defectfill.downstream.segmenter import SegmenterConfig
-
         sub_config(SegmenterConfig, cfg.segmenter, "segmenter")
         for g in cfg.generators:
             if "segmenter" in (g.get("downstream") or {}):
@@ -32,10 +33,6 @@ class SegmenterTask(Task):
                            f"generator {g['name']!r}: downstream.segmenter")
 
     def run(self, ctx, cell, data: UnitData) -> dict:
-        from defectfill.benchmark import stats
-        from defectfill.downstream.segmenter import SegmenterConfig, evaluate_segmenter, train_segmenter
-        from defectfill.downstream.tiles import images_from_reference, images_from_synthetic
-
         settings = ctx.cfg.task_settings("segmenter", cell.generator)
         seg = SegmenterConfig(**{**asdict(load_config(SegmenterConfig, **settings)), "seed": cell.seed})
         if "train" not in data.cache:

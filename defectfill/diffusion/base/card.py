@@ -17,6 +17,14 @@ import cv2
 import numpy as np
 import torch
 
+from defectfill.data.datasets import load_reference_dataset
+from defectfill.diffusion.base import data as bdata
+from defectfill.diffusion.base.train import check_data
+from defectfill.diffusion.synthesizer import latent_safe
+from defectfill.metrics.distribution import frechet_kid
+from defectfill.metrics.features import load_features
+from defectfill.runinfo import atomic_save_image, atomic_write_text
+
 CARD_JSON, CARD_MD, CARD_PNG = "model_card.json", "model_card.md", "model_card.png"
 
 
@@ -47,9 +55,6 @@ def telea_fill(gray: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarra
 def card_crops(data_dir: Path, ids: set[str], n: int, crop: int, size: int, seed: int = 12345):
     """``n`` clean crops (uint8 grey, size x size) from the defect-free images among ``ids`` and a
     random inpainting mask each (``base.data.inpaint_mask``, defect shapes from all masks)."""
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.diffusion.base import data as bdata
-
     ref = load_reference_dataset(data_dir)
     good = {p.stem for p in ref.good_paths} & ids
     images = bdata.load_fabric_images(ref, good) if good else []
@@ -77,8 +82,6 @@ def base_fill(pipe, gray: np.ndarray, masks: np.ndarray, steps: int, seed: int,
     crop with the requested mask; the pipeline gets the latent-safe mask, as ``generate`` does."""
     from PIL import Image
 
-    from defectfill.diffusion.synthesizer import latent_safe
-
     size = gray.shape[-1]
     out = np.empty_like(gray)
     for i, (g, m) in enumerate(zip(gray, masks)):
@@ -103,8 +106,6 @@ def vae_psnr(vae, gray: np.ndarray) -> float:
 def sheet(rows: list[np.ndarray], titles: list[str], path: Path, n: int = 8) -> Path:
     """Columns = fillers, rows = crops; each tile upscaled x2 with a title bar."""
     from PIL import Image, ImageDraw
-
-    from defectfill.runinfo import atomic_save_image
 
     size = rows[0].shape[-1] * 2
     canvas = Image.new("L", (len(rows) * (size + 4), 14 + n * (size + 4)), 255)
@@ -139,11 +140,6 @@ def compared_bases(cfg) -> list[str]:
 def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mean_of: int = 4) -> Path:
     """Measure the base in ``model_dir`` (trained with ``cfg``, a PretrainBaseConfig) and write
     ``model_card.json``, ``model_card.md`` and ``model_card.png`` beside it."""
-    from defectfill.diffusion.base.train import check_data
-    from defectfill.metrics.distribution import frechet_kid
-    from defectfill.metrics.features import load_features
-    from defectfill.runinfo import atomic_write_text
-
     model_dir = Path(model_dir)
     data, train_ids, held = check_data(cfg)
     ids, where = (held, "held-out clean images") if held else (train_ids, "TRAINING images (eval_fraction 0)")

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 
 from defectfill.data.fabric import fabric_mask
+from defectfill.data.masks import mask_components
+from defectfill.formats.images import read_image
 
 MASK_KINDS = ("box", "stroke", "defect")
 
@@ -30,8 +32,6 @@ def load_fabric_images(ref, ids: set[str] | None = None, exclude_margin: int = 4
     """Every defect-free (``good/``) and defective image of a loaded reference dataset ``ref``
     (``data.datasets.load_reference_dataset``; restricted to ``ids`` when given), grey, with its
     fabric map and its dilated defect map."""
-    from defectfill.formats.images import read_image
-
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * exclude_margin + 1,) * 2)
     out: list[FabricImage] = []
     for s in ref.samples:
@@ -52,8 +52,6 @@ def load_fabric_images(ref, ids: set[str] | None = None, exclude_margin: int = 4
 def defect_shapes(ref, ids: set[str] | None = None, min_area: int = 4) -> list[np.ndarray]:
     """The connected components of every mask of ``ref`` (restricted to ``ids``), each cut to its
     bounding box (bool)."""
-    from defectfill.data.masks import mask_components
-
     shapes = []
     for s in ref.samples:
         if ids is not None and s.id not in ids:

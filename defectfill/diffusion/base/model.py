@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from defectfill.diffusion.models.tiny import write_tiny_tokenizer
+
 
 def base_components(vae_channels=(32, 64), unet_channels=(32, 64, 96), layers_per_block: int = 1,
                     attention_head_dim: int = 8, text_hidden: int = 64, text_layers: int = 2,
@@ -46,8 +48,6 @@ def base_components(vae_channels=(32, 64), unet_channels=(32, 64, 96), layers_pe
 def new_tokenizer(directory: Path):
     """The offline byte-level CLIP tokenizer of ``models.tiny`` (whole words for the prompts used)."""
     from transformers import CLIPTokenizer
-
-    from defectfill.diffusion.models.tiny import write_tiny_tokenizer
 
     return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(directory))
 

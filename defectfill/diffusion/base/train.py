@@ -21,7 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectfill.errors import ConfigError, DataError
+from defectfill.benchmark.runner import held_out_split
+from defectfill.data.datasets import load_reference_dataset
+from defectfill.diffusion.base import data as bdata
+from defectfill.diffusion.base.model import base_components, new_tokenizer, save_pipeline, sync_token_ids
+from defectfill.errors import ConfigError, DataError, check_writable, output_errors
+from defectfill.runinfo import write_run_info
+from defectfill.tracking import truncate_metrics
 from defectfill.training_utils import (
     list_checkpoints,
     load_training_state,
@@ -106,8 +112,6 @@ class PretrainBaseConfig:
 
 def held_out_ids(data_dir: Path, fraction: float, seed: int) -> set[str]:
     """The benchmark's held-out source ids of ``data_dir`` (``benchmark.runner.Context``'s split)."""
-    from defectfill.benchmark.runner import held_out_split
-
     return held_out_split(data_dir, fraction, seed) if fraction > 0 else set()
 
 
@@ -242,13 +246,6 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from defectfill.data.datasets import load_reference_dataset
-    from defectfill.diffusion.base import data as bdata
-    from defectfill.diffusion.base.model import base_components, new_tokenizer, save_pipeline, sync_token_ids
-    from defectfill.errors import check_writable, output_errors
-    from defectfill.runinfo import write_run_info
-    from defectfill.tracking import truncate_metrics
-
     if not cfg.output_dir:
         raise ConfigError("--output: the folder to write the base model to is required")
     out = Path(cfg.output_dir)
@@ -380,8 +377,6 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
 @torch.no_grad()
 def set_scaling_factor(vae, images, shapes, cfg: PretrainBaseConfig, device) -> float:
     """SD's rule: scaling_factor = 1 / std of latents of training crops (a fixed seed)."""
-    from defectfill.diffusion.base import data as bdata
-
     b = bdata.fabric_batch(images, shapes, 64, cfg.crop_size, cfg.resolution, np.random.default_rng(cfg.seed))
     z = vae.encode(to_rgb(b["pixels"]).to(device)).latent_dist.mean
     sf = float(1.0 / z.std())
