@@ -231,7 +231,7 @@ class GenerateConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.selection not in ("lpips-lite0", "lpips", "l1", "l2", "ssim"):
             raise ConfigError(f"selection must be lpips-lite0, lpips, l1, l2 or ssim, got {self.selection!r}")
-        from defectfill.diffusion.selection import LPIPS_NETS
+        from defectfill.metrics.distances import LPIPS_NETS  # lazy: start-up time (torch)
 
         check_choice("lpips_net", self.lpips_net, LPIPS_NETS)
         if self.lpips_weights and self.selection != "lpips":

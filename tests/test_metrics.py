@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from defectfill.diffusion.selection import load_perceptual
 from defectfill.errors import DataError, ModelError
 from defectfill.generation.samples import Sample, SampleWriter
 from defectfill.metrics import (
@@ -31,6 +30,7 @@ from defectfill.metrics import (
     load_reference_crops,
     metric_names,
 )
+from defectfill.metrics.distances import load_perceptual
 
 # ---------------------------------------------------------------------------- FID / KID
 

@@ -10,19 +10,19 @@ import torchvision
 from netguard import refuse_network
 from safetensors.torch import save_file
 
-from defectfill.diffusion.selection import (
+from defectfill.diffusion.selection import low_fidelity_selection
+from defectfill.metrics import BackbonePerceptual
+from defectfill.metrics.distances import (
     DEFAULT_MEASURE,
     MEASURES,
     PAPER_MEASURE,
     load_lpips,
     load_perceptual,
-    low_fidelity_selection,
     masked_distance,
     masked_lpips_distance,
     masked_mean,
     ssim_map,
 )
-from defectfill.metrics import BackbonePerceptual
 
 
 @pytest.fixture(scope="module")

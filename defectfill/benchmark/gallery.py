@@ -28,11 +28,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from defectfill.data.datasets import load_reference_dataset, load_reference_sample
 from defectfill.data.masks import mask_to_boxes
-from defectfill.diffusion.selection import PERCEPTUAL_MEASURES, load_perceptual
 from defectfill.downstream.tiles import images_from_synthetic
 from defectfill.errors import DataError
 from defectfill.generation.samples import _read_mask, _read_rgb, native_window, outline_boxes, spread_indices, zoom_cell
 from defectfill.metrics import frechet_kid, ic_lpips, load_dataset_crops, load_features, load_reference_crops
+from defectfill.metrics.distances import PERCEPTUAL_MEASURES, load_perceptual
 from defectfill.metrics.distribution import MAX_KID_SUBSET, boundary_crops
 from defectfill.runinfo import atomic_save_image
 

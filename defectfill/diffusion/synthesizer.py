@@ -25,12 +25,13 @@ from defectfill.diffusion.models.pipeline import (
     resolve_model,
 )
 from defectfill.diffusion.models.tiny import TINY_MODEL_NAME, ensure_tiny_model
-from defectfill.diffusion.selection import load_perceptual, low_fidelity_selection
+from defectfill.diffusion.selection import low_fidelity_selection
 from defectfill.diffusion.trainer import train
 from defectfill.errors import ConfigError, ModelError, check_writable
 from defectfill.generation.compositing import resize_mask, windowed
 from defectfill.generation.run import derive_seed, file_sha256
 from defectfill.generators import Generator
+from defectfill.metrics.distances import load_perceptual
 from defectfill.runinfo import atomic_write_text
 
 GENERATOR_NAME = "defectfill"

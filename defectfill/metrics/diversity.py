@@ -11,7 +11,7 @@ the two images' defect masks (both the generated-to-real distances of the assign
 generated-to-generated distances within a cluster), so the clean fabric around a defect does
 not dominate and the distance stays symmetric. Without masks the whole image is used. Clusters
 with fewer than 2 members are skipped and counted. The map comes from
-:func:`defectfill.diffusion.selection.load_perceptual`: by default the LPIPS-style distance on the
+:func:`defectfill.metrics.distances.load_perceptual`: by default the LPIPS-style distance on the
 pretrained EfficientNet-Lite0 (:class:`~defectfill.metrics.perceptual.BackbonePerceptual`,
 Zhang et al. 2018 eq. 1 with unit weights), or ``lpips.LPIPS(spatial=True)`` (the standard LPIPS
 with local AlexNet weights; a RANDOM backbone only when asked for). The result carries the
@@ -144,7 +144,7 @@ def ic_lpips(
     distance within each cluster of >= 2 members is averaged over those clusters.
     ``max_pairs_per_cluster`` caps the pairs per cluster (seeded random subset) for large n.
 
-    ``lpips_model``/``lpips_description`` are what :func:`defectfill.diffusion.selection.load_perceptual`
+    ``lpips_model``/``lpips_description`` are what :func:`defectfill.metrics.distances.load_perceptual`
     (or ``load_lpips``) returns; the description is reported so the network is visible. Returns ``{value,
     clusters_used, clusters_skipped, cluster_sizes, cluster_values, k, n_generated, region, lpips,
     metric}``; ``value`` is NaN when no cluster has 2 members.

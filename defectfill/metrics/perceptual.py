@@ -16,7 +16,7 @@ feature levels (strides 2, 4, 8, 16, 32) by default.
 ``model(x, y, normalize=True)`` -> a per-pixel map (B, 1, H, W) (each layer's map bilinearly
 upsampled to the input size, as lpips does, then summed over layers), so averaging it over a
 mask gives eq. 1 restricted to the mask, and it plugs into Low-Fidelity Selection
-(:func:`defectfill.diffusion.selection.masked_lpips_distance`) and IC-LPIPS
+(:func:`defectfill.metrics.distances.masked_lpips_distance`) and IC-LPIPS
 (:func:`defectfill.metrics.ic_lpips`) unchanged.
 """
 
