@@ -89,7 +89,7 @@ class Case:
         return argv
 
     def generate(self, *extra: str, out: Path | None = None) -> list[str]:
-        return ["generate", "--lora", str(self.lora), "--clean", str(self.clean), "--output-dir", str(out or self.out),
+        return ["generate", "--lora", str(self.lora), "--clean-dir", str(self.clean), "--output-dir", str(out or self.out),
                 "--num-samples", "2", "--steps", "2", "--candidates", "2", *extra]
 
     def masks_folder(self, shape=None, value=255) -> Path:
@@ -318,7 +318,7 @@ def _gen_empty_mask_in_folder(c):
 
 
 def _gen_truncated_reference(c):
-    return c.generate("--reference", str(c.data)), truncate(c.first("images")).name
+    return c.generate("--data-dir", str(c.data)), truncate(c.first("images")).name
 
 
 def _gen_output_is_file(c):
@@ -331,7 +331,7 @@ def _gen_output_parent_is_file(c):
 
 
 def _gen_missing_roi(c):
-    return c.generate("--roi", str(c.root / "no-roi")), "no-roi"
+    return c.generate("--roi-dir", str(c.root / "no-roi")), "no-roi"
 
 
 def _gen_whole_image_masks(c):
@@ -345,14 +345,14 @@ def _gen_whole_image_masks(c):
 def _gen_clean_too_small_for_auto_masks(c):
     small = c.clean / "tiny.png"
     Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(small)
-    return c.generate("--reference", str(c.data)), "tiny.png"
+    return c.generate("--data-dir", str(c.data)), "tiny.png"
 
 
 def _gen_no_fabric_for_auto_masks(c):
     for p in c.clean.iterdir():  # saturated white: no fabric anywhere
         w, h = Image.open(p).size
         Image.fromarray(np.full((h, w, 3), 255, np.uint8)).save(p)
-    return c.generate("--reference", str(c.data)), str(c.clean)
+    return c.generate("--data-dir", str(c.data)), str(c.clean)
 
 
 GENERATE_CONFIG_CASES = {  # extra flags -> key named in the error
@@ -398,58 +398,58 @@ def _gan_dgt_unknown_key(c):
 
 
 def _detect_build_missing_reference(c):
-    return ["detect", "build", "--reference", str(c.root / "no-ref"), "--out", str(c.out)], "no-ref"
+    return ["detect", "build", "--data-dir", str(c.root / "no-ref"), "--output-dir", str(c.out)], "no-ref"
 
 
 def _detect_build_truncated_image(c):
-    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out)], truncate(c.first("images")).name
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(c.out)], truncate(c.first("images")).name
 
 
 def _detect_build_corrupt_mask(c):
-    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out)], garble(c.first("masks")).name
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(c.out)], garble(c.first("masks")).name
 
 
 def _detect_build_out_is_file(c):
-    return ["detect", "build", "--reference", str(c.data), "--out", str(a_file(c.out))], str(c.out)
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(a_file(c.out))], str(c.out)
 
 
 def _detect_build_class_names_and_single_class(c):
-    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out), "--class-names", "hole",
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(c.out), "--class-names", "hole",
             "--set", "single_class=true"], "single_class"
 
 
 def _detect_build_class_names_match_nothing(c):
     types = sorted({line.split(",")[1] for line in (c.data / "manifest.csv").read_text().splitlines()[1:]})
-    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out),
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(c.out),
             "--class-names", ",".join([*types, "holes"])], "holes"
 
 
 def _detect_build_bad_optimizer(c):
-    return ["detect", "build", "--reference", str(c.data), "--out", str(c.out), "--set", "optimizer=adamz"], \
+    return ["detect", "build", "--data-dir", str(c.data), "--output-dir", str(c.out), "--set", "optimizer=adamz"], \
         "optimizer"
 
 
 def _detect_train_missing_yaml(c):
-    return ["detect", "train", "--data", str(c.root / "none.yaml"), "--output-dir", str(c.out)], "none.yaml"
+    return ["detect", "train", "--data-yaml", str(c.root / "none.yaml"), "--output-dir", str(c.out)], "none.yaml"
 
 
 def _detect_train_bad_yaml(c):
     p = c.root / "data.yaml"
     p.write_text("names: [a\n")
-    return ["detect", "train", "--data", str(p), "--output-dir", str(c.out)], "data.yaml"
+    return ["detect", "train", "--data-yaml", str(p), "--output-dir", str(c.out)], "data.yaml"
 
 
 def _detect_train_output_is_file(c):
-    return ["detect", "train", "--data", str(c.detect_dataset()), "--output-dir", str(a_file(c.out))], str(c.out)
+    return ["detect", "train", "--data-yaml", str(c.detect_dataset()), "--output-dir", str(a_file(c.out))], str(c.out)
 
 
 def _detect_train_unknown_key(c):
-    return ["detect", "train", "--data", str(c.detect_dataset()), "--output-dir", str(c.out),
+    return ["detect", "train", "--data-yaml", str(c.detect_dataset()), "--output-dir", str(c.out),
             "--set", "epoch=3"], "epoch"
 
 
 def _detect_eval_missing_weights(c):
-    return ["detect", "eval", "--weights", str(c.root / "best.pt"), "--data", str(c.detect_dataset()),
+    return ["detect", "eval", "--weights", str(c.root / "best.pt"), "--data-yaml", str(c.detect_dataset()),
             "--output-dir", str(c.out)], "best.pt"
 
 

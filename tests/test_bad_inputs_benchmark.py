@@ -86,7 +86,7 @@ class Case:
     def argv(self, *sets: str, out: Path | None = None, config: str | None = None, model: Path | None = None,
              data: Path | None = None, eval_data: Path | None = None) -> list[str]:
         argv = ["benchmark", "--config", config or str(self.config), "--output-dir", str(out or self.out),
-                "--eval-data", str(eval_data or self.eval), "--set", f"data_dir={data or self.data}"]
+                "--eval-data-dir", str(eval_data or self.eval), "--set", f"data_dir={data or self.data}"]
         if not any(s.startswith("generators=") for s in sets):
             argv += ["--set", _flow(generators_with_model(model or self.model))]
         for s in sets:
@@ -261,7 +261,7 @@ def _truncated_eval_good_image(c):
 
 def _truncated_image_held_out(c):  # no eval_data: the held-out part comes from data_dir, checked the same
     argv = c.argv()
-    i = argv.index("--eval-data")
+    i = argv.index("--eval-data-dir")
     return argv[:i] + argv[i + 2:], truncate(c.first("images")).name
 
 

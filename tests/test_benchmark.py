@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from defectfill.benchmark.locks import claim as _claim
-from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main, plan, run_benchmark
+from defectfill.benchmark.runner import BenchmarkConfig, plan, run_benchmark
+from defectfill.cli.benchmark import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError, DataError
 
@@ -194,7 +195,7 @@ def test_second_run_skips_every_finished_cell_and_retries_failures(bench, woven_
 def test_changed_settings_are_refused(bench, woven_root, eval_root, tiny_model_dir, capsys):
     _, out, _ = bench
     rc = benchmark_main(["--config", str(PROFILE), "--output-dir", str(out), "--set", f"data_dir={woven_root}",
-                         "--eval-data", str(eval_root), "--set", "segmenter={steps: 7}"])
+                         "--eval-data-dir", str(eval_root), "--set", "segmenter={steps: 7}"])
     assert rc == 2
     assert "segmenter" in capsys.readouterr().err
     start = time.perf_counter()

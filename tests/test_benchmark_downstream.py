@@ -6,8 +6,9 @@ import json
 import pytest
 import yaml
 
-from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main
+from defectfill.benchmark.runner import BenchmarkConfig
 from defectfill.benchmark.tasks import get as task
+from defectfill.cli.benchmark import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from defectfill.benchmark.executors import ExecutorConfig, executor_config, profile_devices
-from defectfill.benchmark.runner import BenchmarkConfig, benchmark_main
+from defectfill.benchmark.runner import BenchmarkConfig
+from defectfill.cli.benchmark import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
 

@@ -20,6 +20,7 @@ import yaml
 from netguard import SUBPROCESS_NO_NETWORK
 from PIL import Image
 
+from defectfill.cli.detect import detect_main
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.detect.dataset import (
     PAD_VALUE,
@@ -38,7 +39,6 @@ from defectfill.detect.rtdetr import (
     DEFAULT_MODEL,
     LITE0_MODEL,
     DetectorConfig,
-    detect_main,
     model_for_run,
     resolve_model,
     train_detector,
@@ -322,13 +322,13 @@ def test_eval_folder_and_clear_errors(reference, tmp_path, capsys):
     assert resolve_model("configs/rtdetr/rtdetr_small.yaml") == str(REPO / "configs/rtdetr/rtdetr_small.yaml")
     with pytest.raises(ConfigError, match="imgsz"):
         DetectorConfig(imgsz=100).validate()
-    assert detect_main(["eval", "--weights", str(tmp_path / "missing.pt"), "--data", str(out / "data.yaml")]) == 2
+    assert detect_main(["eval", "--weights", str(tmp_path / "missing.pt"), "--data-yaml", str(out / "data.yaml")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     built = tmp_path / "cli"
-    assert detect_main(["build", "--reference", str(reference), "--out", str(built), "--set", "single_class=false",
+    assert detect_main(["build", "--data-dir", str(reference), "--output-dir", str(built), "--set", "single_class=false",
                         "--set", "val_fraction=0.5"]) == 0
     assert yaml.safe_load((built / "data.yaml").read_text())["names"] == {0: "hole", 1: "line"}
-    assert detect_main(["build", "--reference", str(reference), "--out", str(built), "--set", "tile=0"]) == 2
+    assert detect_main(["build", "--data-dir", str(reference), "--output-dir", str(built), "--set", "tile=0"]) == 2
     assert "tile must be >= 1" in capsys.readouterr().err
     assert "ultralytics" not in sys.modules
     assert "ultralytics" not in sys.modules
@@ -418,19 +418,17 @@ _PROBE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
 
 _TRAIN = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
     import time
-    sys.path.insert(0, "train")
-    import finetune_rtdetr
-    from defectfill.detect.rtdetr import detect_main
+    from defectfill.cli.detect import detect_main
     ref, out = sys.argv[1], sys.argv[2]
     t0 = time.perf_counter()
-    rc = finetune_rtdetr.main(finetune_rtdetr.parse_args([
-        "--reference", ref, "--output_dir", out, "--device", "cpu", "--epochs", "1",
-        "--set", "imgsz=64", "--set", "batch=2", "--set", "nbs=2", "--set", "workers=0",
-        "--set", "val_fraction=0.5", "--set", "mosaic=0"]))
+    rc0 = detect_main(["build", "--data-dir", ref, "--output-dir", out + "/dataset", "--set", "val_fraction=0.5"])
+    rc = detect_main(["train", "--data-yaml", out + "/dataset/data.yaml", "--output_dir", out, "--device", "cpu",
+                      "--epochs", "1", "--set", "imgsz=64", "--set", "batch=2", "--set", "nbs=2", "--set", "workers=0",
+                      "--set", "mosaic=0"])
     wall = time.perf_counter() - t0
-    rc2 = detect_main(["eval", "--weights", out + "/rtdetr/weights/best.pt", "--data", out + "/dataset/data.yaml",
+    rc2 = detect_main(["eval", "--weights", out + "/rtdetr/weights/best.pt", "--data-yaml", out + "/dataset/data.yaml",
                        "--batch", "2"])
-    print(json.dumps({"rc": rc, "rc2": rc2, "wall": wall, "calls": calls}))
+    print(json.dumps({"rc0": rc0, "rc": rc, "rc2": rc2, "wall": wall, "calls": calls}))
 """)
 
 
@@ -593,9 +591,9 @@ def test_cached_backbone_trains_like_the_plain_one(reference, tmp_path):
 def test_tiny_training_end_to_end(reference, tmp_path):
     out = tmp_path / "run"
     res = _run_ultralytics(_TRAIN, [str(reference), str(out)], tmp_path, 150)
-    assert res["rc"] == 0 and res["rc2"] == 0 and res["calls"] == []
+    assert res["rc0"] == 0 and res["rc"] == 0 and res["rc2"] == 0 and res["calls"] == []
     assert (out / "rtdetr" / "weights" / "best.pt").is_file()
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "rtdetr" / "results.json").read_text())
     metrics = results["evaluations"]["val"]
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
     for key in ("map50", "map50_95", "precision", "recall", "f1"):
@@ -604,10 +602,10 @@ def test_tiny_training_end_to_end(reference, tmp_path):
     assert metrics["instances"] == manifest["splits"]["val"]["boxes"] > 0
     assert list(metrics["per_class"]) == ["defect"]  # DetectorConfig.single_class defaults to True
     assert metrics["per_class"]["defect"]["images"] == manifest["splits"]["val"]["labelled"]
-    assert results["config"]["epochs"] == 1 and results["seconds"]["train"] > 0
+    assert results["config"]["epochs"] == 1 and results["config"]["output_dir"] == str(out)
     backbone = json.loads((out / "rtdetr" / "backbone.json").read_text())  # the default: pretrained, frozen
     assert results["config"]["model"] == LITE0_MODEL and backbone["start"]["pretrained"] and backbone["start"]["frozen"]
-    assert "| val |" in (out / "results.md").read_text()
+    assert "| val |" in (out / "rtdetr" / "results.md").read_text()
     again = json.loads((out / "rtdetr" / "eval_val.json").read_text())["evaluations"]["val"]
     assert again["map50"] == metrics["map50"] and again["instances"] == metrics["instances"]
 
@@ -659,7 +657,7 @@ def test_box_fill_stats_by_hand():
 
 def test_build_class_names_turn_per_type_classes_on_and_caps_are_said(reference, synthetic, tmp_path, capsys):
     out = tmp_path / "named"
-    assert detect_main(["build", "--reference", str(reference), "--out", str(out), "--class-names", "line,hole",
+    assert detect_main(["build", "--data-dir", str(reference), "--output-dir", str(out), "--class-names", "line,hole",
                         "--synthetic", str(synthetic), "--set", "val_fraction=0.5", "--set", "synthetic_fraction=0.2"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "line", 1: "hole"}  # the given order
@@ -669,11 +667,11 @@ def test_build_class_names_turn_per_type_classes_on_and_caps_are_said(reference,
     assert printed[-1] == (f"synthetic tiles capped: kept {mix['synthetic_tiles']} of 3 (synthetic_fraction 0.2 of "
                            f"{mix['real_labelled_tiles']} real labelled training tiles; set synthetic_fraction=null "
                            f"for no cap)")
-    assert detect_main(["build", "--reference", str(reference), "--out", str(tmp_path / "x"),
+    assert detect_main(["build", "--data-dir", str(reference), "--output-dir", str(tmp_path / "x"),
                         "--class-names", "line,hole,crack"]) == 2
     assert "['crack'] match no defect type in the data (found: hole, line)" in capsys.readouterr().err
     uncapped = tmp_path / "uncapped"
-    assert detect_main(["build", "--reference", str(reference), "--out", str(uncapped), "--synthetic", str(synthetic),
+    assert detect_main(["build", "--data-dir", str(reference), "--output-dir", str(uncapped), "--synthetic", str(synthetic),
                         "--set", "synthetic_fraction=null"]) == 0
     assert "synthetic tiles capped" not in capsys.readouterr().out
 

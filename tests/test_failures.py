@@ -125,8 +125,8 @@ class Unchanged(Darken):
 
 
 def _generate_argv(woven_root, out, *extra):
-    return ["generate", "--generator", f"{__name__}:Unchanged", "--clean", str(woven_root / "good"),
-            "--reference", str(woven_root), "--output-dir", str(out), "--num-samples", "6", *extra]
+    return ["generate", "--generator", f"{__name__}:Unchanged", "--clean-dir", str(woven_root / "good"),
+            "--data-dir", str(woven_root), "--output-dir", str(out), "--num-samples", "6", *extra]
 
 
 def test_a_run_that_accepts_nothing_fails_and_one_that_accepts_fewer_says_so(woven_root, tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_generate_killed_mid_run_resumes_to_the_uninterrupted_dataset(woven_root
 
     def command(out):
         return [sys.executable, "-m", "defectfill", "generate", "--generator", "slowgen:SlowDarken",
-                "--clean", str(woven_root / "good"), "--reference", str(woven_root), "--output-dir", str(out),
+                "--clean-dir", str(woven_root / "good"), "--data-dir", str(woven_root), "--output-dir", str(out),
                 "--num-samples", "6", "--set", "min_change=0"]
 
     whole = tmp_path / "whole"

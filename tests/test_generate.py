@@ -262,7 +262,7 @@ def test_two_processes_share_slots_and_match_one_process(generated, lora_dir, cl
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
            "--num_cpu_threads_per_process", threads,
-           "-m", "defectfill", "generate", "--lora", str(lora_dir), "--clean", str(clean_dir), "--masks", "auto",
+           "-m", "defectfill", "generate", "--lora", str(lora_dir), "--clean-dir", str(clean_dir), "--masks", "auto",
            "--num-samples", "4", "--candidates", "3", "--steps", "2", "--seed", "3", "--output-dir", str(out),
            "--set", "min_change=0"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -281,8 +281,8 @@ def test_cli_generate_auto_masks_on_ten_aitex_tiles(aitex_root, lora_dir, tmp_pa
     for p in sorted((aitex_root / "tiles" / "good").glob("*.png"))[:10]:
         shutil.copy(p, clean / p.name)
     out = tmp_path / "aitex-gen"
-    code = main(["generate", "--lora", str(lora_dir), "--clean", str(clean), "--masks", "auto", "--num-samples", "10",
-                 "--candidates", "2", "--steps", "2", "--output-dir", str(out), "--reference", str(aitex_root)])
+    code = main(["generate", "--lora", str(lora_dir), "--clean-dir", str(clean), "--masks", "auto", "--num-samples", "10",
+                 "--candidates", "2", "--steps", "2", "--output-dir", str(out), "--data-dir", str(aitex_root)])
     assert code == 0, capsys.readouterr().err
     info = json.loads((out / "run_info.json").read_text())["summary"]
     assert info["samples"] + info["rejected"] == 10

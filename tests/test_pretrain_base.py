@@ -203,10 +203,10 @@ def test_cli_card_names_its_command_and_measures_the_init_base(tiny_base, tiny_d
     out = tmp_path / "tuned"
     sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + \
         [f"init_from={tiny_base}", "vae_steps=0", "unet_steps=1", "card_crops=4", "card_steps=2"]
-    argv = ["pretrain-base", "--data", str(tiny_data), "--output", str(out)] + [x for s in sets for x in ("--set", s)]
+    argv = ["pretrain-base", "--data-dir", str(tiny_data), "--output-dir", str(out)] + [x for s in sets for x in ("--set", s)]
     assert main(argv) == 0
     card = json.loads((out / "model_card.json").read_text())
-    assert card["command"].startswith(f"defectfill pretrain-base --data {tiny_data} --output {out}")
+    assert card["command"].startswith(f"defectfill pretrain-base --data-dir {tiny_data} --output-dir {out}")
     assert f"--set init_from={tiny_base}" in card["command"]
     assert set(card["inpainting"]) == {"mean fill", "OpenCV Telea", "base (1 sample)", "base (mean of 4)",
                                        f"{tiny_base.name} (1 sample)"}

@@ -59,7 +59,7 @@ def test_toy_generator_through_fit_generate_and_the_quick_benchmark(woven_root, 
     monkeypatch.chdir(REPO)  # the child processes import tests.test_toy_generator from the checkout
     spec = tmp_path / "toy.yaml"
     spec.write_text(yaml.safe_dump({"class_path": CLASS_PATH, "init_args": {"scale": 0.5}}))
-    assert main(["fit", "--config", str(spec), "--data", str(woven_root), "--output-dir", str(tmp_path / "fit"),
+    assert main(["fit", "--config", str(spec), "--data-dir", str(woven_root), "--output-dir", str(tmp_path / "fit"),
                  "--seed", "3", "--set", "scale=2.0"]) == 0
     final = tmp_path / "fit" / "final"
     dataset = load_reference_dataset(woven_root)
@@ -72,8 +72,8 @@ def test_toy_generator_through_fit_generate_and_the_quick_benchmark(woven_root, 
     assert info["checkpoint"] == str(final) and info["config"]["init_args"] == {"scale": 2.0}
 
     out = tmp_path / "gen"
-    assert main(["generate", "--generator", CLASS_PATH, "--checkpoint", str(final), "--clean",
-                 str(woven_root / "good"), "--reference", str(woven_root), "--num-samples", "3",
+    assert main(["generate", "--generator", CLASS_PATH, "--checkpoint", str(final), "--clean-dir",
+                 str(woven_root / "good"), "--data-dir", str(woven_root), "--num-samples", "3",
                  "--output-dir", str(out)]) == 0
     sides = sorted((out / "sidecars").glob("*.json"))
     assert len(sides) == 3 and all(json.loads(p.read_text())["generator"] == "toy" for p in sides)
@@ -113,10 +113,10 @@ def test_shipped_generator_configs_resolve(path, monkeypatch):
 def test_fit_reports_bad_init_args_before_training(woven_root, tmp_path, capsys):
     from defectfill.cli import main
 
-    assert main(["fit", "--generator", "dgt", "--set", "max_stepz=3", "--data", str(woven_root),
+    assert main(["fit", "--generator", "dgt", "--set", "max_stepz=3", "--data-dir", str(woven_root),
                  "--output-dir", str(tmp_path / "run")]) == 2
     assert "max_stepz" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-    assert main(["fit", "--generator", "no.such:Thing", "--data", str(woven_root),
+    assert main(["fit", "--generator", "no.such:Thing", "--data-dir", str(woven_root),
                  "--output-dir", str(tmp_path / "run")]) == 2
     assert "no.such:Thing" in capsys.readouterr().err

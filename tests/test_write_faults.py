@@ -21,7 +21,7 @@ HINTS = {errno.ENOSPC: "free disk space", errno.EROFS: "fix the path or its perm
 @pytest.fixture(scope="module")
 def shade_fit(woven_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shade") / "fit"
-    assert main(["fit", "--generator", "shade", "--data", str(woven_root), "--output-dir", str(out)]) == 0
+    assert main(["fit", "--generator", "shade", "--data-dir", str(woven_root), "--output-dir", str(out)]) == 0
     return out / "final"
 
 
@@ -30,11 +30,11 @@ def _commands(woven_root: Path, tiny_model_dir: Path, shade: Path, out: Path) ->
         "train": ["train", "--config", str(REPO / "configs" / "defectfill" / "tiny.yaml"), "--set",
                   f"model={tiny_model_dir}", "--set", f"data_dir={woven_root}", "--set", f"output_dir={out}",
                   "--set", "max_train_steps=2", "--set", "checkpointing_steps=1", "--set", "train_batch_size=1"],
-        "generate": ["generate", "--generator", "shade", "--checkpoint", str(shade), "--clean", str(woven_root / "good"), "--reference",
+        "generate": ["generate", "--generator", "shade", "--checkpoint", str(shade), "--clean-dir", str(woven_root / "good"), "--data-dir",
                      str(woven_root), "--output-dir", str(out), "--num-samples", "3"],
-        "fit": ["fit", "--generator", "copy_paste", "--data", str(woven_root), "--output-dir", str(out)],
-        "detect build": ["detect", "build", "--reference", str(woven_root), "--out", str(out)],
-        "pretrain-base": ["pretrain-base", "--data", str(woven_root), "--output", str(out), "--no-card",
+        "fit": ["fit", "--generator", "copy_paste", "--data-dir", str(woven_root), "--output-dir", str(out)],
+        "detect build": ["detect", "build", "--data-dir", str(woven_root), "--output-dir", str(out)],
+        "pretrain-base": ["pretrain-base", "--data-dir", str(woven_root), "--output-dir", str(out), "--no-card",
                           *[a for kv in PRETRAIN_TINY for a in ("--set", kv)]],
     }
 

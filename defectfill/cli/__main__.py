@@ -1,0 +1,5 @@
+import sys
+
+from defectfill.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""The `defectfill` command line: the top parser and the dispatch; each verb lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from defectfill.cli import benchmark, demo, detect, fit, generate, pretrain_base, tools, train
+from defectfill.errors import one_line_errors
+
+VERB_MODULES = (tools, train, fit, generate, detect, benchmark, pretrain_base, demo)  # the order of --help
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="defectfill", description="Realistic defect images for visual inspection.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in VERB_MODULES:
+        module.add_parser(sub)
+    return parser
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
