@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -26,5 +26,13 @@ test: install
 test-slow: install
 	HF_HUB_OFFLINE=1 YOLO_OFFLINE=true $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# The documentation site (docs/, mkdocs.yml): the docs extra (mkdocs, mkdocs-material) into the venv, then a strict build.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache site
