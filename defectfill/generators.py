@@ -25,12 +25,12 @@ from defectfill.errors import ConfigError
 
 ALIASES = {
     "defectfill": "defectfill.diffusion.synthesizer:DefectFillSynthesizer",
-    "copy_paste": "gan_baselines.copy_paste:CopyPasteGenerator",
-    "multistage": "gan_baselines.multistage:MultistageGANGenerator",
-    "dgt": "gan_baselines.dgt:DGTGenerator",
-    "r3gan": "gan_baselines.r3gan:R3GANGenerator",
-    "shade": "gan_baselines.controls:ShadeGenerator",
-    "noise_blob": "gan_baselines.controls:NoiseBlobGenerator",
+    "copy_paste": "gan_baselines.copy_paste.generator:CopyPasteGenerator",
+    "multistage": "gan_baselines.multistage.generator:MultistageGANGenerator",
+    "dgt": "gan_baselines.dgt.generator:DGTGenerator",
+    "r3gan": "gan_baselines.r3gan.generator:R3GANGenerator",
+    "shade": "gan_baselines.controls.generator:ShadeGenerator",
+    "noise_blob": "gan_baselines.controls.generator:NoiseBlobGenerator",
 }
 
 

@@ -16,6 +16,7 @@ A baseline builds its modules and optimisers, then drives the loop:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -24,12 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration, set_seed
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from defectfill.config import load_config
 from defectfill.errors import ConfigError, check_writable, one_line_errors, output_errors
-from defectfill.generators import Generator
-from defectfill.runinfo import atomic_save_image
+from defectfill.generators import ALIASES
+from defectfill.runinfo import atomic_directory, atomic_save_image, write_run_info
+from defectfill.tracking import JSONLTracker
 from defectfill.training_utils import (
     load_module_state,
     load_training_state,
@@ -39,6 +46,7 @@ from defectfill.training_utils import (
     save_training_state,
     step_rng,
 )
+from gan_baselines.losses import cosine_schedule
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -85,16 +93,17 @@ class GANTrainConfig:
 
 
 def config_from_init_args(config_cls: type, init_args: dict | None, name: str):
-    """A baseline's config from registry `init_args`: an optional `config` YAML path, then any of
-    `config_cls`'s keys; unknown keys are a ConfigError naming them and the generator."""
-    from defectfill.config import load_config
-
+    """A baseline's config from registry `init_args`: any of `config_cls`'s keys, inline. Unknown keys are
+    a ConfigError naming them and the generator; so is `config` (a YAML path: the old second file)."""
     args = dict(init_args or {})
-    path = args.pop("config", None)
+    if "config" in args:
+        raise ConfigError(f"{name}: init_args.config ({args['config']}) is no longer read: write that file's keys "
+                          f"inline under init_args (class_path: {name}, init_args: {{max_steps: 200, ...}}; see "
+                          f"configs/generators/{name}.yaml)")
     unknown = sorted(set(args) - set(config_cls.__dataclass_fields__))
     if unknown:
-        raise ConfigError(f"{name}: unknown init_args {', '.join(unknown)} (config or {config_cls.__name__} keys)")
-    cfg = load_config(config_cls, path, **args)
+        raise ConfigError(f"{name}: unknown init_args {', '.join(unknown)} ({config_cls.__name__} keys)")
+    cfg = load_config(config_cls, **args)
     nulls = [k for k, v in args.items() if v is None]  # explicit nulls (defect_types, max_samples, ...)
     for key in nulls:
         setattr(cfg, key, None)
@@ -139,16 +148,25 @@ def image_grid(rows: list[list[torch.Tensor]], path: Path, cell: int = 96) -> Pa
     return atomic_save_image(grid, path)
 
 
+def gray_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) image → 3 channels for `image_grid` (1-channel tensors there mean masks)."""
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def pick_fabric_crops(crops: torch.Tensor, n: int, white: float = 0.96, max_white: float = 0.5) -> torch.Tensor:
+    """The first `n` crops (in order) that are mostly fabric: fewer than `max_white` of their
+    pixels at or above `white` ([-1, 1] scale; AITEX images have blank off-fabric columns);
+    mostly-white crops only fill up the rest when too few remain."""
+    blank = (crops >= white).float().flatten(1).mean(1) >= max_white
+    order = sorted(range(len(crops)), key=lambda i: bool(blank[i]))  # stable: fabric first, in order
+    return crops[order[:n]]
+
+
 class GANHarness:
     """Runs one baseline's training under Accelerate (see the module docstring)."""
 
     def __init__(self, cfg: GANTrainConfig, modules: dict[str, torch.nn.Module],
                  optimizers: dict[str, torch.optim.Optimizer], name: str):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
-
-        from defectfill.tracking import JSONLTracker
-
         cfg.validate()
         self.cfg, self.name = cfg, name
         self.output_dir = Path(cfg.output_dir)
@@ -180,8 +198,6 @@ class GANHarness:
         self.accelerator.backward(loss)
 
     def gamma(self) -> float:
-        from gan_baselines.losses import cosine_schedule
-
         return cosine_schedule(self.step, self.cfg.max_steps, self.cfg.gamma, self.cfg.gamma_final)
 
     def due(self, every: int) -> bool:
@@ -203,8 +219,6 @@ class GANHarness:
 
     # ---- the loop ----
     def steps(self):
-        from tqdm.auto import tqdm
-
         self._progress = tqdm(total=self.cfg.max_steps, initial=self.step, desc=self.name,
                               disable=not self.accelerator.is_local_main_process)
         for m in self.modules.values():
@@ -238,10 +252,6 @@ class GANHarness:
 
     def finish(self, extra: dict | None = None) -> Path:
         """Write `<output_dir>/final/` (weights + config + run_info) and release Accelerate."""
-        from accelerate.state import AcceleratorState
-
-        from defectfill.runinfo import atomic_directory, write_run_info
-
         final = self.output_dir / "final"
         self.accelerator.wait_for_everyone()
         try:
@@ -259,13 +269,12 @@ class GANHarness:
         return final
 
 
-# ---- the thin launchers' shared command line (train/train_dgt.py, train/train_multistage_gan.py) ----
+# ---- the thin launchers' shared command line (train/train_dgt.py, train_multistage_gan.py, train_r3gan.py) ----
 
-def gan_arg_parser(description: str):
-    import argparse
-
+def gan_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file (configs/gan/*.yaml)")
+    parser.add_argument("--config", required=True,
+                        help="YAML file: configs/generators/<name>.yaml (class_path + init_args), or config keys")
     parser.add_argument("--data_dir", help="reference data folder (images/, masks/, good/)")
     parser.add_argument("--output_dir", help="run folder for checkpoints, logs, sample grids and final/")
     parser.add_argument("--max_steps", type=int)
@@ -275,129 +284,58 @@ def gan_arg_parser(description: str):
     return parser
 
 
-@one_line_errors
-def run_training(args, config_cls, train_fn, label: str) -> int:
-    """Load the config, train, print where the weights went; one `error:` line and exit 2 on bad input."""
-    from defectfill.config import load_config
+FIT_KEYS = ("data_dir", "output_dir", "seed")  # a generator YAML's top-level keys that are config keys too
 
-    cfg = load_config(config_cls, args.config, args.overrides, data_dir=args.data_dir,
-                      output_dir=args.output_dir, max_steps=args.max_steps)
+
+def generator_file_args(path: str | os.PathLike, generator: str) -> dict | None:
+    """The config keys of a generator YAML (`class_path` naming `generator`, its `init_args`, and top-level
+    data_dir / output_dir / seed), or None when `path` is a plain mapping of config keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".splitlines()[0]) from exc
+    if not isinstance(loaded, dict) or not {"class_path", "init_args"} & set(loaded):
+        return None
+    class_path = loaded.get("class_path")
+    if ALIASES.get(class_path, class_path) != ALIASES[generator]:
+        raise ConfigError(f"{path}: class_path {class_path!r} is not the {generator} generator")
+    unknown = sorted(set(loaded) - {"class_path", "init_args", *FIT_KEYS})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} (class_path, init_args, "
+                          f"{', '.join(FIT_KEYS)})")
+    if not isinstance(loaded.get("init_args") or {}, dict):
+        raise ConfigError(f"{path}: init_args must be a mapping of config keys")
+    return {**{k: loaded[k] for k in FIT_KEYS if k in loaded}, **(loaded.get("init_args") or {})}
+
+
+def launcher_config(config_cls: type, args, generator: str):
+    """The training config of a launcher's arguments: the `--config` file, then `--set`, then the flags."""
+    flags = {"data_dir": args.data_dir, "output_dir": args.output_dir, "max_steps": args.max_steps}
+    values = generator_file_args(args.config, generator)
+    if values is None:  # a plain YAML of config keys
+        return load_config(config_cls, args.config, args.overrides, **flags)
+    for item in args.overrides:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        values[key.strip()] = raw
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return config_from_init_args(config_cls, values, generator)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from exc
+
+
+@one_line_errors
+def run_training(args, config_cls, train_fn, label: str, generator: str) -> int:
+    """Load the config (`launcher_config`), train, print where the weights went; one `error:` line and exit 2
+    on bad input. `generator` is the registry name a generator YAML's class_path must name."""
+    cfg = launcher_config(config_cls, args, generator)
     check_writable(cfg.output_dir, "run folder")
     with output_errors(cfg.output_dir, "rerun with --resume_from_checkpoint latest"):
         final = train_fn(cfg, resume_from_checkpoint=args.resume_from_checkpoint)
     print(f"{label} weights: {final}")
     return 0
-
-
-class ConditionalGANGenerator(Generator):
-    """A class-conditional GAN baseline on this harness behind the `Generator` interface.
-
-    Unfitted (`from_init_args`): holds its config; `fit(dataset, output_dir, seed)` trains it and
-    loads the trained G. Fitted (`from_checkpoint(<run>/final)`, or after `fit`): `synthesize` is the
-    subclass's. A subclass sets `name`, `config_cls` and implements `run_training(cfg, dataset)` and
-    `build_g(cfg, num_classes, channels)`; `final/config.yaml` must record `baseline`,
-    `defect_classes` and `channels`.
-    """
-
-    preserves_background = True
-    config_cls: type = GANTrainConfig
-
-    def __init__(self, cfg=None, classes: list[str] | None = None, channels: int | None = None,
-                 g: torch.nn.Module | None = None, device: torch.device | str = "cpu", source: str | None = None,
-                 dilation: int | None = None):
-        self.cfg = cfg if cfg is not None else self.config_cls()
-        self.classes, self.channels = list(classes or []), channels
-        self.device = torch.device(device)
-        self.g = g.to(self.device).eval() if g is not None else None
-        self.source = source
-        self.dilation = getattr(self.cfg, "dilation", 0) if dilation is None else int(dilation)
-
-    @classmethod
-    def run_training(cls, cfg, dataset) -> Path:
-        raise NotImplementedError
-
-    @classmethod
-    def build_g(cls, cfg, num_classes: int, channels: int) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
-                        generator: torch.Generator) -> torch.Tensor:
-        """G's output (1, C, R, R) in [-1, 1] for a window (1, C, R, R) in [-1, 1] (C = `channels`) and its
-        mask (1, 1, R, R), both on the CPU; random draws from `generator` only."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int, defect_class: str | None = None,
-                   placement=None) -> tuple[np.ndarray, dict]:
-        """A window around the mask (`windowed`) at `resolution`, G on it (`generate_window`, draws from
-        `seed`), composited so that pixels farther than `dilation` from the mask equal `clean`."""
-        from defectfill.generation.compositing import windowed
-
-        label = self.class_index(defect_class, seed)
-        gen = torch.Generator().manual_seed(int(seed) % 2**63)
-
-        def make(window_r: np.ndarray, mask_r: np.ndarray) -> np.ndarray:
-            img = torch.from_numpy(np.array(window_r)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-            m = torch.from_numpy(mask_r.astype(np.float32))[None, None]
-            out = self.generate_window(to_channels(img, self.channels), m, label, gen)[0].float().cpu()
-            rgb = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().expand(3, -1, -1)
-            return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
-
-        result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation, make)
-        return result, {"window_yxhw": list(window), "defect_class_index": label,
-                        "defect_class_used": self.classes[label]}
-
-    @classmethod
-    def from_init_args(cls, init_args: dict | None = None):
-        """`config` (a YAML of `config_cls` keys, optional) + any `config_cls` key; unknown keys: ConfigError."""
-        return cls(config_from_init_args(cls.config_cls, init_args, cls.name))
-
-    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
-        """Train on `dataset` into `output_dir` with `seed`; load the trained G; return `<output_dir>/final`."""
-        final = self.run_training(fit_config(self.cfg, dataset, output_dir, seed), dataset)
-        fitted = type(self).from_checkpoint(final, device=self.device, dilation=self.dilation)
-        self.cfg, self.classes, self.channels, self.g, self.source = (fitted.cfg, fitted.classes, fitted.channels,
-                                                                      fitted.g, fitted.source)
-        return final
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
-                        **kwargs):
-        """G from `<run>/final` (config.yaml + weights.safetensors; other modules there are not loaded)."""
-        if checkpoint is None:
-            raise ConfigError(f"the {cls.name} generator needs checkpoint: a {cls.name} training run's final folder")
-        if kwargs:
-            raise ConfigError(f"{cls.name}: unknown generator_args {', '.join(sorted(kwargs))} (known: dilation)")
-        config, weights = read_final(checkpoint)
-        if config.get("baseline") != cls.name or "defect_classes" not in config:
-            raise ConfigError(f"{Path(checkpoint) / CONFIG_NAME}: not a {cls.name} run (baseline "
-                              f"{config.get('baseline')!r})")
-        cfg = cls.config_cls(**{k: v for k, v in config.items() if k in cls.config_cls.__dataclass_fields__})
-        classes, channels = config["defect_classes"], int(config["channels"])
-        g = cls.build_g(cfg, len(classes), channels)
-        load_module_state({"G": g}, {k: v for k, v in weights.items() if k.startswith("G.")}, Path(checkpoint))
-        return cls(cfg, classes, channels, g, device=device, source=str(checkpoint), dilation=dilation)
-
-    def metadata(self) -> dict:
-        from defectfill.generation.run import file_sha256
-
-        about = {"generator": self.name, "defect_classes": self.classes, "dilation": self.dilation}
-        if self.source:
-            about.update(checkpoint=self.source, weights_hash=file_sha256(Path(self.source) / WEIGHTS_NAME))
-        return about
-
-    @property
-    def fitted(self) -> bool:
-        return self.g is not None
-
-    def class_index(self, defect_class: str | None, seed: int) -> int:
-        """The class index of `defect_class` (None: one drawn from `seed`); fails when not fitted."""
-        if self.g is None:
-            raise RuntimeError(f"{self.name}: this generator is not fitted; call fit(dataset, output_dir) or "
-                               f"load one with from_checkpoint(<run>/final)")
-        if defect_class is None:
-            return int(np.random.default_rng([seed, 0]).integers(len(self.classes)))
-        if defect_class not in self.classes:
-            raise ValueError(f"{self.name}: unknown defect class {defect_class!r}; available: "
-                             f"{', '.join(self.classes)}")
-        return self.classes.index(defect_class)

@@ -1,4 +1,4 @@
-"""The realism-free control generators (gan_baselines/controls.py): `shade` (one seeded constant on
+"""The realism-free control generators (gan_baselines/controls/generator.py): `shade` (one seeded constant on
 the mask) and `noise_blob` (DRAEM-style Perlin noise in the mask), checked against hand-computed
 expectations on flat grey images."""
 
@@ -15,7 +15,13 @@ from scipy import ndimage
 from defectfill.config import GenerateConfig
 from defectfill.errors import ConfigError
 from defectfill.generators import build_generator, build_unfitted, import_class
-from gan_baselines.controls import ControlConfig, NoiseBlobConfig, NoiseBlobGenerator, ShadeGenerator, perlin_noise
+from gan_baselines.controls.generator import (
+    ControlConfig,
+    NoiseBlobConfig,
+    NoiseBlobGenerator,
+    ShadeGenerator,
+    perlin_noise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 64, 96

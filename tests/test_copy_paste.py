@@ -1,4 +1,4 @@
-"""The copy-paste floor baseline (gan_baselines/copy_paste.py) on a hand-built reference set:
+"""The copy-paste floor baseline (gan_baselines/copy_paste/) on a hand-built reference set:
 flat gray 64x256 images with one flat defect each, so pasted values can be computed by hand."""
 
 import csv
@@ -14,7 +14,7 @@ from scipy import ndimage
 from defectfill.config import GenerateConfig
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.errors import ConfigError
-from gan_baselines.copy_paste import CopyPasteConfig, CopyPasteGenerator, read_config
+from gan_baselines.copy_paste.generator import CopyPasteConfig, CopyPasteGenerator, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 64, 256
@@ -175,7 +175,7 @@ def test_the_placed_reference_defect_is_pasted_where_its_mask_was_placed(tmp_pat
     from types import SimpleNamespace
 
     from defectfill.generators import PlacedMask
-    from gan_baselines.copy_paste import Fit
+    from gan_baselines.copy_paste.model import Fit
 
     image = np.full((H, W), REF_BG, np.uint8)
     mask = np.zeros((H, W), bool)
@@ -390,7 +390,7 @@ def test_copy_paste_on_an_aitex_good_tile(aitex_root):
 
 
 def test_command_line_fit(ref_root, tmp_path, capsys):
-    from gan_baselines.copy_paste import main
+    from gan_baselines.copy_paste.generator import main
 
     config = REPO / "configs" / "gan" / "copy_paste.yaml"
     assert main(["--config", str(config), "--output-dir", str(tmp_path / "run"), "--set", f"data_dir={ref_root}",

@@ -19,24 +19,28 @@ from scipy import ndimage
 from defectfill.config import load_config
 from defectfill.downstream.dis import heat_map
 from defectfill.errors import ConfigError
-from gan_baselines.dgt import (
-    DGTConfig,
-    DGTGenerator,
+from gan_baselines.dgt.generator import DGTGenerator
+from gan_baselines.dgt.model import (
     background_code,
     background_l1,
     blend_l1,
     boundary_band,
-    build_downstream,
-    downstream_g_loss,
     fill_region,
     foreground_code,
     foreground_l1,
-    load_downstream,
+    smoothed_codes,
     stochastic_gaussian_smoothing,
+)
+from gan_baselines.dgt.train import (
+    DGTConfig,
+    build_downstream,
+    build_networks,
+    downstream_g_loss,
+    load_downstream,
+    run_generator,
     train,
 )
-from gan_baselines.dgt.model import smoothed_codes
-from gan_baselines.dgt.train import build_networks, pick_fabric_crops, run_generator
+from gan_baselines.harness import pick_fabric_crops
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_YAML = REPO / "configs" / "gan" / "dgt_small.yaml"
@@ -228,7 +232,7 @@ def test_pick_fabric_crops_skips_blank_white_crops():
     crops[4, :, :1] = 1.0  # 25 % white: fabric
     for i in range(5):
         crops[i, 0, 3, 3] = i / 10  # tag
-    tags = lambda x: [round(float(v), 1) for v in x[:, 0, 3, 3]]  # noqa: E731
+    tags = lambda x: [round(float(v), 1) for v in x[:, 0, 3, 3]]
     assert tags(pick_fabric_crops(crops, 3)) == [0.0, 0.2, 0.4]
     assert tags(pick_fabric_crops(crops, 4)) == [0.0, 0.2, 0.4, 0.1]  # blank ones only to fill up
 

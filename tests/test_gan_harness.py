@@ -15,7 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from defectfill.errors import ConfigError
-from gan_baselines.harness import GANHarness, GANTrainConfig, image_grid, module_state, read_final
+from defectfill.training_utils import module_state
+from gan_baselines.harness import GANHarness, GANTrainConfig, image_grid, read_final
 from gan_baselines.losses import discriminator_loss, generator_loss
 
 Z, CLASSES, SIDE, BATCH = 4, 2, 8, 8

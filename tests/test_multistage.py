@@ -19,17 +19,17 @@ from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
 from defectfill.errors import ConfigError
-from gan_baselines.multistage import (
-    MultistageConfig,
-    MultistageGANGenerator,
+from gan_baselines.multistage.generator import MultistageGANGenerator
+from gan_baselines.multistage.model import (
+    VGG_RANDOM_SEED,
     StyleEncoder,
+    StyleProjection,
     crop_patches,
     gram_matrix,
     paste_patches,
-    train,
     upper_triangle,
 )
-from gan_baselines.multistage.model import VGG_RANDOM_SEED, StyleProjection
+from gan_baselines.multistage.train import MultistageConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,19 +14,17 @@ from scipy import ndimage
 
 from defectfill.errors import ConfigError
 from gan_baselines.losses import relativistic_g_loss
-from gan_baselines.r3gan import (
+from gan_baselines.r3gan.generator import R3GANGenerator
+from gan_baselines.r3gan.model import (
+    ACTIVATION_GAIN,
     ProjectionDiscriminator,
-    R3GANConfig,
-    R3GANGenerator,
     R3GANUNet,
     ResidualBlock,
-    fill_masked,
     lowpass_downsample,
     lowpass_upsample,
     residual_blocks,
-    train_step,
 )
-from gan_baselines.r3gan.networks import ACTIVATION_GAIN
+from gan_baselines.r3gan.train import R3GANConfig, fill_masked, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_YAML = REPO / "configs" / "gan" / "r3gan_small.yaml"

@@ -1,7 +1,7 @@
 """Train the DGT baseline (defect generation and transfer) on reference defects.
 
-    python train/train_dgt.py --config configs/gan/dgt_small.yaml --output_dir /tmp/dgt_small
-    accelerate launch train/train_dgt.py --config configs/gan/dgt_small.yaml --set loss=r3gan
+    python train/train_dgt.py --config configs/generators/dgt.yaml --output_dir /tmp/dgt_small
+    accelerate launch train/train_dgt.py --config configs/generators/dgt.yaml --set loss=r3gan
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gan_baselines.dgt.train import DGTConfig, train
 from gan_baselines.harness import gan_arg_parser, run_training
 
 
@@ -17,9 +18,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gan_baselines.dgt.train import DGTConfig, train
-
-    return run_training(args, DGTConfig, train, "DGT")
+    return run_training(args, DGTConfig, train, "DGT", "dgt")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train the Multistage GAN baseline (Liu et al., IEEE TIP 2020) on reference defects.
 
-    python train/train_multistage_gan.py --config configs/gan/multistage_small.yaml
-    accelerate launch train/train_multistage_gan.py --config configs/gan/multistage_small.yaml
+    python train/train_multistage_gan.py --config configs/generators/multistage.yaml
+    accelerate launch train/train_multistage_gan.py --config configs/generators/multistage.yaml
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from gan_baselines.harness import gan_arg_parser, run_training
+from gan_baselines.multistage.train import MultistageConfig, train
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -17,9 +18,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gan_baselines.multistage.train import MultistageConfig, train
-
-    return run_training(args, MultistageConfig, train, "Multistage GAN")
+    return run_training(args, MultistageConfig, train, "Multistage GAN", "multistage")
 
 
 if __name__ == "__main__":

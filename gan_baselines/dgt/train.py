@@ -1,4 +1,4 @@
-"""DGT training (`train`) and inference (`DGTGenerator`) on the shared GAN harness.
+"""DGT training (`train`) on the shared GAN harness (the `Generator` adapter: generator.py).
 
 Self-supervised pairing (AITEX has no clean twin of a defective image): the generator's
 "defect-free" input is the real defect crop with its mask region re-filled from the surroundings
@@ -31,7 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from defectfill.data.datasets import CleanCropSampler, DefectCropSampler, load_reference_dataset
+from defectfill.downstream.dis import DISUNet, dis_loss
+from defectfill.downstream.openset import DFCNet
 from defectfill.errors import ConfigError
+from defectfill.training_utils import load_module_state
 from gan_baselines.dgt.model import (
     FILLS,
     PatchDiscriminator,
@@ -44,14 +48,8 @@ from gan_baselines.dgt.model import (
     generator_input,
     smoothed_codes,
 )
-from gan_baselines.harness import (
-    ConditionalGANGenerator,
-    GANHarness,
-    GANTrainConfig,
-    load_module_state,
-    read_final,
-    to_channels,
-)
+from gan_baselines.harness import GANHarness, GANTrainConfig, gray_rgb, pick_fabric_crops, read_final, to_channels
+from gan_baselines.losses import discriminator_loss, generator_loss
 
 AuxLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -122,9 +120,6 @@ def build_networks(cfg: DGTConfig, num_classes: int, channels: int) -> tuple[UNe
 def build_downstream(cfg: DGTConfig, num_classes: int, channels: int) -> dict[str, torch.nn.Module]:
     """DGT's DIS (U-Net heat map) and DFC (crop classifier) for the enabled terms (lambda > 0);
     random layers come from the global RNG (seeded by `train`)."""
-    from defectfill.downstream.dis import DISUNet
-    from defectfill.downstream.openset import DFCNet
-
     out: dict[str, torch.nn.Module] = {}
     if cfg.lambda_dis > 0:
         out["DIS"] = DISUNet(channels, cfg.dis_width, cfg.dis_depth)
@@ -157,8 +152,6 @@ def downstream_terms(images: torch.Tensor, masks: torch.Tensor, labels: torch.Te
     """Unweighted downstream losses of `images` ([-1, 1]): `dis` = dis_loss(DIS(x), masks) and `dfc`
     = CE(DFC(x), labels), each only for a module that is given. Gradients flow back into `images`
     (so into G when they are G's output) and into the modules' parameters."""
-    from defectfill.downstream.dis import dis_loss
-
     x, out = unit_range(images), {}
     if dis is not None:
         out["dis"] = dis_loss(dis(x), masks)
@@ -201,27 +194,11 @@ def reconstruction_losses(output: torch.Tensor, target: torch.Tensor, background
             "loss_blend": blend_l1(output, target, boundary_band(masks, band_width))}
 
 
-def pick_fabric_crops(crops: torch.Tensor, n: int, white: float = 0.96, max_white: float = 0.5) -> torch.Tensor:
-    """The first `n` crops (in order) that are mostly fabric: fewer than `max_white` of their
-    pixels at or above `white` ([-1, 1] scale; AITEX images have blank off-fabric columns);
-    mostly-white crops only fill up the rest when too few remain."""
-    blank = (crops >= white).float().flatten(1).mean(1) >= max_white
-    order = sorted(range(len(crops)), key=lambda i: bool(blank[i]))  # stable: fabric first, in order
-    return crops[order[:n]]
-
-
-def gray_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) image → 3 channels for `image_grid` (1-channel tensors there mean masks)."""
-    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
-
-
 class _Batches:
     """Per-step training batches: defect crops (+ labels), their filled inputs, clean crops and
     the transfer masks; depends only on (seed, step, process) like the samplers."""
 
     def __init__(self, cfg: DGTConfig, dataset, classes: list[str], channels: int):
-        from defectfill.data.datasets import CleanCropSampler, DefectCropSampler
-
         self.cfg, self.channels = cfg, channels
         self.defects = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed)
         self.cleans = (CleanCropSampler(dataset.good_paths, cfg.crop_size, cfg.resolution, cfg.seed)
@@ -256,9 +233,6 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
     `aux_loss_fn(output, mask, labels) -> scalar` is an optional extra loss on all generated
     images, added to G's loss with weight `lambda_aux`.
     """
-    from defectfill.data.datasets import load_reference_dataset
-    from gan_baselines.losses import discriminator_loss, generator_loss
-
     cfg.validate()
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
                                      defect_types=cfg.defect_types, max_samples=cfg.max_samples)
@@ -288,7 +262,7 @@ def train(cfg: DGTConfig, resume_from_checkpoint: str | None = None,
         cond = torch.cat([x["masks"], x["t_masks"]])
         fake_labels = torch.cat([x["labels"], x["t_labels"]])
 
-        def critic(img: torch.Tensor) -> torch.Tensor:
+        def critic(img: torch.Tensor, cond: torch.Tensor = cond) -> torch.Tensor:  # this step's masks
             with acc.autocast():
                 return d(torch.cat([img, cond], dim=1) if cfg.d_mask else img)
 
@@ -345,36 +319,3 @@ def sample_rows(x: dict[str, torch.Tensor], recon: torch.Tensor, moved: torch.Te
     rows += [[gray_rgb(x["t_background"][i]), x["t_masks"][i], gray_rgb(moved[i]), gray_rgb(x["t_target"][i])]
              for i in range(n)]
     return rows
-
-
-class DGTGenerator(ConditionalGANGenerator):
-    """A DGT generator behind the shared `Generator` interface.
-
-    Unfitted (`from_init_args`): holds a `DGTConfig`; `fit(dataset, output_dir, seed)` trains it
-    (G with D, DIS and DFC) and loads the trained G. Fitted (`from_checkpoint`, or after `fit`):
-    `synthesize(clean, mask, seed, defect_class)` cuts a window around the mask (`windowed`),
-    re-fills the mask region like in training, builds the class's codes, smooths them with draws
-    from `seed`, runs G and composites the result, so pixels farther than `dilation` from the
-    mask stay bit-identical to `clean`.
-    """
-
-    name = "dgt"
-    config_cls = DGTConfig
-
-    @classmethod
-    def run_training(cls, cfg: DGTConfig, dataset) -> Path:
-        """`train` (G with D, DIS and DFC) on `cfg.data_dir` (= the dataset's folder, filtered by the
-        config's defect_types / max_samples)."""
-        return train(cfg)
-
-    @classmethod
-    def build_g(cls, cfg: DGTConfig, num_classes: int, channels: int) -> UNetGenerator:
-        return build_networks(cfg, num_classes, channels)[0]
-
-    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
-                        generator: torch.Generator) -> torch.Tensor:
-        """The mask region re-filled like in training, the class's smoothed codes (draws from
-        `generator`), then G."""
-        background = defect_free_input(window, mask, self.cfg.input_fill)
-        return run_generator(self.g, background.to(self.device), mask.to(self.device), torch.tensor([label]),
-                             len(self.classes), self.cfg, generator)

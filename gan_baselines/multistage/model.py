@@ -12,7 +12,6 @@ Fabric Defect Detection", IEEE TIP 2020) and the glue between its two stages.
 - Stage 2, defect fusion: the patch is resized to the mask's bounding box and pasted into the
   mask of a clean window (`paste_patches`); `FusionUNet` T(pasted window, mask) makes it seamless;
   `WindowDiscriminator` D2(window, mask) judges whole windows.
-- `MultistageGANGenerator`: the trained G1 + T + style encoder behind the shared `Generator`.
 """
 
 from __future__ import annotations
@@ -22,13 +21,14 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from defectfill.backbones import STAGE_ENDS, Backbone
 from defectfill.errors import ConfigError
-from defectfill.generators import Generator
 
 VGG_RANDOM_SEED = 0  # style_backbone vgg19-random: torchvision's VGG19 init drawn from this seed
 STYLE_ENCODER_NAME = "style_encoder.safetensors"
@@ -108,8 +108,6 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path}: VGG19 weights file not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         if path.suffix in (".pth", ".pt"):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -162,8 +160,6 @@ def check_style_layers(backbone: str, layers) -> tuple[str, ...]:
 
 def lite0_needed_keys(state_keys, levels: tuple[int, ...]) -> list[str]:
     """Keys of a timm Lite0 state dict that the feature levels up to max(levels) use (stem, bn1, early blocks)."""
-    from defectfill.backbones import STAGE_ENDS
-
     last = STAGE_ENDS[max(levels)]
     return [k for k in state_keys if k.startswith(("conv_stem.", "bn1."))
             or k.startswith("blocks.") and int(k.split(".")[1]) <= last]
@@ -199,8 +195,6 @@ class StyleEncoder(nn.Module):
         self.eval()
 
     def _init_lite0(self, state: dict[str, torch.Tensor] | None, description: str | None) -> None:
-        from defectfill.backbones import Backbone
-
         self.levels = sorted(LITE0_LAYERS[n] for n in self.layers)
         self.net = Backbone(pretrained=state is None, levels=tuple(self.levels), frozen=True)
         by_level = dict(zip(self.levels, self.net.channels))
@@ -234,7 +228,7 @@ class StyleEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "StyleEncoder":
+    def train(self, mode: bool = True) -> StyleEncoder:
         """Always in eval mode: the encoder is frozen."""
         return super().train(False)
 
@@ -271,17 +265,12 @@ class StyleEncoder(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """The truncated network as safetensors, with its backbone, layers and description as metadata."""
-        from safetensors.torch import save_file
-
         save_file(self.weights(), str(path), metadata={"backbone": self.backbone, "layers": ",".join(self.layers),
                                                        "description": self.description})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "StyleEncoder":
+    def load(cls, path: str | os.PathLike) -> StyleEncoder:
         """A style encoder that `save` wrote (runs from before `backbone` metadata are VGG19); errors name the file."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: style encoder weights missing; not a finished Multistage GAN run folder")
@@ -456,11 +445,6 @@ def paste_patches(background: torch.Tensor, patches: torch.Tensor, masks: torch.
     return background * (1 - masks) + placed * masks
 
 
-def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, 3, H, W) → (B, channels, H, W): the grey mean for 1-channel models."""
-    return images.mean(dim=1, keepdim=True) if channels == 1 else images
-
-
 def build_generators(cfg, layer_channels: list[int], channels: int) -> dict[str, nn.Module]:
     """G1 (stage 1 generator) and T (stage 2 fusion network) for a MultistageConfig."""
     return {"G1": DefectPatchGenerator(layer_channels, cfg.z_dim, cfg.style_dim, cfg.patch_size, channels,
@@ -480,97 +464,3 @@ def synthesize_windows(g1: nn.Module, t: nn.Module, encoder: StyleEncoder, backg
     mask → T fuses. Returns (patches, fused windows)."""
     patches = g1(z, encoder.gram_vector(background))
     return patches, t(paste_patches(background, patches, masks), masks)
-
-
-# ---- the trained generator behind the shared interface ----
-
-class MultistageGANGenerator(Generator):
-    """A trained Multistage GAN: `synthesize(clean, mask, seed)` cuts a window around the mask
-    (`windowed`), takes the clean window's Gram style, draws z from `seed`, generates a defect
-    patch (G1), pastes it at the mask's bounding box, fuses it (T) and composites the result, so
-    pixels farther than `dilation` from the mask stay bit-identical to `clean`."""
-
-    name = "multistage_gan"
-    preserves_background = True
-
-    def __init__(self, cfg, channels: int, g1: nn.Module, t: nn.Module, encoder: StyleEncoder,
-                 device: torch.device | str = "cpu", source: str | None = None, dilation: int | None = None):
-        self.cfg, self.channels, self.source = cfg, channels, source
-        self.device = torch.device(device)
-        self.g1, self.t = g1.to(self.device).eval(), t.to(self.device).eval()
-        self.encoder = encoder.to(self.device)
-        self.dilation = cfg.dilation if dilation is None else int(dilation)
-
-    @classmethod
-    def from_init_args(cls, init_args: dict | None = None) -> "MultistageGANGenerator":
-        """Unfitted: `config` (e.g. configs/gan/multistage_small.yaml) + MultistageConfig keys."""
-        from gan_baselines.harness import config_from_init_args
-        from gan_baselines.multistage.train import MultistageConfig
-
-        self = cls.__new__(cls)
-        self.cfg = config_from_init_args(MultistageConfig, init_args, "multistage")
-        return self
-
-    def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
-        """Train both stages on `dataset` (`train`); returns `<output_dir>/final`."""
-        from gan_baselines.harness import fit_config
-        from gan_baselines.multistage.train import train
-
-        return train(fit_config(self.cfg, dataset, output_dir, seed))
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
-                        **kwargs) -> "MultistageGANGenerator":
-        """Load `<run>/final` (config.yaml, weights.safetensors, style_encoder.safetensors)."""
-        from gan_baselines.harness import load_module_state, read_final
-        from gan_baselines.multistage.train import MultistageConfig
-
-        if checkpoint is None:
-            raise ConfigError("the multistage generator needs checkpoint: a Multistage GAN run's final folder")
-        if kwargs:
-            raise ConfigError(f"multistage: unknown generator_args {', '.join(sorted(kwargs))} (known: dilation)")
-        folder = Path(checkpoint)
-        if not (folder / "config.yaml").is_file() and (folder / "final" / "config.yaml").is_file():
-            folder = folder / "final"  # the run folder was given
-        config, weights = read_final(folder)
-        if config.get("baseline") != cls.name or "channels" not in config:
-            raise ConfigError(f"{folder / 'config.yaml'}: not a Multistage GAN run (baseline "
-                              f"{config.get('baseline')!r})")
-        fields = set(MultistageConfig.__dataclass_fields__)
-        cfg = MultistageConfig(**{k: v for k, v in config.items() if k in fields})
-        encoder = StyleEncoder.load(folder / STYLE_ENCODER_NAME)
-        channels = int(config["channels"])
-        nets = build_generators(cfg, encoder.layer_channels, channels)
-        load_module_state(nets, {k: v for k, v in weights.items() if k.split(".")[0] in nets},
-                          folder / "weights.safetensors")
-        return cls(cfg, channels, nets["G1"], nets["T"], encoder, device=device, source=str(folder),
-                   dilation=dilation)
-
-    def metadata(self) -> dict:
-        from defectfill.generation.run import file_sha256
-
-        about = {"generator": self.name, "style_encoder": self.encoder.description, "dilation": self.dilation,
-                 "patch_size": self.cfg.patch_size, "resolution": self.cfg.resolution,
-                 "crop_size": self.cfg.crop_size, "loss": self.cfg.loss}
-        if self.source:
-            about.update(checkpoint=self.source, weights_hash=file_sha256(Path(self.source) / "weights.safetensors"))
-        return about
-
-    @torch.no_grad()
-    def fuse_window(self, window_r: np.ndarray, mask_r: np.ndarray, z: torch.Tensor) -> np.ndarray:
-        """One window (R, R, 3) uint8 + mask (R, R) → the fused window (R, R, 3) uint8."""
-        img = torch.from_numpy(np.array(window_r)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        m = torch.from_numpy(mask_r.astype(np.float32))[None, None].to(self.device)
-        background = to_channels(img, self.channels).to(self.device)
-        _, fused = synthesize_windows(self.g1, self.t, self.encoder, background, m, z.to(self.device))
-        rgb = ((fused[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().expand(3, -1, -1)
-        return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
-
-    def synthesize(self, clean: np.ndarray, mask: np.ndarray, seed: int,
-                   defect_class: str | None = None, placement=None) -> tuple[np.ndarray, dict]:
-        from defectfill.generation.compositing import windowed
-
-        z = torch.randn(1, self.cfg.z_dim, generator=torch.Generator().manual_seed(int(seed) % 2**63))
-        result, window = windowed(clean, mask, self.cfg.crop_size, self.cfg.resolution, self.dilation,
-                                  lambda w, m: self.fuse_window(w, m, z))
-        return result, {"window_yxhw": list(window)}

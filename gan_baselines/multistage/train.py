@@ -1,4 +1,4 @@
-"""Multistage GAN training (`train`) on the shared GAN harness.
+"""Multistage GAN training (`train`) on the shared GAN harness (the `Generator` adapter: generator.py).
 
 Data per step (all stateless by step, like the samplers): B real defect crops and masks
 (`DefectCropSampler`) and B defect-free crops (`CleanCropSampler` over `good/`), each paired
@@ -27,20 +27,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from defectfill.data.datasets import CleanCropSampler, DefectCropSampler, load_reference_dataset
 from defectfill.errors import ConfigError, DataError
-from gan_baselines.harness import GANHarness, GANTrainConfig
+from gan_baselines.harness import GANHarness, GANTrainConfig, gray_rgb, to_channels
+from gan_baselines.losses import discriminator_loss, generator_loss
 from gan_baselines.multistage.model import (
-    STYLE_ENCODER_NAME,
-    MultistageGANGenerator,
     STYLE_BACKBONES,
+    STYLE_ENCODER_NAME,
     StyleEncoder,
     build_discriminators,
     build_generators,
     check_style_layers,
     crop_patches,
     paste_patches,
-    to_channels,
 )
+
+NAME = "multistage_gan"  # the `baseline` a run's final/config.yaml records (MultistageGANGenerator.name)
 
 
 @dataclass
@@ -91,8 +93,6 @@ class StylePatchSampler:
     the defect's fabric when known (else from all of `good/`); stateless by step."""
 
     def __init__(self, dataset, crop_size: int, resolution: int, seed: int, pair_by_fabric: bool = True):
-        from defectfill.data.datasets import CleanCropSampler
-
         if not dataset.good_paths:
             raise DataError(f"{dataset.root / 'good'}: no defect-free images; the Multistage GAN takes its "
                             "texture condition from them")
@@ -124,11 +124,6 @@ def background_l1(output: torch.Tensor, target: torch.Tensor, masks: torch.Tenso
     return ((output - target).abs() * outside).sum() / outside.sum().clamp_min(1)
 
 
-def gray_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) image → 3 channels for `image_grid` (1-channel tensors there mean masks)."""
-    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
-
-
 def sample_rows(x: dict[str, torch.Tensor], patches: torch.Tensor, fused: torch.Tensor, n: int) -> list[list]:
     """Grid rows clean | generated patch | fused | mask | real defect crop (for comparison)."""
     n = min(n, fused.shape[0])
@@ -147,8 +142,6 @@ class _Batches:
     the clean crops' Gram vectors (the style condition)."""
 
     def __init__(self, cfg: MultistageConfig, dataset, channels: int, encoder: StyleEncoder):
-        from defectfill.data.datasets import DefectCropSampler
-
         self.cfg, self.channels, self.encoder = cfg, channels, encoder
         self.defects = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed)
         self.cleans = StylePatchSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed, cfg.fabric_pairing)
@@ -167,8 +160,6 @@ class _Batches:
 def adversarial_step(h: GANHarness, cfg: MultistageConfig, d_key: str, g_key: str, critic, real: torch.Tensor,
                      fake: torch.Tensor, extra: torch.Tensor | None = None) -> dict[str, float]:
     """One D update, then one G update with the adversarial loss (+ `extra`, already weighted)."""
-    from gan_baselines.losses import discriminator_loss, generator_loss
-
     d, opt_d, opt_g = h.modules[d_key], h.optimizers[d_key], h.optimizers[g_key]
     d.requires_grad_(True)
     opt_d.zero_grad(set_to_none=True)
@@ -226,8 +217,6 @@ def fuse_only(h: GANHarness, x: dict, patches: torch.Tensor) -> torch.Tensor:
 def train(cfg: MultistageConfig, resume_from_checkpoint: str | None = None) -> Path:
     """Train the Multistage GAN on `cfg.data_dir` with the shared harness; returns `<output_dir>/final`
     (weights.safetensors with G1, T, D1, D2; config.yaml; style_encoder.safetensors)."""
-    from defectfill.data.datasets import load_reference_dataset
-
     cfg.validate()
     dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,  # before any weights load
                                      defect_types=cfg.defect_types, max_samples=cfg.max_samples)
@@ -236,7 +225,7 @@ def train(cfg: MultistageConfig, resume_from_checkpoint: str | None = None) -> P
     torch.manual_seed(cfg.seed)
     modules = {**build_generators(cfg, encoder.layer_channels, channels),
                **build_discriminators(cfg, encoder.layer_channels, channels)}
-    h = GANHarness(cfg, modules, build_optimizers(cfg, modules), name=MultistageGANGenerator.name)
+    h = GANHarness(cfg, modules, build_optimizers(cfg, modules), name=NAME)
     h.resume(resume_from_checkpoint)
     device, acc = h.accelerator.device, h.accelerator
     batches = _Batches(cfg, dataset, channels, encoder.to(device))

@@ -1,4 +1,4 @@
-"""R3GAN training (`train`) and inference (`R3GANGenerator`) on the shared GAN harness.
+"""R3GAN training (`train`) on the shared GAN harness (the `Generator` adapter: generator.py).
 
 One generator, no fusion network, no reconstruction / perceptual / L1 term: the question this
 baseline answers is whether a single R3GAN-style generator trained with the RpGAN + R1 + R2 loss
@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
+from defectfill.data.datasets import CleanCropSampler, DefectCropSampler, load_reference_dataset
 from defectfill.errors import ConfigError
-from gan_baselines.dgt.train import gray_rgb, pick_fabric_crops
-from gan_baselines.harness import ConditionalGANGenerator, GANHarness, GANTrainConfig, to_channels
-from gan_baselines.r3gan.networks import ProjectionDiscriminator, R3GANUNet
+from gan_baselines.dgt.model import defect_free_input
+from gan_baselines.harness import GANHarness, GANTrainConfig, gray_rgb, pick_fabric_crops, to_channels
+from gan_baselines.losses import discriminator_loss, relativistic_g_loss
+from gan_baselines.r3gan.model import ProjectionDiscriminator, R3GANUNet
 
 
 @dataclass
@@ -89,8 +91,6 @@ class _Batches:
     (seed, step, process) like the samplers."""
 
     def __init__(self, cfg: R3GANConfig, dataset, classes: list[str], channels: int):
-        from defectfill.data.datasets import CleanCropSampler, DefectCropSampler
-
         self.cfg, self.channels = cfg, channels
         self.defects = DefectCropSampler(dataset, cfg.crop_size, cfg.resolution, cfg.seed)
         self.cleans = (CleanCropSampler(dataset.good_paths, cfg.crop_size, cfg.resolution, cfg.seed)
@@ -99,8 +99,6 @@ class _Batches:
         self.label_of = {s.id: index[s.defect_type] for s in dataset.samples}
 
     def __call__(self, step: int, process: int, device: torch.device) -> dict[str, torch.Tensor]:
-        from gan_baselines.dgt.model import defect_free_input
-
         n = self.cfg.batch_size
         b = self.defects.batch(step, process, n)
         real, masks = to_channels(b["pixel_values"], self.channels), b["masks"]
@@ -117,8 +115,6 @@ def train_step(g: torch.nn.Module, d: torch.nn.Module, opt_g: torch.optim.Optimi
                x: dict[str, torch.Tensor], generator: torch.Generator, gamma: float, noise_channels: int,
                accelerator=None) -> tuple[dict[str, float], torch.Tensor]:
     """One D step (RpGAN + γ/2·(R1 + R2)) then one G step (RpGAN only); returns (logs, fake)."""
-    from gan_baselines.losses import discriminator_loss, relativistic_g_loss
-
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
     with autocast():
@@ -149,8 +145,6 @@ def sample_rows(x: dict[str, torch.Tensor], fake: torch.Tensor, n: int) -> list[
 
 def train(cfg: R3GANConfig, resume_from_checkpoint: str | None = None, dataset=None) -> Path:
     """Train on `dataset` (default: loaded from `cfg.data_dir`); returns `<output_dir>/final`."""
-    from defectfill.data.datasets import load_reference_dataset
-
     cfg.validate()
     if dataset is None:
         dataset = load_reference_dataset(cfg.data_dir, mask_threshold=cfg.mask_threshold,
@@ -174,32 +168,3 @@ def train(cfg: R3GANConfig, resume_from_checkpoint: str | None = None, dataset=N
         if h.due(cfg.sample_every):
             h.save_grid(sample_rows(x, fake, cfg.grid_samples), "samples")
     return h.finish({"defect_classes": classes, "channels": channels})
-
-
-class R3GANGenerator(ConditionalGANGenerator):
-    """The R3GAN baseline behind the shared `Generator` interface.
-
-    Unfitted (`from_init_args`) it holds a config; `fit` trains it; `from_checkpoint` loads a
-    run's `final/` folder. `synthesize(clean, mask, seed, defect_class)` cuts a window around the
-    mask (`windowed`), runs G on it with noise drawn from `seed`, composites G's output inside the
-    mask and the window into `clean`, so pixels farther than `dilation` from the mask stay
-    bit-identical to `clean`.
-    """
-
-    name = "r3gan"
-    config_cls = R3GANConfig
-
-    @classmethod
-    def run_training(cls, cfg: R3GANConfig, dataset) -> Path:
-        """`train` on `dataset` as given (the config's defect_types / max_samples do not filter it)."""
-        return train(cfg, dataset=dataset)
-
-    @classmethod
-    def build_g(cls, cfg: R3GANConfig, num_classes: int, channels: int) -> R3GANUNet:
-        return build_networks(cfg, num_classes, channels)[0]
-
-    def generate_window(self, window: torch.Tensor, mask: torch.Tensor, label: int,
-                        generator: torch.Generator) -> torch.Tensor:
-        """clean·(1 − m) + G·m on the window (noise from `generator`)."""
-        return fill_masked(self.g, window.to(self.device), mask.to(self.device),
-                           torch.tensor([label], device=self.device), generator, self.cfg.noise_channels)

@@ -34,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from defectfill.generation.compositing import blend_weights
 from defectfill.errors import ConfigError
+from defectfill.generation.compositing import blend_weights
 from defectfill.generators import Generator
-from gan_baselines.copy_paste import bbox, check_inputs, grow
+from defectfill.runinfo import atomic_directory, write_run_info
+from gan_baselines.copy_paste.model import bbox, check_inputs, grow
 
 CONFIG_NAME = "config.yaml"
 NO_WEIGHTS = "none: a control generator has no learned weights (a seeded random change inside the mask)"
@@ -234,15 +235,13 @@ class ControlGenerator(Generator):
         return cfg
 
     @classmethod
-    def from_init_args(cls, init_args: dict | None = None) -> "ControlGenerator":
+    def from_init_args(cls, init_args: dict | None = None) -> ControlGenerator:
         """An unfitted control from its config keys (e.g. ``{amplitude: [15, 40], feather: 1.5}``)."""
         return cls(cls.make_config(dict(init_args or {}), f"{cls.name} init_args"))
 
     def fit(self, dataset, output_dir: str | os.PathLike, seed: int = 0) -> Path:
         """No learning: write the resolved config to ``<output_dir>/final/config.yaml`` (+ run_info.json)
         and return that folder. ``dataset`` is not read."""
-        from defectfill.runinfo import atomic_directory, write_run_info
-
         config = {"generator": self.name, **dataclasses.asdict(self.cfg)}
         final = Path(output_dir) / "final"
         with atomic_directory(final) as tmp:
@@ -254,7 +253,7 @@ class ControlGenerator(Generator):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | None, device="cpu", dilation: int | None = None,
-                        **kwargs) -> "ControlGenerator":
+                        **kwargs) -> ControlGenerator:
         """Load from the ``final/`` folder `fit` wrote (or its run folder); ``kwargs`` (generator_args)
         override its keys; ``dilation`` (a generation run's band) caps the feather."""
         if checkpoint is None:
