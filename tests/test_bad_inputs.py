@@ -376,25 +376,29 @@ def _launcher(name: str):
 
 def _gan(c, launcher: str, config: str, *extra: str, out: Path | None = None):
     module = _launcher(launcher)
-    argv = ["--config", str(REPO / "configs" / "gan" / config), "--data_dir", str(c.data),
+    argv = ["--config", str(REPO / "configs" / "generators" / config), "--data_dir", str(c.data),
             "--output_dir", str(out or c.out), "--max_steps", "1", *extra]
     return lambda: module.main(module.parse_args(argv))
 
 
 def _gan_multistage_truncated_image(c):
-    return _gan(c, "train_multistage_gan", "multistage_small.yaml"), truncate(c.first("images")).name
+    return _gan(c, "train_multistage_gan", "multistage.yaml"), truncate(c.first("images")).name
 
 
 def _gan_multistage_output_is_file(c):
-    return _gan(c, "train_multistage_gan", "multistage_small.yaml"), str(a_file(c.out))
+    return _gan(c, "train_multistage_gan", "multistage.yaml"), str(a_file(c.out))
 
 
 def _gan_dgt_corrupt_mask(c):
-    return _gan(c, "train_dgt", "dgt_small.yaml"), garble(c.first("masks")).name
+    return _gan(c, "train_dgt", "dgt.yaml"), garble(c.first("masks")).name
 
 
 def _gan_dgt_unknown_key(c):
-    return _gan(c, "train_dgt", "dgt_small.yaml", "--set", "steps_per_epoch=3"), "steps_per_epoch"
+    return _gan(c, "train_dgt", "dgt.yaml", "--set", "steps_per_epoch=3"), "steps_per_epoch"
+
+
+def _gan_config_names_another_generator(c):
+    return _gan(c, "train_dgt", "r3gan.yaml"), "class_path 'r3gan' is not the dgt generator"
 
 
 def _detect_build_missing_reference(c):

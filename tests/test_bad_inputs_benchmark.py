@@ -116,9 +116,23 @@ def _flow(generators) -> str:
 
 # ---- the matrix: name -> (argv from a Case, text the error line must contain) ----
 
-def _unknown_generator_kind(c):
-    return c.argv(_flow([{"name": "real_only", "kind": "real_only"}, {"name": "mine", "kind": "nosuchkind"}])), \
-        "nosuchkind"
+def _unknown_generator_class(c):
+    return c.argv(_flow([{"name": "real_only", "class_path": "real_only"},
+                         {"name": "mine", "class_path": "nosuchkind"}])), "nosuchkind"
+
+
+def _generator_old_spelling_kind(c):
+    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste"}])), "kind is no longer read: write class_path"
+
+
+def _generator_old_spelling_fit(c):
+    return c.argv(_flow([{"name": "copy_paste", "class_path": "copy_paste", "fit": {}}])), \
+        "fit is no longer read: write init_args"
+
+
+def _generator_second_yaml(c):
+    return c.argv(_flow([{"name": "dgt", "class_path": "dgt", "init_args": {"config": "configs/gan/dgt_small.yaml"}}])), \
+        "dgt: init_args.config (configs/gan/dgt_small.yaml) is no longer read: write that file's keys inline"
 
 
 def _unknown_generator_class_path(c):
@@ -130,19 +144,20 @@ def _bad_generator_init_arg(c):
 
 
 def _unknown_generator_key(c):
-    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "fitt": {}}])), "fitt"
+    return c.argv(_flow([{"name": "copy_paste", "class_path": "copy_paste", "fitt": {}}])), "fitt"
 
 
 def _repeated_generator_name(c):
-    return c.argv(_flow([{"name": "cp", "kind": "copy_paste"}, {"name": "cp", "kind": "copy_paste"}])), "'cp'"
+    return c.argv(_flow([{"name": "cp", "class_path": "copy_paste"}, {"name": "cp", "class_path": "copy_paste"}])), \
+        "'cp'"
 
 
 def _generator_counts_negative(c):
-    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "counts": [-1]}])), "counts"
+    return c.argv(_flow([{"name": "copy_paste", "class_path": "copy_paste", "counts": [-1]}])), "counts"
 
 
-def _generator_fit_not_a_mapping(c):
-    return c.argv(_flow([{"name": "copy_paste", "kind": "copy_paste", "fit": 3}])), "init_args"
+def _generator_init_args_not_a_mapping(c):
+    return c.argv(_flow([{"name": "copy_paste", "class_path": "copy_paste", "init_args": 3}])), "init_args"
 
 
 def _count_zero(c):
@@ -378,7 +393,7 @@ def real_only_grid(tmp_path, small_data) -> list[str]:
     data, eval_data = small_data
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(data), "eval_data": str(eval_data), "tasks": ["segmenter"],
-                                      "generators": [{"name": "real_only", "kind": "real_only"}],
+                                      "generators": [{"name": "real_only", "class_path": "real_only"}],
                                       "seeds": [0, 1, 2], "segmenter": SEG, "max_images": None}))
     return ["benchmark", "--config", str(config), "--output-dir", str(tmp_path / "out")]
 

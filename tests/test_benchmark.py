@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "benchmark" / "aitex_quick.yaml"
 SEG = {"steps": 6, "size": 64, "crop": 64, "batch_size": 4, "log_every": 3}
 GENERATORS = [{"name": "real_only", "class_path": "real_only"},
-              {"name": "copy_paste", "kind": "copy_paste", "fit": {}},  # the short spellings of class_path / init_args
+              {"name": "copy_paste", "class_path": "copy_paste", "init_args": {}},
               {"name": "defectfill", "class_path": "defectfill",
                "init_args": {"config": "configs/defectfill/tiny.yaml", "max_steps": 2, "checkpointing_steps": 100}},
               # passes the checks before any cell, fails when fitted: its data has no such class
@@ -215,6 +215,25 @@ def test_config_errors():
         load_config(BenchmarkConfig, PROFILE, leave_out={"defect_type": "x", "generators": ["nope"]})
 
 
+def test_generator_spec_has_one_spelling():
+    """class_path + init_args only: the old spellings kind / fit, and a second YAML behind init_args, are
+    errors that name the new form."""
+    from defectfill.benchmark.plan import normalise_spec
+
+    for spec, old, new in (({"name": "cp", "kind": "copy_paste"}, "kind", "class_path"),
+                           ({"name": "cp", "class_path": "copy_paste", "fit": {}}, "fit", "init_args")):
+        with pytest.raises(ConfigError) as err:
+            load_config(BenchmarkConfig, PROFILE, generators=[spec])
+        assert str(err.value).startswith(f"generator 'cp': {old} is no longer read: write {new} instead")
+        with pytest.raises(ConfigError, match=f"{old} is no longer read: write {new}"):
+            normalise_spec(dict(spec))
+    with pytest.raises(ConfigError) as err:
+        load_config(BenchmarkConfig, PROFILE, generators=[{"name": "cp", "kind": "copy_paste", "fit": {}}])
+    assert "kind and fit is no longer read: write class_path and init_args" in str(err.value)
+    spec = normalise_spec({"name": "copy_paste"})  # class_path defaults to the name
+    assert spec == {"name": "copy_paste", "class_path": "copy_paste", "init_args": {}}
+
+
 def _ids_of(folder: Path, sub: str) -> set[str]:
     return {p.stem for p in (folder / sub).iterdir()} if (folder / sub).is_dir() else set()
 
@@ -230,8 +249,8 @@ def test_new_fabric_protocol_never_trains_on_the_target_fabrics_defects(tmp_path
     cfg = load_config(BenchmarkConfig, PROFILE, data_dir=str(data), eval_data=str(eval_data) if eval_data else None,
                       output_dir=str(tmp_path / "out"), max_images=None, tasks=["segmenter"],
                       segmenter={**SEG, "steps": 2}, synthetic_counts=[2], leave_out=None, label_noise=None,
-                      generators=[{"name": "real_only", "kind": "real_only"},
-                                  {"name": "copy_paste", "kind": "copy_paste", "fit": {}}],
+                      generators=[{"name": "real_only", "class_path": "real_only"},
+                                  {"name": "copy_paste", "class_path": "copy_paste", "init_args": {}}],
                       new_fabric={"targets": ["woven_00"]})
     report = run_benchmark(cfg)
     out = tmp_path / "out"

@@ -92,8 +92,8 @@ def _lock_holders(out: Path) -> dict[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, small_data):
-    config = _grid(tmp_path, small_data, [{"name": "real_only", "kind": "real_only"},
-                                          {"name": "copy_paste", "kind": "copy_paste", "fit": {}}])
+    config = _grid(tmp_path, small_data, [{"name": "real_only", "class_path": "real_only"},
+                                          {"name": "copy_paste", "class_path": "copy_paste", "init_args": {}}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "defectfill.cli", "benchmark", "--config", str(config)]
     logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
@@ -168,7 +168,7 @@ def test_write_fault_mid_run_is_one_line_and_a_rerun_resumes(code, hint, tmp_pat
     """Disk full, or the file system turned read-only, at the second cell's result."""
     import defectfill.benchmark.runner as runner
 
-    config = _grid(tmp_path, small_data, [{"name": "real_only", "kind": "real_only"}])
+    config = _grid(tmp_path, small_data, [{"name": "real_only", "class_path": "real_only"}])
     out = tmp_path / "out"
     real_write, calls = runner.atomic_write_text, []
 
@@ -199,7 +199,7 @@ def test_write_fault_mid_run_is_one_line_and_a_rerun_resumes(code, hint, tmp_pat
 
 
 def test_output_folder_becomes_a_file_in_the_way_is_one_line(tmp_path, small_data, capsys):
-    config = _grid(tmp_path, small_data, [{"name": "real_only", "kind": "real_only"}])
+    config = _grid(tmp_path, small_data, [{"name": "real_only", "class_path": "real_only"}])
     out = tmp_path / "out"
     out.mkdir()
     (out / "cells").write_text("a file where the cells folder goes\n")

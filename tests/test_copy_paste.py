@@ -154,7 +154,7 @@ def test_bright_defect_class_stays_bright(dataset):
 
 def test_contrast_is_the_default_blend():
     assert CopyPasteConfig().blend == "contrast"
-    assert read_config(REPO / "configs" / "gan" / "copy_paste.yaml").blend == "contrast"
+    assert CopyPasteGenerator.from_init_args(shipped_init_args()).cfg.blend == "contrast"
 
 
 def test_contrast_transfer_adds_the_defects_own_signal_to_textured_fabric(dataset):
@@ -310,9 +310,18 @@ def test_from_checkpoint_errors_name_the_file(tmp_path):
         CopyPasteGenerator.from_checkpoint(tmp_path / "bad")
 
 
+def shipped_init_args() -> dict:
+    """The init_args of configs/generators/copy_paste.yaml."""
+    spec = yaml.safe_load((REPO / "configs" / "generators" / "copy_paste.yaml").read_text())
+    assert spec["class_path"] == "copy_paste"
+    return spec["init_args"]
+
+
 def test_shipped_config_loads_with_the_defaults():
-    path = REPO / "configs" / "gan" / "copy_paste.yaml"
-    assert read_config(path) == CopyPasteConfig()
+    assert CopyPasteGenerator.from_init_args(shipped_init_args()).cfg == CopyPasteConfig()
+    with pytest.raises(ConfigError, match=r"copy_paste: init_args.config \(configs/gan/copy_paste.yaml\) is no "
+                                          r"longer read: write that file's keys inline under init_args"):
+        CopyPasteGenerator.from_init_args({"config": "configs/gan/copy_paste.yaml"})
 
 
 def test_alias_and_build_generator(dataset, tmp_path):
@@ -392,7 +401,7 @@ def test_copy_paste_on_an_aitex_good_tile(aitex_root):
 def test_command_line_fit(ref_root, tmp_path, capsys):
     from gan_baselines.copy_paste.generator import main
 
-    config = REPO / "configs" / "gan" / "copy_paste.yaml"
+    config = REPO / "configs" / "generators" / "copy_paste.yaml"
     assert main(["--config", str(config), "--output-dir", str(tmp_path / "run"), "--set", f"data_dir={ref_root}",
                  "--set", "blend=poisson"]) == 0
     assert CopyPasteGenerator.from_checkpoint(tmp_path / "run" / "final").cfg.blend == "poisson"

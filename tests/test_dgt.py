@@ -43,7 +43,8 @@ from gan_baselines.dgt.train import (
 from gan_baselines.harness import pick_fabric_crops
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_YAML = REPO / "configs" / "gan" / "dgt_small.yaml"
+SMALL_YAML = REPO / "configs" / "generators" / "dgt.yaml"
+SMALL = yaml.safe_load(SMALL_YAML.read_text())["init_args"]  # the shipped small config, inline
 CLASSES = ["dark_spot", "streak"]  # sorted: class index 0 and 1
 
 
@@ -355,7 +356,7 @@ def test_init_args_fit_writes_dis_and_dfc_and_from_checkpoint_synthesizes(woven_
     small = {"max_steps": 2, "crop_size": 32, "resolution": 32, "batch_size": 2, "g_channels": 8, "g_depth": 2,
              "d_channels": 8, "d_layers": 2, "checkpointing_steps": 100, "sample_every": 100, "log_every": 1,
              "dis_width": 8, "dis_depth": 2}
-    gen = DGTGenerator.from_init_args({"config": str(SMALL_YAML), **small})
+    gen = DGTGenerator.from_init_args({**SMALL, **small})
     assert not gen.fitted and gen.cfg.max_steps == 2 and gen.cfg.g_channels == 8
     assert gen.cfg.lambda_dis == 1.0 and gen.cfg.dfc_pretrained  # from the YAML: the ImageNet DFC encoder
     clean = np.asarray(Image.open(min((woven_root / "good").iterdir())))
@@ -396,9 +397,12 @@ def test_init_args_errors(tmp_path):
         DGTGenerator.from_init_args({"input_fill": "blur"})
     with pytest.raises(ConfigError, match="lambda_dis"):
         DGTGenerator.from_init_args({"lambda_dis": -1})
-    with pytest.raises(ConfigError, match="not found"):
-        DGTGenerator.from_init_args({"config": str(tmp_path / "missing.yaml")})
-    gen = DGTGenerator.from_init_args({"config": str(SMALL_YAML), "lambda_dfc": 0, "max_samples": None})
+    with pytest.raises(ConfigError) as err:  # the old second YAML: its keys go inline now
+        DGTGenerator.from_init_args({"config": "configs/gan/dgt_small.yaml", "max_steps": 2})
+    assert str(err.value).startswith("dgt: init_args.config (configs/gan/dgt_small.yaml) is no longer read: write "
+                                     "that file's keys inline under init_args")
+    assert "configs/generators/dgt.yaml" in str(err.value)
+    gen = DGTGenerator.from_init_args({**SMALL, "lambda_dfc": 0, "max_samples": None})
     assert gen.cfg.lambda_dfc == 0 and gen.cfg.resolution == 64 and gen.cfg.max_samples is None
     DGTGenerator.check_init_args({"max_steps": 5})
 
@@ -443,7 +447,7 @@ def test_run_generation_end_to_end(bce_run, data, tmp_path):
 def test_small_config_and_launcher_error(tmp_path, capsys):
     import importlib.util
 
-    cfg = load_config(DGTConfig, SMALL_YAML)
+    cfg = load_config(DGTConfig, **SMALL)
     assert cfg.resolution == 64 and cfg.batch_size == 8 and cfg.data_dir.endswith("shared/data/aitex")
     spec = importlib.util.spec_from_file_location("train_dgt", REPO / "train" / "train_dgt.py")
     launcher = importlib.util.module_from_spec(spec)

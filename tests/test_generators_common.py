@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
@@ -18,6 +19,11 @@ from defectfill.generation.run import run_generation
 
 REPO = Path(__file__).resolve().parents[1]
 GAN_OVERRIDES = dict(max_steps=2, batch_size=2, checkpointing_steps=100, sample_every=100, log_every=1)
+
+
+def shipped_init_args(name: str) -> dict:
+    """The init_args of configs/generators/<name>.yaml."""
+    return yaml.safe_load((REPO / "configs" / "generators" / f"{name}.yaml").read_text())["init_args"]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +50,10 @@ def checkpoints(woven_root, tiny_model_dir, tmp_path_factory):
     out = {}
     out["copy_paste"] = CopyPasteGenerator(CopyPasteConfig(data_dir=data)).fit(load_reference_dataset(data),
                                                                                  tmp / "copy_paste")
-    out["dgt"] = train_dgt(load_config(DGTConfig, REPO / "configs/gan/dgt_small.yaml", data_dir=data,
-                                       output_dir=str(tmp / "dgt"), **GAN_OVERRIDES))
-    out["multistage"] = train_multistage(load_config(
-        MultistageConfig, REPO / "configs/gan/multistage_small.yaml", data_dir=data,
-        output_dir=str(tmp / "multistage"), **GAN_OVERRIDES))
+    out["dgt"] = train_dgt(load_config(DGTConfig, data_dir=data, output_dir=str(tmp / "dgt"),
+                                       **{**shipped_init_args("dgt"), **GAN_OVERRIDES}))
+    out["multistage"] = train_multistage(load_config(MultistageConfig, data_dir=data, output_dir=str(tmp / "multistage"),
+                                                     **{**shipped_init_args("multistage"), **GAN_OVERRIDES}))
     out["defectfill"] = train_defectfill(load_config(
         DefectFillTrainConfig, REPO / "configs/defectfill/tiny.yaml", model=str(tiny_model_dir), data_dir=data,
         output_dir=str(tmp / "defectfill"), max_train_steps=2, checkpointing_steps=100))

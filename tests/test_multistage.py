@@ -419,7 +419,7 @@ def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys, woven_ro
     main, parse_args = script.main, script.parse_args
     assert main(parse_args(["--config", str(tmp_path / "nope.yaml")])) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: config file not found"
-    config = str(REPO_ROOT / "configs" / "gan" / "multistage_small.yaml")
+    config = str(REPO_ROOT / "configs" / "generators" / "multistage.yaml")
     assert main(parse_args(["--config", config, "--set", "patch_size=12"])) == 2
     assert "patch_size must be a power of two" in capsys.readouterr().err
     missing = tmp_path / "vgg.safetensors"
@@ -434,7 +434,7 @@ def test_launcher_reports_bad_input_as_one_error_line(tmp_path, capsys, woven_ro
 def test_short_run_on_real_aitex_crops(aitex_root, tmp_path, capsys):
     script = launcher()
     main, parse_args = script.main, script.parse_args
-    config = str(REPO_ROOT / "configs" / "gan" / "multistage_small.yaml")
+    config = str(REPO_ROOT / "configs" / "generators" / "multistage.yaml")
     run = tmp_path / "aitex"
     args = ["--config", config, "--data_dir", str(aitex_root), "--output_dir", str(run), "--max_steps", "20",
             "--set", "resolution=32", "--set", "patch_size=16", "--set", "style_layers=[stride4]",
@@ -448,7 +448,7 @@ def test_short_run_on_real_aitex_crops(aitex_root, tmp_path, capsys):
 def test_shipped_config_names_the_pretrained_style_backbone():
     import yaml
 
-    values = yaml.safe_load((REPO_ROOT / "configs" / "gan" / "multistage_small.yaml").read_text())
+    values = yaml.safe_load((REPO_ROOT / "configs" / "generators" / "multistage.yaml").read_text())["init_args"]
     assert values["style_backbone"] == "efficientnet-lite0" and values["vgg_weights"] is None
     assert values["style_layers"] == ["stride4", "stride8", "stride16"]
     assert MultistageConfig().style_backbone == values["style_backbone"]  # the dataclass default agrees

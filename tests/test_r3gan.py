@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from scipy import ndimage
 
@@ -27,7 +28,7 @@ from gan_baselines.r3gan.model import (
 from gan_baselines.r3gan.train import R3GANConfig, fill_masked, train_step
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_YAML = REPO / "configs" / "gan" / "r3gan_small.yaml"
+SMALL = yaml.safe_load((REPO / "configs" / "generators" / "r3gan.yaml").read_text())["init_args"]  # shipped, inline
 TINY = {"crop_size": 32, "resolution": 32, "g_widths": [8, 16], "d_widths": [8, 16], "group_size": 8}
 
 
@@ -160,10 +161,13 @@ def test_config_rejects_other_losses_and_bad_widths():
 
 def test_bad_init_args_key_is_named():
     with pytest.raises(ConfigError, match="g_widht"):
-        R3GANGenerator.from_init_args({"config": str(SMALL_YAML), "g_widht": [8]})
+        R3GANGenerator.from_init_args({**SMALL, "g_widht": [8]})
     with pytest.raises(ConfigError, match="loss"):
         R3GANGenerator.from_init_args({"loss": "bce"})
-    gen = R3GANGenerator.from_init_args({"config": str(SMALL_YAML), "max_steps": 3})
+    with pytest.raises(ConfigError, match=r"r3gan: init_args.config \(x.yaml\) is no longer read: write that file's "
+                                          r"keys inline under init_args"):
+        R3GANGenerator.from_init_args({"config": "x.yaml"})
+    gen = R3GANGenerator.from_init_args({**SMALL, "max_steps": 3})
     assert gen.cfg.max_steps == 3 and gen.cfg.g_widths == [16, 32, 64, 64] and gen.g is None
 
 
@@ -172,7 +176,7 @@ def test_bad_init_args_key_is_named():
 def test_tiny_fit_and_synthesize(tmp_path, woven_root):
     from defectfill.data.datasets import load_reference_dataset
 
-    unfitted = R3GANGenerator.from_init_args({"config": str(SMALL_YAML), "max_steps": 2, "batch_size": 2,
+    unfitted = R3GANGenerator.from_init_args({**SMALL, "max_steps": 2, "batch_size": 2,
                                               "checkpointing_steps": 100, "sample_every": 100, "log_every": 1,
                                               "dilation": 3, **TINY})
     dataset = load_reference_dataset(woven_root)

@@ -15,9 +15,9 @@ FEW_SHOT = "fewshot"  # setting prefix of the few-shot protocol: fewshot<k> (k r
 ALL = "all"
 TASKS = ("segmenter", "rtdetr", "openset")
 OPENSET = "openset"  # DFC open-set classification: only in the leave_out setting (the left-out type is the unknown)
-# class_path (or its short spelling kind) + init_args (or fit): the generator registry's YAML names
-GENERATOR_KEYS = frozenset({"name", "class_path", "kind", "init_args", "fit", "generate", "counts", "settings",
-                            "downstream"})
+# class_path + init_args: the generator registry's YAML names
+GENERATOR_KEYS = frozenset({"name", "class_path", "init_args", "generate", "counts", "settings", "downstream"})
+RENAMED_GENERATOR_KEYS = {"kind": "class_path", "fit": "init_args"}  # old spellings: a ConfigError naming the new
 # a generator's ``downstream`` overrides these task settings for its own cells (e.g. synthetic pretraining)
 DOWNSTREAM_KEYS = ("segmenter", "detector")
 NEW_FABRIC_KEYS = frozenset({"targets", "generators", "tasks", "min_defects", "eval_good_fraction"})
@@ -121,7 +121,7 @@ class BenchmarkConfig:
         for g in self.generators:
             if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not g["name"]:
                 raise ConfigError(f"generators: each entry needs a name, got {g!r}")
-            unknown = sorted(set(g) - GENERATOR_KEYS)
+            unknown = sorted(set(g) - GENERATOR_KEYS - set(RENAMED_GENERATOR_KEYS))  # renamed: normalise_spec says
             if unknown:
                 raise ConfigError(f"generator {g['name']!r}: unknown key(s) {', '.join(map(str, unknown))} "
                                   f"(known: {', '.join(sorted(GENERATOR_KEYS))})")
@@ -202,6 +202,6 @@ def sub_config(cls, values: dict, key: str):
         return load_config(cls, **values)
     except ConfigError as exc:
         msg = str(exc)
-        raise ConfigError(f"{key}: {msg[len('config: '):] if msg.startswith('config: ') else msg}") from exc
+        raise ConfigError(f"{key}: {msg.removeprefix('config: ')}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {' '.join(str(exc).split())}") from exc

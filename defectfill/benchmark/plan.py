@@ -6,7 +6,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectfill.benchmark.config import ALL, FEW_SHOT, MAIN, NEW_FABRIC, OPENSET, REAL_ONLY, BenchmarkConfig
+from defectfill.benchmark.config import (
+    ALL,
+    FEW_SHOT,
+    MAIN,
+    NEW_FABRIC,
+    OPENSET,
+    REAL_ONLY,
+    RENAMED_GENERATOR_KEYS,
+    BenchmarkConfig,
+)
 from defectfill.data.splits import manifest_column, select_ids
 from defectfill.errors import ConfigError, DataError
 from defectfill.generators import import_class
@@ -48,13 +57,14 @@ class Unit:
 
 
 def normalise_spec(g: dict) -> dict:
-    """A generator entry in its one form: ``class_path`` (``kind`` is its short spelling; default: the
-    name) and ``init_args`` (``fit`` is accepted for it). The class must import (``real_only``: no generator)."""
-    for new, old in (("class_path", "kind"), ("init_args", "fit")):
-        if new in g and old in g:
-            raise ConfigError(f"generator {g['name']!r}: give {new} or {old}, not both")
-        if old in g:
-            g[new] = g.pop(old)
+    """A generator entry in its one form: ``class_path`` (default: the name) and ``init_args``. The old
+    spellings ``kind`` / ``fit`` are a ConfigError naming these. The class must import (``real_only``: no
+    generator)."""
+    renamed = [k for k in RENAMED_GENERATOR_KEYS if k in g]
+    if renamed:
+        raise ConfigError(f"generator {g['name']!r}: {' and '.join(renamed)} is no longer read: write "
+                          f"{' and '.join(RENAMED_GENERATOR_KEYS[k] for k in renamed)} instead (a generator is "
+                          f"class_path: <alias or package.module:Class> + init_args: {{its keys}})")
     g.setdefault("class_path", g["name"])
     if g.get("init_args") is None:
         g["init_args"] = {}
@@ -70,7 +80,7 @@ def normalise_spec(g: dict) -> dict:
 
 def kind(spec: dict) -> str:
     """The generator's class path (or ``real_only``)."""
-    return spec.get("class_path", spec.get("kind", spec["name"]))
+    return spec.get("class_path", spec["name"])
 
 
 def counts_of(spec: dict, counts) -> list[int]:
