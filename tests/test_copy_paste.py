@@ -14,7 +14,7 @@ from scipy import ndimage
 from defectfill.config import GenerateConfig
 from defectfill.data.datasets import load_reference_dataset
 from defectfill.errors import ConfigError
-from gan_baselines.copy_paste.generator import CopyPasteConfig, CopyPasteGenerator, read_config
+from gan_baselines.copy_paste.generator import CopyPasteConfig, CopyPasteGenerator
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 64, 256
