@@ -79,7 +79,7 @@ class Case:
         self.finished = run
 
     def first(self, folder: str) -> Path:
-        return sorted((self.data / folder).iterdir())[0]
+        return min((self.data / folder).iterdir())
 
     def train(self, *sets: str, config: str | None = None, out: Path | None = None) -> list[str]:
         argv = ["train", "--config", config or str(TINY_YAML), "--set", f"model={self.model}",
@@ -299,22 +299,22 @@ def _gen_missing_clean(c):
 
 
 def _gen_truncated_clean(c):
-    return c.generate(), truncate(sorted(c.clean.iterdir())[-1]).name
+    return c.generate(), truncate(max(c.clean.iterdir())).name
 
 
 def _gen_corrupt_mask_in_folder(c):
     masks = c.masks_folder()
-    return c.generate("--masks", str(masks)), garble(sorted(masks.iterdir())[0]).name
+    return c.generate("--masks", str(masks)), garble(min(masks.iterdir())).name
 
 
 def _gen_mask_size_mismatch(c):
     masks = c.masks_folder(shape=(32, 32))
-    return c.generate("--masks", str(masks)), sorted(masks.iterdir())[0].name
+    return c.generate("--masks", str(masks)), min(masks.iterdir()).name
 
 
 def _gen_empty_mask_in_folder(c):
     masks = c.masks_folder(value=0)
-    return c.generate("--masks", str(masks)), sorted(masks.iterdir())[0].name
+    return c.generate("--masks", str(masks)), min(masks.iterdir()).name
 
 
 def _gen_truncated_reference(c):
@@ -339,7 +339,7 @@ def _gen_whole_image_masks(c):
     for p in masks.iterdir():
         w, h = Image.open(p).size
         Image.fromarray(np.full((h, w), 255, np.uint8)).save(p)
-    return c.generate("--masks", str(masks)), sorted(masks.iterdir())[0].name
+    return c.generate("--masks", str(masks)), min(masks.iterdir()).name
 
 
 def _gen_clean_too_small_for_auto_masks(c):
@@ -459,10 +459,20 @@ def _detect_eval_missing_weights(c):
 
 CASES = {name[1:]: fn for name, fn in sorted(globals().items())
          if name.startswith(("_train_", "_gen_", "_detect_", "_gan_")) and callable(fn)}
+
+
+def _case_of_train_config(override, key):
+    return lambda c: (c.train(override), key)
+
+
+def _case_of_generate_flags(flags, key):
+    return lambda c: (c.generate(*flags), key)
+
+
 for _override, _key in TRAIN_CONFIG_CASES.items():
-    CASES[f"train_config_{_override}"] = (lambda o, k: lambda c: (c.train(o), k))(_override, _key)
+    CASES[f"train_config_{_override}"] = _case_of_train_config(_override, _key)
 for _flags, _key in GENERATE_CONFIG_CASES.items():
-    CASES[f"gen_config_{'_'.join(_flags)}"] = (lambda f, k: lambda c: (c.generate(*f), k))(_flags, _key)
+    CASES[f"gen_config_{'_'.join(_flags)}"] = _case_of_generate_flags(_flags, _key)
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
@@ -477,7 +487,7 @@ def no_weights(monkeypatch):
     import torch
     import transformers
 
-    import defectfill.detect.rtdetr as rtdetr
+    from defectfill.detect import rtdetr
 
     def loaded(*args, **kwargs):
         raise AssertionError("weights were loaded before the bad input was reported")

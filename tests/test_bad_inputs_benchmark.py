@@ -81,7 +81,7 @@ class Case:
         self.out = root / "out"
 
     def first(self, folder: str, root: Path | None = None) -> Path:
-        return sorted(((root or self.data) / folder).iterdir())[0]
+        return min(((root or self.data) / folder).iterdir())
 
     def argv(self, *sets: str, out: Path | None = None, config: str | None = None, model: Path | None = None,
              data: Path | None = None, eval_data: Path | None = None) -> list[str]:

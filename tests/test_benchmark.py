@@ -33,10 +33,10 @@ LEFT_OUT = "broken_yarn"
 def _cfg(data, eval_data, model, out, **kw):
     generators = [{**g, "init_args": {**g["init_args"], "model": str(model)}} if g["name"] == "defectfill" else g
                   for g in GENERATORS]
-    values = dict(data_dir=str(data), eval_data=str(eval_data), output_dir=str(out),
-                  max_images=None, segmenter=SEG, synthetic_counts=[2], generators=generators,
-                  leave_out={"defect_type": LEFT_OUT, "generators": ["real_only", "copy_paste"],
-                             "tasks": ["segmenter", "openset"]})
+    values = {"data_dir": str(data), "eval_data": str(eval_data), "output_dir": str(out),
+              "max_images": None, "segmenter": SEG, "synthetic_counts": [2], "generators": generators,
+              "leave_out": {"defect_type": LEFT_OUT, "generators": ["real_only", "copy_paste"],
+                            "tasks": ["segmenter", "openset"]}}
     return load_config(BenchmarkConfig, PROFILE, **{**values, **kw})
 
 

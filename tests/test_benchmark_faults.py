@@ -96,7 +96,7 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
                                           {"name": "copy_paste", "class_path": "copy_paste", "init_args": {}}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "defectfill.cli", "benchmark", "--config", str(config)]
-    logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
+    logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]  # noqa: SIM115 (closed in the finally below)
     procs = [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path,
                               start_new_session=True) for log in logs]
     victim = survivor = None
@@ -139,12 +139,12 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
         for log in logs:
             log.close()
     _assert_complete(config, out)
-    gen_json = sorted((out / "work" / held[0].split("-")[0] / "main" / "copy_paste").glob("s*/generator.json"))[0]
+    gen_json = min((out / "work" / held[0].split("-")[0] / "main" / "copy_paste").glob("s*/generator.json"))
     gen = json.loads(gen_json.read_text())
     assert gen["generated_samples"] == len(list(Path(gen["generated_dir"], "sidecars").glob("*.json"))) == 2
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    rerun = subprocess.run(cmd, check=False, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["complete"] and summary["cells_run"] == 0 and summary["cells_skipped"] == 6
@@ -154,7 +154,8 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
     # the same grid uninterrupted, in one process: every cell's metrics are identical (single-threaded CPU)
     clean = tmp_path / "clean.yaml"
     clean.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "output_dir": str(tmp_path / "clean")}))
-    ref = subprocess.run([*cmd[:-1], str(clean)], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    ref = subprocess.run([*cmd[:-1], str(clean)], check=False, capture_output=True, text=True, env=ENV,
+                         cwd=tmp_path, timeout=300)
     assert ref.returncode == 0, ref.stderr
     for result in out.glob("cells/*/result.json"):
         twin = tmp_path / "clean" / "cells" / result.parent.name / "result.json"
@@ -166,7 +167,7 @@ def test_two_processes_one_killed_mid_unit_the_grid_still_completes(tmp_path, sm
                                         (errno.EROFS, "fix the path or its permissions")], ids=["enospc", "erofs"])
 def test_write_fault_mid_run_is_one_line_and_a_rerun_resumes(code, hint, tmp_path, small_data, capsys, monkeypatch):
     """Disk full, or the file system turned read-only, at the second cell's result."""
-    import defectfill.benchmark.runner as runner
+    from defectfill.benchmark import runner
 
     config = _grid(tmp_path, small_data, [{"name": "real_only", "class_path": "real_only"}])
     out = tmp_path / "out"

@@ -86,10 +86,11 @@ def make_dataset(root: Path, n_per_class=3, n_good=3, h=64, w=160) -> Path:
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> DGTConfig:
-    base = dict(data_dir=str(data), output_dir=str(out), crop_size=32, resolution=32, batch_size=4, max_steps=30,
-                lr_g=2e-3, lr_d=1e-3, g_channels=8, g_depth=2, d_channels=8, d_layers=2, checkpointing_steps=15,
-                sample_every=10, log_every=1, grid_samples=2, sigma_max=1.5, dilation=3,
-                dis_width=8, dis_depth=2, dfc_pretrained=False, dfc_hidden=16)  # small DIS, CNN DFC: fast
+    base = {"data_dir": str(data), "output_dir": str(out), "crop_size": 32, "resolution": 32, "batch_size": 4,
+            "max_steps": 30, "lr_g": 2e-3, "lr_d": 1e-3, "g_channels": 8, "g_depth": 2, "d_channels": 8, "d_layers": 2,
+            "checkpointing_steps": 15, "sample_every": 10, "log_every": 1, "grid_samples": 2, "sigma_max": 1.5,
+            "dilation": 3, "dis_width": 8, "dis_depth": 2, "dfc_pretrained": False,
+            "dfc_hidden": 16}  # small DIS, CNN DFC: fast
     base.update(kw)
     return DGTConfig(**base)
 
@@ -297,8 +298,8 @@ def test_aux_loss_hook_is_called_and_its_gradient_reaches_g(data, tmp_path):
         output.register_hook(lambda g: grads.append(g.abs().sum().item()))
         return (output * mask).mean()
 
-    only_aux = dict(max_steps=2, lambda_fg=0.0, lambda_bg=0.0, lambda_blend=0.0, lambda_adv=0.0, lambda_aux=1.0,
-                    lambda_dis=0.0, lambda_dfc=0.0)
+    only_aux = {"max_steps": 2, "lambda_fg": 0.0, "lambda_bg": 0.0, "lambda_blend": 0.0, "lambda_adv": 0.0,
+                "lambda_aux": 1.0, "lambda_dis": 0.0, "lambda_dfc": 0.0}
     cfg = tiny_cfg(data, tmp_path / "aux", **only_aux)
     torch.manual_seed(cfg.seed)  # train() seeds like this before building the networks
     g0, _ = build_networks(cfg, 2, 1)

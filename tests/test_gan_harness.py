@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
+from torch import nn
 
 from defectfill.errors import ConfigError
 from defectfill.training_utils import module_state
@@ -58,8 +58,8 @@ def fresh_accelerate_state():
 
 
 def make_cfg(out: Path, **kw) -> GANTrainConfig:
-    base = dict(output_dir=str(out), max_steps=6, batch_size=BATCH, checkpointing_steps=2,
-                checkpoints_total_limit=None, log_every=1, sample_every=1000, lr_g=1e-2, lr_d=1e-2, seed=3)
+    base = {"output_dir": str(out), "max_steps": 6, "batch_size": BATCH, "checkpointing_steps": 2,
+            "checkpoints_total_limit": None, "log_every": 1, "sample_every": 1000, "lr_g": 1e-2, "lr_d": 1e-2, "seed": 3}
     return GANTrainConfig(**{**base, **kw})
 
 
@@ -87,7 +87,7 @@ def train(h: GANHarness, on_step=None, global_rng: bool = False) -> list[float]:
         z = torch.randn(BATCH, Z) if global_rng else torch.randn(BATCH, Z, generator=gen)
         fake = g(z, onehot)
 
-        def critic(x):
+        def critic(x, onehot=onehot):  # this step's labels
             return d(x, onehot)
 
         loss_d, info = discriminator_loss(h.cfg.loss, critic, real, fake, h.gamma())
@@ -111,8 +111,8 @@ def weights(h: GANHarness) -> dict[str, torch.Tensor]:
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), f"{key} differs"
 
 
 # ---- (a) training makes progress, and is logged ----
