@@ -131,7 +131,8 @@ def _generator_old_spelling_fit(c):
 
 
 def _generator_second_yaml(c):
-    return c.argv(_flow([{"name": "dgt", "class_path": "dgt", "init_args": {"config": "configs/gan/dgt_small.yaml"}}])), \
+    spec = {"name": "dgt", "class_path": "dgt", "init_args": {"config": "configs/gan/dgt_small.yaml"}}
+    return c.argv(_flow([spec])), \
         "dgt: init_args.config (configs/gan/dgt_small.yaml) is no longer read: write that file's keys inline"
 
 

@@ -59,7 +59,8 @@ def fresh_accelerate_state():
 
 def make_cfg(out: Path, **kw) -> GANTrainConfig:
     base = {"output_dir": str(out), "max_steps": 6, "batch_size": BATCH, "checkpointing_steps": 2,
-            "checkpoints_total_limit": None, "log_every": 1, "sample_every": 1000, "lr_g": 1e-2, "lr_d": 1e-2, "seed": 3}
+            "checkpoints_total_limit": None, "log_every": 1, "sample_every": 1000, "lr_g": 1e-2, "lr_d": 1e-2,
+            "seed": 3}
     return GANTrainConfig(**{**base, **kw})
 
 

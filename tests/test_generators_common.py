@@ -52,8 +52,9 @@ def checkpoints(woven_root, tiny_model_dir, tmp_path_factory):
                                                                                  tmp / "copy_paste")
     out["dgt"] = train_dgt(load_config(DGTConfig, data_dir=data, output_dir=str(tmp / "dgt"),
                                        **{**shipped_init_args("dgt"), **GAN_OVERRIDES}))
-    out["multistage"] = train_multistage(load_config(MultistageConfig, data_dir=data, output_dir=str(tmp / "multistage"),
-                                                     **{**shipped_init_args("multistage"), **GAN_OVERRIDES}))
+    out["multistage"] = train_multistage(load_config(
+        MultistageConfig, data_dir=data, output_dir=str(tmp / "multistage"),
+        **{**shipped_init_args("multistage"), **GAN_OVERRIDES}))
     out["defectfill"] = train_defectfill(load_config(
         DefectFillTrainConfig, REPO / "configs/defectfill/tiny.yaml", model=str(tiny_model_dir), data_dir=data,
         output_dir=str(tmp / "defectfill"), max_train_steps=2, checkpointing_steps=100))

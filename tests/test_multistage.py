@@ -83,9 +83,9 @@ def blob_root(tmp_path_factory) -> Path:
 
 def tiny_config(data_dir: Path, output_dir: Path, **kw) -> MultistageConfig:
     values = {"data_dir": str(data_dir), "output_dir": str(output_dir), "crop_size": 32, "resolution": 32,
-              "patch_size": 16, "batch_size": 4, "z_dim": 16, "style_dim": 16, "style_layers": ["stride4"], "width_g": 8,
-              "width_d": 8, "lr_g": 1e-3, "lr_d": 1e-3, "max_steps": 30, "log_every": 1, "sample_every": 10,
-              "checkpointing_steps": 10}
+              "patch_size": 16, "batch_size": 4, "z_dim": 16, "style_dim": 16, "style_layers": ["stride4"],
+              "width_g": 8, "width_d": 8, "lr_g": 1e-3, "lr_d": 1e-3, "max_steps": 30, "log_every": 1,
+              "sample_every": 10, "checkpointing_steps": 10}
     values.update(kw)
     return MultistageConfig(**values)
 

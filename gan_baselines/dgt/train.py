@@ -6,7 +6,8 @@ Self-supervised pairing (AITEX has no clean twin of a defective image): the gene
 (reconstruction branch: foreground / background / blended L1 + adversarial). The transfer branch
 puts the masks and classes of the batch's other references (the batch rolled by one) onto
 defect-free crops from `good/` (mostly-white off-fabric crops skipped; filled the same way, so
-the input distribution matches), and is trained by the adversarial loss only. Inference fills the window the same way before G runs.
+the input distribution matches), and is trained by the adversarial loss only. Inference (generator.py) fills
+the window the same way before G runs.
 The discriminator (PatchGAN, optionally mask-conditioned) compares each fake with the real crop
 its mask came from, so real and fake share the conditioning mask.
 
