@@ -14,7 +14,7 @@ from PIL import Image
 
 from defectfill.benchmark.locks import claim as _claim
 from defectfill.benchmark.runner import BenchmarkConfig, plan, run_benchmark
-from defectfill.cli.benchmark import benchmark_main
+from defectfill.cli import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError, DataError
 
@@ -218,7 +218,7 @@ def test_config_errors():
 def test_generator_spec_has_one_spelling():
     """class_path + init_args only: the old spellings kind / fit, and a second YAML behind init_args, are
     errors that name the new form."""
-    from defectfill.benchmark.plan import normalise_spec
+    from defectfill.benchmark.config import normalise_spec
 
     for spec, old, new in (({"name": "cp", "kind": "copy_paste"}, "kind", "class_path"),
                            ({"name": "cp", "class_path": "copy_paste", "fit": {}}, "fit", "init_args")):

@@ -8,7 +8,7 @@ import yaml
 
 from defectfill.benchmark.runner import BenchmarkConfig
 from defectfill.benchmark.tasks import get as task
-from defectfill.cli.benchmark import benchmark_main
+from defectfill.cli import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
 

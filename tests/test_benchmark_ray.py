@@ -8,7 +8,7 @@ import pytest
 
 from defectfill.benchmark.executors import ExecutorConfig, executor_config, profile_devices
 from defectfill.benchmark.runner import BenchmarkConfig
-from defectfill.cli.benchmark import benchmark_main
+from defectfill.cli import benchmark_main
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
 

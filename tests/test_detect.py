@@ -20,7 +20,7 @@ import yaml
 from netguard import SUBPROCESS_NO_NETWORK
 from PIL import Image
 
-from defectfill.cli.detect import detect_main
+from defectfill.cli import detect_main
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.detect.dataset import (
     PAD_VALUE,
@@ -418,7 +418,7 @@ _PROBE = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
 
 _TRAIN = SUBPROCESS_NO_NETWORK + textwrap.dedent("""
     import time
-    from defectfill.cli.detect import detect_main
+    from defectfill.cli import detect_main
     ref, out = sys.argv[1], sys.argv[2]
     t0 = time.perf_counter()
     rc0 = detect_main(["build", "--data-dir", ref, "--output-dir", out + "/dataset", "--set", "val_fraction=0.5"])

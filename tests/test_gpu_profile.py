@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectfill.cli.benchmark import benchmark_main
+from defectfill.cli import benchmark_main
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "benchmark" / "aitex_gpu.yaml"

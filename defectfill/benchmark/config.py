@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from defectfill.benchmark.executors import executor_config
 from defectfill.config import load_config
 from defectfill.errors import ConfigError
+from defectfill.generators import import_class
 
 REAL_ONLY = "real_only"
 MAIN = "main"
@@ -31,6 +32,28 @@ def _int_list(values, key: str, minimum: int | None = 1) -> list[int]:
             need = "integers" if minimum is None else ("positive integers" if minimum == 1 else f"integers >= {minimum}")
             raise ConfigError(f"{key}: must be {need}, got {values}")
     return values
+
+
+def normalise_spec(g: dict) -> dict:
+    """A generator entry in its one form: ``class_path`` (default: the name) and ``init_args``. The old
+    spellings ``kind`` / ``fit`` are a ConfigError naming these. The class must import (``real_only``: no
+    generator)."""
+    renamed = [k for k in RENAMED_GENERATOR_KEYS if k in g]
+    if renamed:
+        raise ConfigError(f"generator {g['name']!r}: {' and '.join(renamed)} is no longer read: write "
+                          f"{' and '.join(RENAMED_GENERATOR_KEYS[k] for k in renamed)} instead (a generator is "
+                          f"class_path: <alias or package.module:Class> + init_args: {{its keys}})")
+    g.setdefault("class_path", g["name"])
+    if g.get("init_args") is None:
+        g["init_args"] = {}
+    if not isinstance(g["class_path"], str) or not g["class_path"]:
+        raise ConfigError(f"generator {g['name']!r}: class_path must be a string, got {g['class_path']!r}")
+    if g["class_path"] != REAL_ONLY:
+        try:
+            import_class(g["class_path"])
+        except ConfigError as exc:
+            raise ConfigError(f"generator {g['name']!r}: {exc}") from exc
+    return g
 
 
 @dataclass
@@ -115,8 +138,6 @@ class BenchmarkConfig:
             raise ConfigError(f"max_images must be >= 1 (or null for all), got {self.max_images}")
         if not self.generators:
             raise ConfigError("generators: need at least one generator")
-        from defectfill.benchmark.plan import normalise_spec
-
         names = set()
         for g in self.generators:
             if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not g["name"]:

@@ -13,12 +13,10 @@ from defectfill.benchmark.config import (
     NEW_FABRIC,
     OPENSET,
     REAL_ONLY,
-    RENAMED_GENERATOR_KEYS,
     BenchmarkConfig,
 )
 from defectfill.data.splits import manifest_column, select_ids
-from defectfill.errors import ConfigError, DataError
-from defectfill.generators import import_class
+from defectfill.errors import DataError
 
 
 @dataclass
@@ -54,28 +52,6 @@ class Unit:
     @property
     def seeds(self) -> list[int]:
         return sorted({c.seed for c in self.cells})
-
-
-def normalise_spec(g: dict) -> dict:
-    """A generator entry in its one form: ``class_path`` (default: the name) and ``init_args``. The old
-    spellings ``kind`` / ``fit`` are a ConfigError naming these. The class must import (``real_only``: no
-    generator)."""
-    renamed = [k for k in RENAMED_GENERATOR_KEYS if k in g]
-    if renamed:
-        raise ConfigError(f"generator {g['name']!r}: {' and '.join(renamed)} is no longer read: write "
-                          f"{' and '.join(RENAMED_GENERATOR_KEYS[k] for k in renamed)} instead (a generator is "
-                          f"class_path: <alias or package.module:Class> + init_args: {{its keys}})")
-    g.setdefault("class_path", g["name"])
-    if g.get("init_args") is None:
-        g["init_args"] = {}
-    if not isinstance(g["class_path"], str) or not g["class_path"]:
-        raise ConfigError(f"generator {g['name']!r}: class_path must be a string, got {g['class_path']!r}")
-    if g["class_path"] != REAL_ONLY:
-        try:
-            import_class(g["class_path"])
-        except ConfigError as exc:
-            raise ConfigError(f"generator {g['name']!r}: {exc}") from exc
-    return g
 
 
 def kind(spec: dict) -> str:

@@ -5,6 +5,6 @@ One module per verb (``train``, ``fit``, ``generate``, ``detect``, ``benchmark``
 the verbs share are in :mod:`defectfill.cli.flags`.
 """
 
-from defectfill.cli.main import build_parser, main
+from defectfill.cli.main import benchmark_main, build_parser, detect_main, main
 
-__all__ = ["build_parser", "main"]
+__all__ = ["benchmark_main", "build_parser", "detect_main", "main"]

@@ -78,10 +78,3 @@ def run(args: argparse.Namespace) -> int:
                       "cells_not_run": len(run["cells_not_run"]), "units_busy_elsewhere": run["units_busy_elsewhere"],
                       "rows": len(report["rows"]), "report": str(out / "results.md")}))
     return 0 if run["complete"] else 1
-
-
-def benchmark_main(argv: list[str] | None = None) -> int:
-    """``defectfill benchmark ARGV``; returns the exit code."""
-    from defectfill.cli.main import main
-
-    return main(["benchmark", *(sys.argv[1:] if argv is None else argv)])

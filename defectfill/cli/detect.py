@@ -149,12 +149,3 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=0)
     flags.output_dir(p, help="where the report goes (default: the weights' run folder)")
     p.set_defaults(func=_run, detect_func=evaluate)
-
-
-def detect_main(argv: list[str] | None = None) -> int:
-    """``defectfill detect ARGV``; returns the exit code (2 with a one-line error on bad input)."""
-    import sys
-
-    from defectfill.cli.main import main
-
-    return main(["detect", *(sys.argv[1:] if argv is None else argv)])

@@ -25,5 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args) or 0
 
 
+def detect_main(argv: list[str] | None = None) -> int:
+    """``defectfill detect ARGV``; returns the exit code (2 with a one-line error on bad input)."""
+    return main(["detect", *(sys.argv[1:] if argv is None else argv)])
+
+
+def benchmark_main(argv: list[str] | None = None) -> int:
+    """``defectfill benchmark ARGV``; returns the exit code."""
+    return main(["benchmark", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())
