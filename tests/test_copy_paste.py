@@ -399,12 +399,14 @@ def test_copy_paste_on_an_aitex_good_tile(aitex_root):
 
 
 def test_command_line_fit(ref_root, tmp_path, capsys):
-    from gan_baselines.copy_paste.generator import main
+    """`defectfill fit` of the shipped copy-paste config: the run folder loads with the --set value."""
+    from defectfill.cli import main
 
     config = REPO / "configs" / "generators" / "copy_paste.yaml"
-    assert main(["--config", str(config), "--output-dir", str(tmp_path / "run"), "--set", f"data_dir={ref_root}",
+    assert main(["fit", "--config", str(config), "--data-dir", str(ref_root), "--output-dir", str(tmp_path / "run"),
                  "--set", "blend=poisson"]) == 0
-    assert CopyPasteGenerator.from_checkpoint(tmp_path / "run" / "final").cfg.blend == "poisson"
-    bad = ["--config", str(config), "--output-dir", str(tmp_path / "bad"), "--set", f"data_dir={tmp_path}/none"]
+    printed = capsys.readouterr().out.split("checkpoint:")[-1].strip()
+    assert CopyPasteGenerator.from_checkpoint(printed).cfg.blend == "poisson"
+    bad = ["fit", "--config", str(config), "--output-dir", str(tmp_path / "bad"), "--data-dir", f"{tmp_path}/none"]
     assert main(bad) == 2
     assert f"{tmp_path}/none" in capsys.readouterr().err

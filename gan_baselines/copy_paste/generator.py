@@ -34,7 +34,6 @@ The placing and blending functions are in model.py; this file is the `Generator`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import yaml
 
 from defectfill.config import load_config
 from defectfill.data.datasets import ReferenceDataset, ReferenceSample, load_reference_dataset
-from defectfill.errors import ConfigError, DataError, check_writable, one_line_errors, output_errors
+from defectfill.errors import ConfigError, DataError
 from defectfill.generation.compositing import blend_weights, mask_window
 from defectfill.generators import Generator
 from defectfill.runinfo import atomic_directory, write_run_info
@@ -66,7 +65,7 @@ from gan_baselines.copy_paste.model import (
     union,
     warp_fit,
 )
-from gan_baselines.harness import config_from_init_args, generator_file_args
+from gan_baselines.harness import config_from_init_args
 
 NAME = "copy_paste"
 CONFIG_NAME = "config.yaml"
@@ -262,30 +261,3 @@ def read_config(path: Path, overrides: dict | None = None) -> CopyPasteConfig:
         return load_config(CopyPasteConfig, **values)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-@one_line_errors
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gan_baselines.copy_paste --config configs/generators/copy_paste.yaml --output-dir runs/copy_paste`:
-    "fit" (record data + config) so `defectfill generate --generator copy_paste --checkpoint <run>/final` works."""
-    parser = argparse.ArgumentParser(prog="python -m gan_baselines.copy_paste", description=main.__doc__)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.overrides if "=" in item)
-    if len(overrides) != len(args.overrides):
-        raise ConfigError(f"--set expects KEY=VALUE, got {args.overrides}")
-    values = generator_file_args(args.config, NAME)  # configs/generators/copy_paste.yaml: class_path + init_args
-    if values is None:  # a flat YAML of CopyPasteConfig keys
-        cfg = read_config(Path(args.config), overrides)
-    else:
-        try:
-            cfg = config_from_init_args(CopyPasteConfig, {**values, **overrides}, NAME)
-        except ConfigError as exc:
-            raise ConfigError(f"{args.config}: {exc}") from exc
-    generator = CopyPasteGenerator(cfg)
-    check_writable(args.output_dir, "run folder")
-    with output_errors(args.output_dir):
-        print(f"copy_paste run folder: {generator.fit(None, args.output_dir)}")
-    return 0
