@@ -219,7 +219,7 @@ class GenerateConfig:
     mask_threshold: int = 128
     mixed_precision: str = "no"  # fp16 | bf16: the pipeline's weights in that dtype
     enable_xformers: bool = False
-    channels_last: bool = False  # UNet and VAE in channels_last (bench/bench_lfs.py --features measures it)
+    channels_last: bool = False  # UNet and VAE in channels_last (bench/speed/bench_lfs.py --features measures it)
     compile_unet: bool = False  # torch.compile the UNet (the first slot pays the compile)
     contact_sheet_samples: int = 12
 

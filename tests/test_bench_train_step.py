@@ -1,22 +1,14 @@
-"""bench/bench_train_step.py at tiny size: both steps train what they should and the record is whole."""
+"""bench/speed/bench_train_step.py at tiny size: both steps train what they should and the record is whole."""
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 def _module():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH / "bench_train_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench.speed.bench_train_step")
 
 
 def test_both_steps_update_only_their_trainable_tensors(tiny_model_dir):
@@ -50,11 +42,9 @@ def test_record_has_times_flops_and_ratio(tiny_model_dir, tmp_path):
 
 
 def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
-    """bench/bench_gpu.py's numbers are consistent with each other (run on CPU, tiny model)."""
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "bench_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """bench/speed/bench_gpu.py's numbers are consistent with each other (run on CPU, tiny model)."""
+    from bench.speed import bench_gpu as mod
+
     args = mod.parse_args(["--arch", "tiny", "--model-dir", str(tiny_model_dir), "--resolution", "32", "--batch", "2",
                            "--train-steps", "2", "--gen-slots", "1", "--steps", "2", "--candidates", "2",
                            "--peak-tflops", "0.5", "--recipe-steps", "100", "--out", str(tmp_path / "g"),
@@ -80,8 +70,7 @@ def test_bench_gpu_at_tiny_size_on_cpu(tiny_model_dir, tmp_path):
 
 
 def test_bench_gpu_splits_features_into_training_and_generation():
-    sys.path.insert(0, str(BENCH))
-    import bench_gpu
+    from bench.speed import bench_gpu
 
     assert bench_gpu.split_features(None) == (None, None)
     train, gen = bench_gpu.split_features([])
@@ -94,9 +83,7 @@ def test_bench_gpu_splits_features_into_training_and_generation():
 
 def test_generation_options_are_switched_off_again(tiny_model_dir, tmp_path):
     """bench_lfs.py's rows share one synthesizer: each option is undone after its row."""
-    sys.path.insert(0, str(BENCH))
-    import bench_lfs
-
+    from bench.speed import bench_lfs
     from defectfill.config import GenerateConfig
     from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 

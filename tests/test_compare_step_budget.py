@@ -1,20 +1,14 @@
-"""bench/compare_step_budget.py: paired changes between two runs of one grid, by hand."""
+"""bench/experiments/compare_step_budget.py: paired changes between two runs of one grid, by hand."""
 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "compare_step_budget.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_step_budget", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.experiments.compare_step_budget")
 
 
 def _cell(setting, generator, fold, seed, ap, recall=0.5):

@@ -1,21 +1,15 @@
-"""bench/select_nested_cv.py: a setting chosen by inner cross-validation on an outer fold's training
+"""bench/experiments/select_nested_cv.py: a setting chosen by inner cross-validation on an outer fold's training
 side only, with the choice checked against the inner cells' own scores."""
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("select_nested_cv", BENCH / "select_nested_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench.experiments.select_nested_cv")
 
 
 def test_with_key_and_choose():

@@ -338,7 +338,7 @@ def test_bootstrap_nan_replicates_and_errors():
 
 
 def test_bootstrap_at_grid_scale():
-    # 15 replicates (5 folds x 3 seeds) x ~25 sources x 1024 bins x 2000 draws (its time: bench/bootstrap_speed.py)
+    # 15 replicates (5 folds x 3 seeds) x ~25 sources x 1024 bins x 2000 draws (its time: bench/speed/bootstrap_speed.py)
     rng = np.random.default_rng(8)
     bins, reps = 1024, []
     for fold in range(5):

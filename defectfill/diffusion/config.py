@@ -70,7 +70,7 @@ class DefectFillTrainConfig:
     gradient_checkpointing: bool = False
     enable_xformers: bool = False  # only on request: attention capture replaces it in the captured layers
     allow_tf32: bool = True
-    # speed (bench/bench_train_step.py --features measures each on and off)
+    # speed (bench/speed/bench_train_step.py --features measures each on and off)
     cache_reference_latents: bool = True  # used when every reference image fits in one crop
     channels_last: bool = False  # UNet and VAE in channels_last memory format
     compile_unet: bool = False  # torch.compile the UNet (first steps pay the compile)

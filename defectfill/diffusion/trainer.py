@@ -299,7 +299,7 @@ class TrainingSetup:
 def prepare_models(cfg: DefectFillTrainConfig, model: str, device, weight_dtype: torch.dtype,
                    tokens: list[str] | None = None) -> TrainingSetup:
     """Load `model` and set it up for DefectFill training as `train` does (used by the trainer and
-    bench/bench_train_step.py); `tokens` (default: the one `placeholder_token`) are added and learned."""
+    bench/speed/bench_train_step.py); `tokens` (default: the one `placeholder_token`) are added and learned."""
     parts = load_training_components(model, cfg.revision, cfg.variant, torch_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = parts.tokenizer, parts.text_encoder, parts.vae, parts.unet
     tokens = list(tokens or [cfg.placeholder_token])

@@ -9,8 +9,8 @@ MSE to the target, backward, AdamW. Both on the same architecture with random we
 in one process (one step of each per round, after warm-up), so machine noise hits both alike. FLOPs
 of one step of each come from torch's `FlopCounterMode`.
 
-    python bench/bench_train_step.py --arch sd2 --resolution 256 --rounds 3     # SD-2-inpainting architecture
-    python bench/bench_train_step.py --arch tiny --rounds 2                      # smoke run
+    python -m bench.speed.bench_train_step --arch sd2 --resolution 256 --rounds 3     # SD-2-inpainting architecture
+    python -m bench.speed.bench_train_step --arch tiny --rounds 2                      # smoke run
 
 Writes bench/results/train_step_<arch>.json and .md. Target: time ratio <= 1.10.
 """
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def parse_args(argv=None):
@@ -278,10 +277,10 @@ def memory_table(args, model: str) -> list[dict]:
     cap = int(args.memory_limit_gib * 2**30)
     rows = []
     for batch, ckpt in (tuple(int(v) for v in row.split(":")) for row in args.memory_rows):
-        cmd = [sys.executable, __file__, "--arch", args.arch, "--model-dir", model, "--resolution",
+        cmd = [sys.executable, "-m", "bench.speed.bench_train_step", "--arch", args.arch, "--model-dir", model, "--resolution",
                str(args.memory_resolution), "--memory-dtype", args.memory_dtype, "--memory-child", str(batch), str(ckpt)]
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2],
                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
         row = {"resolution": args.memory_resolution, "batch": batch, "gradient_checkpointing": bool(ckpt),
                "dtype": args.memory_dtype,
@@ -305,7 +304,7 @@ def features_table(args, model: str, device: torch.device | str = "cpu") -> dict
     """Median step time of the DefectFill step per speed feature, all sharing one set of (fp32)
     weights and interleaved per round in a seeded random order, after a warm-up round that also pays
     any compile."""
-    from bench_lfs import interleaved_rounds
+    from bench.speed.bench_lfs import interleaved_rounds
 
     wanted = ["defaults"] + [f for f in (args.features or FEATURES[1:]) if f != "defaults"]
     unknown = sorted(set(wanted) - set(FEATURES))
@@ -383,7 +382,7 @@ def count_flops(args, model: str) -> dict:
              "projected_minutes": recipe_projection(f, args.peak_tflops)} for c, f in per_example.items()]
     record = {"arch": args.arch, "resolution": args.resolution, "peak_tflops": args.peak_tflops,
               "recipe": "2000 steps x batch 4", "rows": rows,
-              "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:])}
+              "command": "python -m bench.speed.bench_train_step " + " ".join(sys.argv[1:])}
     stem = Path(args.out) if args.out else RESULTS / f"train_step_flops_{args.arch}_{args.resolution}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
@@ -403,7 +402,7 @@ def count_flops(args, model: str) -> dict:
 
 
 def main(args) -> dict:
-    from bench_lfs import build_model
+    from bench.speed.bench_lfs import build_model
 
     if args.count_flops:
         with tempfile.TemporaryDirectory() as tmp:
@@ -421,7 +420,7 @@ def main(args) -> dict:
             record = features_table(args, model)
         record.update(arch=args.arch, resolution=args.resolution, batch=args.batch, rounds=args.rounds,
                       warmup=args.warmup, threads=torch.get_num_threads(), device="CPU", torch=torch.__version__,
-                      command="python bench/bench_train_step.py " + " ".join(sys.argv[1:]))
+                      command="python -m bench.speed.bench_train_step " + " ".join(sys.argv[1:]))
         write_features(args, record)
         print(json.dumps(record["ratio_to_defaults"]), flush=True)
         return record
@@ -439,7 +438,7 @@ def main(args) -> dict:
         stem.parent.mkdir(parents=True, exist_ok=True)
         record = {"arch": args.arch, "rows": rows, "dtype": args.memory_dtype,
                   "method": "fresh exec'd process per row: ru_maxrss, VmHWM reset after loading, TensorMemoryPeak",
-                  "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:])}
+                  "command": "python -m bench.speed.bench_train_step " + " ".join(sys.argv[1:])}
         stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
         md = [f"# Peak memory of one DefectFill training step ({args.arch}, {args.memory_dtype})", "",
               "| resolution | batch | gradient checkpointing | peak tensor memory GiB | of which weights + "
@@ -487,7 +486,7 @@ def main(args) -> dict:
               "threads": torch.get_num_threads(), "seconds": times, "median_s": med, "ratio": ratio,
               "target_ratio": 1.10, "flops": flops, "flop_ratio": flops["defectfill"] / flops["plain_inpaint_lora"],
               "load_seconds": load_s, "torch": torch.__version__,
-              "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:])}
+              "command": "python -m bench.speed.bench_train_step " + " ".join(sys.argv[1:])}
     stem = Path(args.out) if args.out else RESULTS / f"train_step_{args.arch}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

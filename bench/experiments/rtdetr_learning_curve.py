@@ -12,7 +12,7 @@ evaluations included) are spent. An iteration is one optimiser step on one batch
 
     mkdir -p runs/rtdetr_curve
     nohup env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 YOLO_OFFLINE=true .venv/bin/python \\
-        bench/rtdetr_learning_curve.py --data ../shared/data/aitex --output-dir runs/rtdetr_curve \\
+        bench/experiments/rtdetr_learning_curve.py --data ../shared/data/aitex --output-dir runs/rtdetr_curve \\
         --budget-minutes 75 > runs/rtdetr_curve/log.txt 2>&1 &
 
 Resumable: rerun the same command. A finished run only rewrites the results (evaluating any saved
@@ -34,9 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 LOG = logging.getLogger("rtdetr_curve")
 THRESHOLDS = (0.0, 0.01, 0.05, 0.1)  # "leaves zero" = first evaluated checkpoint with a value above each
@@ -202,7 +200,7 @@ def render_markdown(curve: dict) -> str:
     backbone = (curve.get("backbone") or {}).get("start") or {}
     lines = [
         "# RT-DETR learning curve (real data only, CPU)", "",
-        f"Status: **{curve['status']}**. Written by `bench/rtdetr_learning_curve.py`; numbers below are measured.", "",
+        f"Status: **{curve['status']}**. Written by `bench/experiments/rtdetr_learning_curve.py`; numbers below are measured.", "",
         "Command:", "", "```", curve["command"], "```", "",
         f"- model: `{cfg['model']}`; backbone: {backbone.get('name', 'n/a')}, "
         f"pretrained={backbone.get('pretrained')}, frozen={backbone.get('frozen')}, "

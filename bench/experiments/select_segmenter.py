@@ -5,7 +5,7 @@ aside; each seed's pool is split train/val as the benchmark does, every variant 
 train part (real only) and is scored on the val part: pixel AP over fabric, macro per-type AP,
 tile AUROC, and the seconds it took on this machine. Resumable: one JSON per (variant, seed).
 
-    OMP_NUM_THREADS=1 python bench/select_segmenter.py --seeds 0 1 \\
+    OMP_NUM_THREADS=1 python -m bench.experiments.select_segmenter --seeds 0 1 \\
         --out bench/results/segmenter_selection
 """
 
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 VARIANTS = {
     "unet_scratch_400": {"arch": "unet", "steps": 400},

@@ -1,7 +1,7 @@
 """Two runs of the same benchmark grid that differ in one setting (e.g. the segmenter's step budget):
 what changed, paired by cell (same task, setting, generator, fold and seed).
 
-    python bench/compare_step_budget.py --a runs/benchmark/aitex_cpu_cv --b runs/benchmark/aitex_cpu_cv_1200 \
+    python -m bench.experiments.compare_step_budget --a runs/benchmark/aitex_cpu_cv --b runs/benchmark/aitex_cpu_cv_1200 \
         --label-a "600 steps" --label-b "1200 steps" --out bench/results/benchmark_aitex_cpu_cv_1200/step_budget
 
 Writes ``step_budget.md`` and ``step_budget.json`` to ``--out``: per setting family and generator, the mean
@@ -19,8 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 METRICS = ("pixel_ap", "image_recall@fa5")
 

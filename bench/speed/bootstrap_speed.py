@@ -4,14 +4,12 @@ draws), with and without resampling the seed replicates; writes bench/results/bo
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def replicates(seed: int = 8, bins: int = 1024) -> list[dict]:
@@ -41,7 +39,7 @@ def main() -> int:
         stats.paired_bootstrap(reps, "pixel_ap", n_boot=2000, resample_replicates=resample)
         out[f"resample_replicates={resample}"] = round(time.perf_counter() - t0, 3)
     path = REPO / "bench" / "results" / "bootstrap_speed.json"
-    path.write_text(json.dumps({"seconds": out, "command": "OMP_NUM_THREADS=1 python bench/bootstrap_speed.py",
+    path.write_text(json.dumps({"seconds": out, "command": "OMP_NUM_THREADS=1 python -m bench.speed.bootstrap_speed",
                                 "note": "one process; the machine was shared with a running benchmark grid"},
                                indent=2) + "\n")
     print(out)

@@ -7,7 +7,7 @@ the other types' images are split by source (70 / 30, per seed) into DFC trainin
 known-type validation crops; DFC is trained on the first and scored on known-validation vs novel
 (open-set AUROC of the unknown score, unknown flagged / false-unknown at the training threshold).
 
-    python bench/select_openset.py --data ../shared/data/aitex --out bench/results/openset_selection
+    python -m bench.experiments.select_openset --data ../shared/data/aitex --out bench/results/openset_selection
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     record = {"data": str(root), "excluded": args.exclude, "held_out": "eval_fraction 0.3, split seed 1234",
               "novel_types": novels, "seeds": args.seeds, "variants": VARIANTS, "summary": summary, "runs": runs,
-              "command": "python bench/select_openset.py --data ../shared/data/aitex --out " + str(args.out)}
+              "command": "python -m bench.experiments.select_openset --data ../shared/data/aitex --out " + str(args.out)}
     (out / "results.json").write_text(json.dumps(record, indent=2))
     lines = ["# DFC open-set settings, chosen on the AITEX dev TRAINING part", "",
              f"Novel types in turn: {', '.join(novels)} (each >= {args.min_images} training images); "

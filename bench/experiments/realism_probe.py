@@ -6,7 +6,7 @@ images of ``--data`` by :func:`defectfill.metrics.probe.realism_probe`: cross-va
 logistic regression on frozen ImageNet EfficientNet-Lite0 features of defect-centred crops (0.5 =
 indistinguishable), per defect type, with KID on the same features beside it.
 
-    OMP_NUM_THREADS=1 python bench/realism_probe.py --benchmark runs/benchmark/aitex_cpu_cv \
+    OMP_NUM_THREADS=1 python -m bench.experiments.realism_probe --benchmark runs/benchmark/aitex_cpu_cv \
         --out bench/results/benchmark_aitex_cpu_cv/probe
 
 Writes ``probe.json``, ``probe.md`` and ``most_synthetic_<setting>_<generator>.png`` (the crops the
@@ -20,8 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
               f"KID {res['kid_mean']:.4f} "
               f"({res['n_synthetic']} generated vs {res['n_real']} real crops)", flush=True)
     result = {"benchmark": str(bench), "data": str(data), "crop": args.crop, "seed": args.seed, "rows": rows,
-              "command": " ".join(["python", "bench/realism_probe.py",
+              "command": " ".join(["python", "bench/experiments/realism_probe.py",
                                    *(argv if argv is not None else sys.argv[1:])])}
     (out / "probe.json").write_text(json.dumps(result, indent=2))
     types = sorted({t for r in rows for t in r["per_type"]})

@@ -9,14 +9,14 @@ The outer fold's choice is the candidate with the highest mean inner pixel AP of
 generator name; ``real_only`` for what real data alone needs, e.g. the step budget); ties go to the
 first candidate listed. Outer evaluation images never enter a choice.
 
-    OMP_NUM_THREADS=1 python bench/select_nested_cv.py --profile configs/benchmark/aitex_cpu_quick.yaml \
+    OMP_NUM_THREADS=1 python -m bench.experiments.select_nested_cv --profile configs/benchmark/aitex_cpu_quick.yaml \
         --key segmenter.steps --values 300 600 1200 --objective real_only \
         --out bench/results/benchmark_aitex_cpu_cv/selection_steps
 
 A generator's own setting is keyed by its name (``generators.r3gan.init_args.max_steps``; ``*`` for every
 generator run) and several ``--objective`` generators get one choice each from the same inner grids:
 
-    OMP_NUM_THREADS=1 python bench/select_nested_cv.py --profile configs/benchmark/aitex_cpu.yaml \
+    OMP_NUM_THREADS=1 python -m bench.experiments.select_nested_cv --profile configs/benchmark/aitex_cpu.yaml \
         --key 'generators.*.init_args.max_steps' --values 200 800 --objective multistage dgt r3gan \
         --generators multistage dgt r3gan --seeds 0 --inner-folds 2 --out ...
 
@@ -33,8 +33,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,10 +2,10 @@
 device's bf16 peak at 512 px batch 4, generation throughput with K = 8 Low-Fidelity Selection at 30
 steps, and the projected wall time of the 2000-step recipe.
 
-    python bench/bench_gpu.py --arch sd2                              # on a GPU (bf16 autocast)
-    python bench/bench_gpu.py --arch sd2 --channels-last --compile --features   # + each speed option on/off
+    python -m bench.speed.bench_gpu --arch sd2                              # on a GPU (bf16 autocast)
+    python -m bench.speed.bench_gpu --arch sd2 --channels-last --compile --features   # + each speed option on/off
                                                                   # (training: <out>_features, generation: <out>_gen_features)
-    python bench/bench_gpu.py --arch tiny --resolution 64 --batch 1 --train-steps 2 --gen-slots 1 --steps 2  # CPU check
+    python -m bench.speed.bench_gpu --arch tiny --resolution 64 --batch 1 --train-steps 2 --gen-slots 1 --steps 2  # CPU check
 
 The SD-2-inpainting architecture is built with random weights (no download): speed and memory do
 not depend on the weights. Writes bench/results/gpu_<device>_<arch>.json and .md.
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 # dense bf16 tensor-core peak (TFLOPS) by device-name substring; --peak-tflops overrides
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "4090": 165.0,
                     "A10G": 70.0}
@@ -77,8 +76,9 @@ def sync(device: torch.device) -> None:
 
 
 def train_numbers(args, model: str, device: torch.device) -> dict:
-    from bench_train_step import DefectFillStep, batch_for
     from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.speed.bench_train_step import DefectFillStep, batch_for
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     step = DefectFillStep(model, args.resolution, gradient_checkpointing=args.gradient_checkpointing,
@@ -108,8 +108,8 @@ def train_numbers(args, model: str, device: torch.device) -> dict:
 def split_features(named: list[str] | None) -> tuple[list[str] | None, list[str] | None]:
     """(training features, generation options) to time for ``--features``: all of both when it is given
     empty, else the named ones of each (None: no table of that kind)."""
-    from bench_lfs import GEN_FEATURES
-    from bench_train_step import FEATURES
+    from bench.speed.bench_lfs import GEN_FEATURES
+    from bench.speed.bench_train_step import FEATURES
 
     if named is None:
         return None, None
@@ -125,8 +125,7 @@ def split_features(named: list[str] | None) -> tuple[list[str] | None, list[str]
 
 
 def generation_numbers(args, model: str, device: torch.device) -> dict:
-    from bench_lfs import untrained_lora
-
+    from bench.speed.bench_lfs import untrained_lora
     from defectfill.config import GenerateConfig
     from defectfill.diffusion.synthesizer import DefectFillSynthesizer
 
@@ -151,7 +150,7 @@ def generation_numbers(args, model: str, device: torch.device) -> dict:
         features = None
         wanted = split_features(args.features)[1]
         if wanted is not None:  # generation's speed options on the same weights (bf16 is already on)
-            from bench_lfs import features_table
+            from bench.speed.bench_lfs import features_table
 
             wanted = [f for f in wanted if not (f == "bf16" and cfg.mixed_precision == "bf16")]
             features = features_table(synth, clean, mask, wanted, args.rounds, args.warmup,
@@ -162,7 +161,7 @@ def generation_numbers(args, model: str, device: torch.device) -> dict:
 
 
 def main(args) -> dict:
-    from bench_lfs import build_model
+    from bench.speed.bench_lfs import build_model
 
     split_features(args.features)  # an unknown name fails here, before any model is built
     device, name, peak = device_info()
@@ -178,7 +177,7 @@ def main(args) -> dict:
         features = None
         train_features = split_features(args.features)[0]
         if train_features is not None:
-            from bench_train_step import features_table
+            from bench.speed.bench_train_step import features_table
 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -188,7 +187,7 @@ def main(args) -> dict:
               "compile_unet": args.compile, "bf16_peak_tflops": peak,
               "fraction_of_bf16_peak": train["achieved_tflops"] / peak if peak else None,
               "train": train, "generate": gen, "torch": torch.__version__,
-              "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:])}
+              "command": "python -m bench.speed.bench_gpu " + " ".join(sys.argv[1:])}
     tag = "cpu" if device.type == "cpu" else name.replace(" ", "_").lower()
     stem = Path(args.out) if args.out else RESULTS / f"gpu_{tag}_{args.arch}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +207,7 @@ def main(args) -> dict:
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     if features is not None:
-        from bench_train_step import write_features
+        from bench.speed.bench_train_step import write_features
 
         features.update(arch=args.arch, resolution=args.resolution, batch=args.batch, rounds=args.rounds,
                         warmup=args.warmup, threads=torch.get_num_threads(), device=name, torch=torch.__version__,
@@ -216,7 +215,7 @@ def main(args) -> dict:
         write_features(args, features, stem.with_name(stem.name + "_features"))
         result["features"] = features
     if gen["features"] is not None:
-        import bench_lfs
+        from bench.speed import bench_lfs
 
         gen["features"].update(arch=args.arch, resolution=args.resolution, steps=args.steps,
                                candidates=args.candidates, selection="lpips-lite0", rounds=args.rounds,

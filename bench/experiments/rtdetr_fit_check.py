@@ -2,10 +2,10 @@
 tiles, its validation tiles, its evaluation fold, and the evaluation folds of other runs (another box rule).
 
 Train >> evaluation says the data limits it; train itself low says the budget or the model does. Uses the run
-folders ``bench/rtdetr_learning_curve.py`` writes (``--output-dir``): ``ckpt/iter_*.pt`` (the last one),
+folders ``bench/experiments/rtdetr_learning_curve.py`` writes (``--output-dir``): ``ckpt/iter_*.pt`` (the last one),
 ``work/s<seed>/dataset/data.yaml`` (train/val), ``work/eval_det/main-f<fold>/all/data.yaml``.
 
-    OMP_NUM_THREADS=1 python bench/rtdetr_fit_check.py --run runs/rtdetr_curve_fast_f0 \\
+    OMP_NUM_THREADS=1 python -m bench.experiments.rtdetr_fit_check --run runs/rtdetr_curve_fast_f0 \\
         --other old_labels=runs/rtdetr_curve_old_f0 --out bench/results/rtdetr_learning_curve/fast_fold0
 """
 
@@ -16,8 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
         rows[name]["data"] = str(data)
         print(name, rows[name], flush=True)
     result = {"weights": str(weights), "iteration": int(weights.stem.split("_")[1]), "cases": rows,
-              "command": " ".join(["python", "bench/rtdetr_fit_check.py", *(argv or sys.argv[1:])])}
+              "command": " ".join(["python", "bench/experiments/rtdetr_fit_check.py", *(argv or sys.argv[1:])])}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "fit_check.json", json.dumps(result, indent=1))

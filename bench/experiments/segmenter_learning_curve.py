@@ -5,7 +5,7 @@ the main protocol's split) with a CONSTANT learning rate, evaluated at checkpoin
 evaluation images and on a fixed subset of its own training images (to tell under- from
 over-fitting). A report, not a selection: no default is chosen from these numbers.
 
-    OMP_NUM_THREADS=1 python bench/segmenter_learning_curve.py --out bench/results/segmenter_learning_curve
+    OMP_NUM_THREADS=1 python -m bench.experiments.segmenter_learning_curve --out bench/results/segmenter_learning_curve
 
 ``--rank``: instead of the curve, whole benchmark cells (train + val threshold + evaluation) of the
 profile's segmenter ("today") and of cheaper variants (``--cheap KEY=VALUE,...``, repeatable), each
@@ -18,7 +18,7 @@ images with the profile's ``generate`` settings. Split and generation use defect
 defectfill.generation.run directly (not the benchmark runner). Working copies of the data and samples go to
 ``--work`` (outside the repository); finished cells are cached there, so a rerun resumes.
 
-    OMP_NUM_THREADS=1 python bench/segmenter_learning_curve.py --rank \
+    OMP_NUM_THREADS=1 python -m bench.experiments.segmenter_learning_curve --rank \
         --cheap size=64,trainable_stages=1,steps=300 --out bench/results/segmenter_cheap_cell
 """
 
@@ -31,8 +31,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
 
 def write(out: Path, args, cfg, rows, n_train, n_scored) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    record = {"command": "OMP_NUM_THREADS=1 python bench/segmenter_learning_curve.py " + " ".join(sys.argv[1:]),
+    record = {"command": "OMP_NUM_THREADS=1 python -m bench.experiments.segmenter_learning_curve " + " ".join(sys.argv[1:]),
               "config": asdict(cfg), "train_images": n_train, "train_images_scored": n_scored, "rows": rows}
     (out / "curve.json").write_text(json.dumps(record, indent=2))
     lines = ["# Segmenter learning curve (real only, seed 0, main protocol, constant lr)", "",
@@ -304,7 +303,7 @@ def rank_summary(rows: list[dict], variants) -> dict:
 def write_rank(out: Path, args, protocol: dict, configs: dict, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = rank_summary(rows, configs)
-    command = "OMP_NUM_THREADS=1 python bench/segmenter_learning_curve.py " + " ".join(sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 python -m bench.experiments.segmenter_learning_curve " + " ".join(sys.argv[1:])
     record = {"command": command, "protocol": protocol, "configs": {k: asdict(v) for k, v in configs.items()},
               "summary": summary, "cells": rows, "torch_threads": 1}
     (out / "rank.json").write_text(json.dumps(record, indent=2, default=str))

@@ -1,9 +1,9 @@
 """Cost of Low-Fidelity Selection: K = 8 candidates + selection + composite, against plain
 batched sampling of 8 images with the same pipeline, side by side in one process.
 
-    python bench/bench_lfs.py --arch sd2 --resolution 256 --steps 10   # SD-2 architecture, random weights
-    python bench/bench_lfs.py --arch tiny                              # quick smoke run
-    python bench/bench_lfs.py --arch sd2 --features                    # generation speed options on/off
+    python -m bench.speed.bench_lfs --arch sd2 --resolution 256 --steps 10   # SD-2 architecture, random weights
+    python -m bench.speed.bench_lfs --arch tiny                              # quick smoke run
+    python -m bench.speed.bench_lfs --arch sd2 --features                    # generation speed options on/off
 
 Writes bench/results/lfs_<arch>.json and .md (target: ratio <= 1.10); with --features,
 bench/results/lfs_features_<arch>.json and .md: the time of one generation slot (K candidates +
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def sd2_inpainting_components() -> dict:
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
             record.update(arch=args.arch, resolution=args.resolution, steps=args.steps, candidates=args.candidates,
                           selection=args.selection, rounds=args.rounds, warmup=args.warmup,
                           threads=torch.get_num_threads(), versions=package_versions(),
-                          command="python bench/bench_lfs.py " + " ".join(sys.argv[1:] if argv is None else argv))
+                          command="python -m bench.speed.bench_lfs " + " ".join(sys.argv[1:] if argv is None else argv))
             print(write_features(record, Path(args.out) if args.out else RESULTS / f"lfs_features_{args.arch}"))
             return record
 

@@ -5,9 +5,9 @@ plus one generator's first ``count`` samples at each candidate fraction, and sco
 VAL split (part of the benchmark's pool: the held-out evaluation images are never read). The
 paired Δ val pixel AP against the real-only cell of the same seed picks the default.
 
-    for f in 0.15 0.5; do OMP_NUM_THREADS=1 python bench/select_synthetic_fraction.py \\
+    for f in 0.15 0.5; do OMP_NUM_THREADS=1 python -m bench.experiments.select_synthetic_fraction \\
         --config configs/benchmark/aitex_cpu_segmenter.yaml --fractions $f & done; wait
-    python bench/select_synthetic_fraction.py --config configs/benchmark/aitex_cpu_segmenter.yaml --report-only
+    python -m bench.experiments.select_synthetic_fraction --config configs/benchmark/aitex_cpu_segmenter.yaml --report-only
 
 Cells the benchmark already ran (real-only, and the profile's own fraction) are reused from its
 ``cells/`` folder; new ones are cached in ``<output_dir>/select_fraction/``. Writes
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def parse_args(argv=None):
@@ -109,7 +109,7 @@ def main(args) -> int:
     chosen = max(full.values(), key=lambda r: r["delta_val_pixel_ap_mean"])["synthetic_fraction"] if full else None
     report = {"what": "segmenter synthetic_fraction chosen on the dev split's training part (per-seed val split)",
               "config": args.config, "generator": args.generator, "count": count, "table": table, "chosen": chosen,
-              "command": " ".join(["python", "bench/select_synthetic_fraction.py", *sys.argv[1:]]),
+              "command": " ".join(["python", "bench/experiments/select_synthetic_fraction.py", *sys.argv[1:]]),
               "versions": package_versions()}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "synthetic_fraction.json", json.dumps(report, indent=2, default=str))

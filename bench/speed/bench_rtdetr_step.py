@@ -5,7 +5,7 @@ One process, one torch thread, the variants interleaved over ``--rounds`` so tha
 alike; a step = forward + RT-DETR loss (denoising queries, Hungarian matching) + backward + AdamW step on one
 batch of ``--batch`` random 256 px images with one box each. Writes ``step.json`` and ``step.md`` to ``--out``.
 
-    OMP_NUM_THREADS=1 python bench/bench_rtdetr_step.py --out bench/results/rtdetr_step
+    OMP_NUM_THREADS=1 python -m bench.speed.bench_rtdetr_step --out bench/results/rtdetr_step
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 VARIANTS = {"rtdetr_lite0 (old)": ("configs/rtdetr/rtdetr_lite0.yaml", False),
             "rtdetr_lite0_fast": ("configs/rtdetr/rtdetr_lite0_fast.yaml", False),
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "step.json", json.dumps(result, indent=1))
     lines = ["# RT-DETR training step on CPU, side by side", "",
-             f"`{' '.join(['python', 'bench/bench_rtdetr_step.py', *(argv or sys.argv[1:])])}`; batch {args.batch}, "
+             f"`{' '.join(['python', 'bench/speed/bench_rtdetr_step.py', *(argv or sys.argv[1:])])}`; batch {args.batch}, "
              f"{args.imgsz} px, {torch.get_num_threads()} torch thread, {args.rounds} interleaved rounds of "
              f"{args.steps} steps (median of the rounds).", "",
              "| detector | trained params | s / step | vs old |", "|---|---:|---:|---:|"]

@@ -7,7 +7,7 @@ the Laplacian-of-Gaussian texture ratio, mask over ring) is summarised per sourc
 fainter or smoother than the real defects is a cue a downstream model can learn instead of the defect.
 Generated samples are measured on their exported label masks (what a downstream model is taught).
 
-    OMP_NUM_THREADS=1 python bench/fill_contrast.py --real runs/.../work/f0/main/train \
+    OMP_NUM_THREADS=1 python -m bench.experiments.fill_contrast --real runs/.../work/f0/main/train \
         --generated copy_paste=runs/.../copy_paste/s0/gen defectfill=runs/.../defectfill/s0/gen \
         --out bench/results/defectfill_fill_contrast
 
@@ -21,8 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,1 @@
+"""Benchmarks (``bench.speed``) and experiments (``bench.experiments``); results in ``bench/results/``."""
