@@ -112,7 +112,7 @@ class Generator(ABC):
 
     def generate(self, clean_images, masks, seeds, defect_classes=None, names=None, placements=None) -> list:
         """`Sample`s for parallel lists of clean images, masks and seeds (in memory, no files)."""
-        from defectfill.generation.samples import Sample
+        from defectfill.generation.samples import Sample  # lazy: generation imports this registry
 
         if not len(clean_images) == len(masks) == len(seeds):
             raise ValueError("clean_images, masks and seeds must have the same length")
@@ -183,7 +183,7 @@ def fit_generator(cfg: FitConfig) -> Path:
     import time
     from dataclasses import asdict
 
-    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.data.datasets import load_reference_dataset  # lazy: generation imports this registry
     from defectfill.errors import check_writable, output_errors
     from defectfill.runinfo import atomic_write_text, package_versions
 

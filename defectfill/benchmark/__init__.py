@@ -10,11 +10,11 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "write_report"]
 
 def __getattr__(name):
     if name == "write_report":
-        from defectfill.benchmark.report import write_report
+        from defectfill.benchmark.report import write_report  # lazy: see the module docstring
 
         return write_report
     if name in ("BenchmarkConfig", "run_benchmark"):
-        from defectfill.benchmark import runner
+        from defectfill.benchmark import runner  # lazy: see the module docstring
 
         return getattr(runner, name)
     raise AttributeError(name)

@@ -54,7 +54,7 @@ class JobError(RuntimeError):
 
 def fit_generator(spec: dict, train_dir: Path, out: Path, seed: int) -> Path:
     """``build_unfitted(class_path, init_args).fit(train data, out, seed)``: the checkpoint folder."""
-    from defectfill.data.datasets import load_reference_dataset
+    from defectfill.data.datasets import load_reference_dataset  # lazy: the child process imports only its job's side
     from defectfill.generators import build_unfitted
 
     generator = build_unfitted(spec["class_path"], spec.get("init_args"))
@@ -64,7 +64,7 @@ def fit_generator(spec: dict, train_dir: Path, out: Path, seed: int) -> Path:
 def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: Path, count: int, seed: int,
                   clean_dir: Path | None = None) -> dict:
     """Generate ``count`` samples onto ``clean_dir`` (default ``train_dir/good``) with auto masks from ``train_dir``."""
-    from defectfill.config import GenerateConfig
+    from defectfill.config import GenerateConfig  # lazy: the child process imports only its job's side
     from defectfill.generation.run import run_generation
 
     values = {**GENERATE_DEFAULTS, **generate, **(spec.get("generate") or {})}
@@ -77,7 +77,7 @@ def generate_with(spec: dict, generate: dict, ckpt: Path, train_dir: Path, out: 
 def check_generation_settings(spec: dict, generate: dict) -> None:
     """The GenerateConfig a generator's cells will use (the benchmark's ``generate`` plus the spec's own),
     checked before any cell: a ConfigError names the generator and the key."""
-    from defectfill.config import GenerateConfig
+    from defectfill.config import GenerateConfig  # lazy: the child process imports only its job's side
 
     name = spec["name"]
     values = {**GENERATE_DEFAULTS, **(generate or {}), **(spec.get("generate") or {})}

@@ -1,4 +1,7 @@
-"""The `defectfill` command line: the top parser and the dispatch; each verb lives in its own module."""
+"""The `defectfill` command line: the top parser and the dispatch; each verb lives in its own module.
+
+The verb modules import the library inside the function they run (lazy: `defectfill --help` and
+every verb start without loading torch, diffusers or ultralytics for the verbs that do not run)."""
 
 from __future__ import annotations
 

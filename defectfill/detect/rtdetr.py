@@ -205,7 +205,7 @@ def read_data_yaml(data_yaml: str | os.PathLike) -> dict:
 def _import_rtdetr(config_dir: str | None):
     """ultralytics' RTDETR class, imported offline (prepare_ultralytics_offline first), with our
     backbone layer registered for its YAML parser."""
-    from defectfill.detect.backbone import register
+    from defectfill.detect.backbone import register  # lazy: ultralytics may load only after prepare_ultralytics_offline
     from defectfill.detect.offline import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(config_dir)

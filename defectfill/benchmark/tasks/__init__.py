@@ -44,7 +44,7 @@ class Task:
 
 
 def registry() -> dict[str, Task]:
-    from defectfill.benchmark.tasks.openset import OpenSetTask
+    from defectfill.benchmark.tasks.openset import OpenSetTask  # lazy: the task modules import Task from here
     from defectfill.benchmark.tasks.rtdetr import RTDETRTask
     from defectfill.benchmark.tasks.segmenter import SegmenterTask
 
