@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,19 @@ ALIASES = {
     "shade": "gan_baselines.controls.generator:ShadeGenerator",
     "noise_blob": "gan_baselines.controls.generator:NoiseBlobGenerator",
 }
+
+
+@dataclass
+class Sample:
+    """One generated sample; ``name`` is the file stem shared by all of its files (written by
+    `defectfill.generation.samples.SampleWriter`)."""
+
+    name: str
+    image: np.ndarray  # uint8 HxW (grey) or HxWx3 (RGB)
+    mask: np.ndarray  # bool HxW (non-zero = defect)
+    defect_class: str
+    sidecar: dict = field(default_factory=dict)  # JSON-able metadata (seed, model, scores, ...)
+    clean: np.ndarray | None = None  # defect-free input, same shape as image
 
 
 @dataclass
@@ -112,8 +125,6 @@ class Generator(ABC):
 
     def generate(self, clean_images, masks, seeds, defect_classes=None, names=None, placements=None) -> list:
         """`Sample`s for parallel lists of clean images, masks and seeds (in memory, no files)."""
-        from defectfill.generation.samples import Sample  # lazy: generation imports this registry
-
         if not len(clean_images) == len(masks) == len(seeds):
             raise ValueError("clean_images, masks and seeds must have the same length")
         classes = defect_classes or ["defect"] * len(seeds)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from pycocotools import mask as mask_util
 from defectfill.data.masks import mask_components, mask_to_boxes
 from defectfill.errors import DataError
 from defectfill.formats.images import read_image, read_mask
+from defectfill.generators import Sample  # the record every generator speaks; written here
 from defectfill.runinfo import atomic_save_image, atomic_write_text
 
 Box = tuple[int, int, int, int]
@@ -47,18 +47,6 @@ _BG = (32, 32, 32)
 _PAD = (64, 64, 64)
 _NO_CLEAN = (128, 128, 128)
 _RED = (255, 0, 0)
-
-
-@dataclass
-class Sample:
-    """One generated sample; ``name`` is the file stem shared by all of its files."""
-
-    name: str
-    image: np.ndarray  # uint8 HxW (grey) or HxWx3 (RGB)
-    mask: np.ndarray  # bool HxW (non-zero = defect)
-    defect_class: str
-    sidecar: dict = field(default_factory=dict)  # JSON-able metadata (seed, model, scores, ...)
-    clean: np.ndarray | None = None  # defect-free input, same shape as image
 
 
 # ----------------------------------------------------------------------------- pure label functions
