@@ -377,12 +377,9 @@ def test_default_model_is_the_pretrained_lite0_yaml_and_backbone_options(tmp_pat
 
 
 def _curve_module():
-    import importlib.util
+    from bench.experiments import rtdetr_learning_curve
 
-    spec = importlib.util.spec_from_file_location("rtdetr_learning_curve", REPO / "bench" / "rtdetr_learning_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return rtdetr_learning_curve
 
 
 def test_learning_curve_schedule_and_leaves_zero():
